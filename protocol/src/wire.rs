@@ -1,0 +1,321 @@
+//! JSON bodies of the public contract (DESIGN.md §4 and §6).
+//!
+//! Field names are camelCase on the wire exactly as DESIGN.md spells them.
+//! Request bodies are checked twice: serde rejects wrong shapes (use
+//! [`crate::validate::parse_json`] to get the failing field's path), then
+//! each request type's `validate()` checks the values.
+
+use serde::{Deserialize, Serialize};
+
+use crate::validate::FieldError;
+
+/// `POST /v1/heartbeat` body: one proxy ("server") announcing itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Heartbeat {
+    /// Stable server id, 1–128 chars of `[A-Za-z0-9._-]`.
+    pub id: String,
+    /// Region code, 1–64 chars of `[A-Za-z0-9._-]`.
+    pub region: String,
+    /// Public base URL of the server's proxy (http or https).
+    pub url: String,
+    /// Load figure, finite and ≥ 0. The proxy reports the mean number of
+    /// requests in flight over the last heartbeat interval.
+    pub load: f64,
+    /// Whether the server can serve (has a healthy upstream).
+    pub healthy: bool,
+    /// A draining server keeps its clients' critical tasks but takes no new
+    /// placements.
+    #[serde(default)]
+    pub draining: bool,
+}
+
+/// Longest accepted server id.
+pub const MAX_ID_LEN: usize = 128;
+/// Longest accepted region code.
+pub const MAX_REGION_LEN: usize = 64;
+/// Longest accepted server URL.
+pub const MAX_URL_LEN: usize = 2048;
+
+impl Heartbeat {
+    /// Checks values that serde's shape check cannot.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        crate::validate::server_id("id", &self.id)?;
+        crate::validate::region("region", &self.region)?;
+        crate::validate::server_url("url", &self.url)?;
+        if !self.load.is_finite() || self.load < 0.0 {
+            return Err(FieldError::new(
+                "load",
+                format!("{} is not allowed: load must be a finite number >= 0", self.load),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `POST /v1/heartbeat` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeartbeatAck {
+    /// How long the registry keeps the server without a new heartbeat, in ms.
+    pub ttl_ms: u64,
+    /// Registry version after applying this heartbeat.
+    pub registry_version: u64,
+}
+
+/// One server as listed by `GET /v1/servers`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerEntry {
+    pub id: String,
+    pub region: String,
+    pub url: String,
+    pub load: f64,
+    pub healthy: bool,
+    #[serde(default)]
+    pub draining: bool,
+    /// Milliseconds since the server's last heartbeat, measured by
+    /// discovery when it built the listing (an age, so clocks of different
+    /// hosts never need to agree).
+    #[serde(default)]
+    pub last_seen_ms: u64,
+}
+
+impl ServerEntry {
+    /// Live: present in the registry and reporting a healthy upstream.
+    pub fn is_live(&self) -> bool {
+        self.healthy
+    }
+
+    /// Eligible for a new placement: live and not draining.
+    pub fn is_eligible(&self) -> bool {
+        self.healthy && !self.draining
+    }
+
+    pub fn summary(&self) -> ServerSummary {
+        ServerSummary {
+            id: self.id.clone(),
+            url: self.url.clone(),
+            region: self.region.clone(),
+        }
+    }
+}
+
+/// `GET /v1/servers` answer: the whole registry at one version.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Snapshot {
+    pub version: u64,
+    pub servers: Vec<ServerEntry>,
+}
+
+/// `{"id","url","region"}`: how a server is named to clients.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerSummary {
+    pub id: String,
+    pub url: String,
+    pub region: String,
+}
+
+/// `POST /auth/refresh` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RefreshRequest {
+    pub refresh_token: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closest_server_id: Option<String>,
+    #[serde(default)]
+    pub critical_task_in_progress: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreachable_server_id: Option<String>,
+}
+
+/// Longest accepted token, in bytes. Real tokens are well under 1 KiB.
+pub const MAX_TOKEN_LEN: usize = 8 * 1024;
+
+impl RefreshRequest {
+    pub fn validate(&self) -> Result<(), FieldError> {
+        if self.refresh_token.is_empty() {
+            return Err(FieldError::new("refreshToken", "must not be empty"));
+        }
+        if self.refresh_token.len() > MAX_TOKEN_LEN {
+            return Err(FieldError::new(
+                "refreshToken",
+                format!("is {} bytes; at most {MAX_TOKEN_LEN} allowed", self.refresh_token.len()),
+            ));
+        }
+        if let Some(id) = &self.closest_server_id {
+            crate::validate::server_id("closestServerId", id)?;
+        }
+        if let Some(id) = &self.unreachable_server_id {
+            crate::validate::server_id("unreachableServerId", id)?;
+        }
+        Ok(())
+    }
+}
+
+/// `POST /auth/refresh` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RefreshResponse {
+    pub access_token: String,
+    pub refresh_token: String,
+    /// Always `"Bearer"`.
+    pub token_type: String,
+    /// Access-token lifetime in seconds.
+    pub expires_in: u64,
+    pub server: ServerSummary,
+    pub server_changed: bool,
+    pub previous_server_id: String,
+    /// A [`crate::placement::Reason`] in its wire spelling.
+    pub reason: String,
+}
+
+/// `POST /auth/logout` body: the refresh token whose family is revoked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LogoutRequest {
+    pub refresh_token: String,
+}
+
+/// `GET /closestToMe` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClosestResponse {
+    pub closest_server_id: String,
+    pub region: String,
+    pub url: String,
+}
+
+/// Every error body carries `error`; the rest depends on the error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorBody {
+    /// Machine-readable code: `invalid_token`, `invalid_request`,
+    /// `wrong_server`, `server_unavailable`, `upstream_unavailable`, …
+    pub error: String,
+    /// Human-readable explanation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// For `invalid_request`: the offending field (a JSON path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// For `server_unavailable`: what the client should do (`refresh`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// For `wrong_server`: where the client is locked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locked_server: Option<ServerSummary>,
+}
+
+impl ErrorBody {
+    pub fn new(error: &str) -> Self {
+        ErrorBody {
+            error: error.to_owned(),
+            detail: None,
+            field: None,
+            action: None,
+            locked_server: None,
+        }
+    }
+
+    pub fn detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    /// `400 invalid_request` naming the bad field.
+    pub fn invalid_field(err: &FieldError) -> Self {
+        ErrorBody {
+            field: Some(err.field.clone()),
+            ..ErrorBody::new("invalid_request").detail(err.to_string())
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        // Serialising a struct of strings cannot fail.
+        serde_json::to_string(self).unwrap_or_else(|_| String::from("{\"error\":\"internal\"}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeat_wire_names_are_camel_case() {
+        let hb: Heartbeat = serde_json::from_str(
+            r#"{"id":"eu-1","region":"eu","url":"http://127.0.0.1:1","load":0.5,"healthy":true}"#,
+        )
+        .unwrap();
+        assert!(!hb.draining);
+        let ack = serde_json::to_value(HeartbeatAck { ttl_ms: 6000, registry_version: 3 }).unwrap();
+        assert_eq!(ack, serde_json::json!({"ttlMs":6000,"registryVersion":3}));
+    }
+
+    #[test]
+    fn refresh_response_matches_design() {
+        let r = RefreshResponse {
+            access_token: "a".into(),
+            refresh_token: "r".into(),
+            token_type: "Bearer".into(),
+            expires_in: 120,
+            server: ServerSummary { id: "s".into(), url: "http://x".into(), region: "eu".into() },
+            server_changed: true,
+            previous_server_id: "p".into(),
+            reason: "server_down".into(),
+        };
+        let v = serde_json::to_value(r).unwrap();
+        for k in [
+            "accessToken",
+            "refreshToken",
+            "tokenType",
+            "expiresIn",
+            "server",
+            "serverChanged",
+            "previousServerId",
+            "reason",
+        ] {
+            assert!(v.get(k).is_some(), "missing {k}");
+        }
+    }
+
+    #[test]
+    fn heartbeat_rejects_bad_values_naming_the_field() {
+        let good = Heartbeat {
+            id: "a".into(),
+            region: "eu".into(),
+            url: "http://127.0.0.1:8080".into(),
+            load: 1.0,
+            healthy: true,
+            draining: false,
+        };
+        assert!(good.validate().is_ok());
+        let cases: Vec<(&str, Heartbeat)> = vec![
+            ("id", Heartbeat { id: String::new(), ..good.clone() }),
+            ("region", Heartbeat { region: String::new(), ..good.clone() }),
+            ("url", Heartbeat { url: "ftp://x".into(), ..good.clone() }),
+            ("url", Heartbeat { url: "not a url".into(), ..good.clone() }),
+            ("load", Heartbeat { load: -1.0, ..good.clone() }),
+            ("load", Heartbeat { load: f64::NAN, ..good.clone() }),
+            ("load", Heartbeat { load: f64::INFINITY, ..good.clone() }),
+            ("id", Heartbeat { id: "a/b".into(), ..good.clone() }),
+        ];
+        for (field, hb) in cases {
+            assert_eq!(hb.validate().unwrap_err().field, field, "{hb:?}");
+        }
+    }
+
+    #[test]
+    fn refresh_request_validation() {
+        let r: RefreshRequest = serde_json::from_str(r#"{"refreshToken":"x"}"#).unwrap();
+        assert!(r.validate().is_ok());
+        assert!(!r.critical_task_in_progress);
+        let r: RefreshRequest =
+            serde_json::from_str(r#"{"refreshToken":"x","closestServerId":"http://evil/"}"#).unwrap();
+        assert_eq!(r.validate().unwrap_err().field, "closestServerId");
+        let r: RefreshRequest = serde_json::from_str(r#"{"refreshToken":""}"#).unwrap();
+        assert_eq!(r.validate().unwrap_err().field, "refreshToken");
+    }
+}
