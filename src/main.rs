@@ -36,6 +36,46 @@ enum Command {
     },
     /// Run the sample backend app (an unmodified app with a replicated store).
     SampleApp(tether_sampleapp::cli::Args),
+    /// Write fresh random secrets (key ring, cluster token, admin token).
+    Keygen {
+        /// Directory to write into, e.g. conf/secrets.
+        #[arg(long, default_value = "conf/secrets")]
+        dir: PathBuf,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Mint or inspect tokens (for operators).
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Mint an access + refresh token pair with a proxy's config and keys.
+    Mint {
+        /// Proxy config whose issuer, audience, lifetimes and keys are used.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Subject (user id).
+        #[arg(long)]
+        sub: String,
+        /// Locked server id (default: the config's server).
+        #[arg(long)]
+        srv: Option<String>,
+        /// Region of the locked server (default: the config's region).
+        #[arg(long)]
+        region: Option<String>,
+        /// Home region claim.
+        #[arg(long)]
+        home: Option<String>,
+    },
+    /// Decode a token; with --config, also verify it.
+    Inspect {
+        token: String,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -46,6 +86,8 @@ fn main() -> ExitCode {
         Command::Discovery { config } => run_discovery(&config),
         Command::Check { file } => check(&file),
         Command::SampleApp(args) => tether_sampleapp::cli::run(args).map_err(anyhow::Error::from),
+        Command::Keygen { dir, force } => keygen(&dir, force),
+        Command::Token(cmd) => token(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -101,6 +143,58 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
             "{}: cannot tell what this config is for: expected a [server] table (proxy) or a [discovery] table (discovery)",
             path.display()
         );
+    }
+    Ok(())
+}
+
+fn keygen(dir: &std::path::Path, force: bool) -> anyhow::Result<()> {
+    let written = tether_proxy::secrets::generate(dir, force)?;
+    if written.is_empty() {
+        println!("{}: secrets already exist (use --force to replace them)", dir.display());
+    }
+    for p in written {
+        println!("wrote {}", p.display());
+    }
+    Ok(())
+}
+
+fn token(cmd: TokenCommand) -> anyhow::Result<()> {
+    match cmd {
+        TokenCommand::Mint { config, sub, srv, region, home } => {
+            let cfg = tether_proxy::config::load(&config)?;
+            let tokens = tether_proxy::tokens::Tokens::new(&cfg.tokens);
+            let minted = tokens.mint(
+                &sub,
+                tether_proxy::tokens::LockTarget {
+                    server_id: srv.as_deref().unwrap_or(&cfg.server.id),
+                    region: region.as_deref().unwrap_or(&cfg.server.region),
+                },
+                home.as_deref(),
+                None,
+            )?;
+            let out = serde_json::json!({
+                "accessToken": minted.access,
+                "refreshToken": minted.refresh,
+                "expiresIn": minted.expires_in,
+            });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        TokenCommand::Inspect { token, config } => {
+            let decoded = tether_proxy::tokens::inspect(&token)?;
+            println!("{}", serde_json::to_string_pretty(&decoded)?);
+            if let Some(config) = config {
+                let cfg = tether_proxy::config::load(&config)?;
+                let tokens = tether_proxy::tokens::Tokens::new(&cfg.tokens);
+                let verdict = match decoded["header"]["typ"].as_str() {
+                    Some("rt+jwt") => tokens.verify_refresh(&token).map(|_| ()),
+                    _ => tokens.verify_access(&token).map(|_| ()),
+                };
+                match verdict {
+                    Ok(()) => println!("verified: ok"),
+                    Err(e) => anyhow::bail!("verification failed: {}", e.detail()),
+                }
+            }
+        }
     }
     Ok(())
 }

@@ -1,0 +1,108 @@
+//! The authenticated hop marker on proxy-to-proxy forwards (forward mode).
+//!
+//! `X-Tether-Hop: v1.<from-id>.<unix-seconds>.<hex HMAC-SHA256>` over the
+//! method, path and query, the timestamp and the sender id, keyed by a key
+//! derived from the cluster token that every proxy of the cluster holds. A
+//! proxy that receives a valid marker knows the request has already made
+//! its one hop and never forwards it again; a marker that does not verify
+//! or is older than [`MAX_SKEW`] is refused.
+
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Largest accepted clock difference between two proxies, seconds.
+pub const MAX_SKEW: u64 = 30;
+
+#[derive(Clone)]
+pub struct HopKey([u8; 32]);
+
+impl HopKey {
+    /// Derives the hop key from the cluster token, so a leaked hop marker
+    /// key does not also let someone heartbeat into discovery.
+    pub fn derive(cluster_token: &str) -> HopKey {
+        let mut h = Sha256::new();
+        h.update(b"tether hop marker v1\0");
+        h.update(cluster_token.as_bytes());
+        HopKey(h.finalize().into())
+    }
+
+    fn mac(&self, method: &str, path: &str, ts: u64, from: &str) -> HmacSha256 {
+        // HMAC accepts keys of any length.
+        let mut m = HmacSha256::new_from_slice(&self.0).expect("HMAC takes any key length");
+        m.update(method.as_bytes());
+        m.update(b"\n");
+        m.update(path.as_bytes());
+        m.update(b"\n");
+        m.update(ts.to_string().as_bytes());
+        m.update(b"\n");
+        m.update(from.as_bytes());
+        m
+    }
+
+    pub fn sign(&self, method: &str, path: &str, ts: u64, from: &str) -> String {
+        let tag = self.mac(method, path, ts, from).finalize().into_bytes();
+        format!("v1.{from}.{ts}.{}", crate::tokens::hex(&tag))
+    }
+
+    /// Checks a marker; returns the sender id.
+    pub fn verify<'a>(&self, marker: &'a str, method: &str, path: &str, now: u64) -> Result<&'a str, HopError> {
+        let mut parts = marker.split('.');
+        let (Some("v1"), Some(from), Some(ts), Some(tag), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(HopError::Malformed);
+        };
+        let ts: u64 = ts.parse().map_err(|_| HopError::Malformed)?;
+        if ts.abs_diff(now) > MAX_SKEW {
+            return Err(HopError::Stale);
+        }
+        let tag = decode_hex(tag).ok_or(HopError::Malformed)?;
+        self.mac(method, path, ts, from)
+            .verify_slice(&tag)
+            .map_err(|_| HopError::BadSignature)?;
+        Ok(from)
+    }
+}
+
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    if s.len() != 64 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HopError {
+    #[error("hop marker is malformed")]
+    Malformed,
+    #[error("hop marker is too old or from the future")]
+    Stale,
+    #[error("hop marker signature is invalid")]
+    BadSignature,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_tamper() {
+        let k = HopKey::derive("cluster-token-for-tests");
+        let m = k.sign("GET", "/orders/1?x=1", 1000, "eu-1");
+        assert_eq!(k.verify(&m, "GET", "/orders/1?x=1", 1010), Ok("eu-1"));
+        assert_eq!(k.verify(&m, "POST", "/orders/1?x=1", 1010), Err(HopError::BadSignature));
+        assert_eq!(k.verify(&m, "GET", "/orders/2?x=1", 1010), Err(HopError::BadSignature));
+        assert_eq!(k.verify(&m, "GET", "/orders/1?x=1", 1000 + MAX_SKEW + 1), Err(HopError::Stale));
+        let other = HopKey::derive("another-cluster-token");
+        assert_eq!(other.verify(&m, "GET", "/orders/1?x=1", 1000), Err(HopError::BadSignature));
+        let forged = m.replacen("eu-1", "us-1", 1);
+        assert_eq!(k.verify(&forged, "GET", "/orders/1?x=1", 1000), Err(HopError::BadSignature));
+        assert_eq!(k.verify("v1.a.b", "GET", "/", 0), Err(HopError::Malformed));
+        assert_eq!(k.verify("garbage", "GET", "/", 0), Err(HopError::Malformed));
+    }
+}

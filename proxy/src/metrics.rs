@@ -1,0 +1,195 @@
+//! Prometheus metrics for one proxy, served on the admin listener.
+//!
+//! Per-request counters are resolved to plain `IntCounter`s at start-up so
+//! the request path increments an atomic, with no label lookup.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+use tether_protocol::placement::Reason;
+
+/// How a client request ended, from the proxy's point of view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Forwarded,
+    RelockHint,
+    ForwardedForeign,
+    ServerUnavailable,
+    UpstreamUnavailable,
+    InvalidToken,
+    Public,
+    /// Answered by the proxy itself (`/auth/*`, `/closestToMe`, `/healthz`).
+    Reserved,
+    /// Refused for another reason (bad hop marker, loop, bad request).
+    Refused,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 9] = [
+        Outcome::Forwarded,
+        Outcome::RelockHint,
+        Outcome::ForwardedForeign,
+        Outcome::ServerUnavailable,
+        Outcome::UpstreamUnavailable,
+        Outcome::InvalidToken,
+        Outcome::Public,
+        Outcome::Reserved,
+        Outcome::Refused,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Forwarded => "forwarded",
+            Outcome::RelockHint => "relock_hint",
+            Outcome::ForwardedForeign => "forwarded_foreign",
+            Outcome::ServerUnavailable => "server_unavailable",
+            Outcome::UpstreamUnavailable => "upstream_unavailable",
+            Outcome::InvalidToken => "invalid_token",
+            Outcome::Public => "public",
+            Outcome::Reserved => "reserved",
+            Outcome::Refused => "refused",
+        }
+    }
+}
+
+pub struct Metrics {
+    registry: Registry,
+    outcomes: Vec<IntCounter>,
+    pub upstream_seconds: Histogram,
+    pub token_ok: IntCounter,
+    pub token_invalid: IntCounter,
+    decisions: Vec<IntCounter>,
+    pub refresh_rejected: IntCounterVec,
+    pub logins: IntCounterVec,
+    pub registry_version: IntGauge,
+    pub registry_staleness_ms: IntGauge,
+    pub heartbeat_failures: IntCounter,
+    pub heartbeats_sent: IntCounter,
+    pub poll_failures: IntCounter,
+    pub snapshots_rejected: IntCounterVec,
+    pub live_servers: IntGaugeVec,
+    pub probes: IntCounterVec,
+    pub load: prometheus::Gauge,
+}
+
+impl Metrics {
+    pub fn new(server_id: &str) -> Metrics {
+        let registry = Registry::new_custom(Some("tether_proxy".into()), Some([("server".to_owned(), server_id.to_owned())].into()))
+            .unwrap_or_default();
+        // Registering fresh metrics with distinct names in a fresh registry
+        // cannot fail; if it ever did, the metric would only be missing
+        // from /metrics, never break the proxy.
+        fn reg<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
+            if let Err(e) = r.register(Box::new(c.clone())) {
+                tracing::error!("metric registration failed: {e}");
+            }
+            c
+        }
+        let requests = reg(
+            &registry,
+            IntCounterVec::new(Opts::new("requests_total", "Client requests by outcome"), &["outcome"]).expect("static metric"),
+        );
+        let outcomes = Outcome::ALL.iter().map(|o| requests.with_label_values(&[o.label()])).collect();
+        let tokens = reg(
+            &registry,
+            IntCounterVec::new(Opts::new("token_verifications_total", "Access-token verifications by result"), &["result"])
+                .expect("static metric"),
+        );
+        let decisions_vec = reg(
+            &registry,
+            IntCounterVec::new(Opts::new("refresh_decisions_total", "Refresh placements by reason"), &["reason"])
+                .expect("static metric"),
+        );
+        let decisions = Reason::ALL.iter().map(|r| decisions_vec.with_label_values(&[r.as_str()])).collect();
+        Metrics {
+            outcomes,
+            upstream_seconds: reg(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new("upstream_seconds", "Time from choosing an upstream to its response header")
+                        .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+                )
+                .expect("static metric"),
+            ),
+            token_ok: tokens.with_label_values(&["ok"]),
+            token_invalid: tokens.with_label_values(&["invalid"]),
+            decisions,
+            refresh_rejected: reg(
+                &registry,
+                IntCounterVec::new(Opts::new("refresh_rejected_total", "Refreshes refused, by cause"), &["cause"])
+                    .expect("static metric"),
+            ),
+            logins: reg(
+                &registry,
+                IntCounterVec::new(Opts::new("logins_total", "Logins by outcome"), &["outcome"]).expect("static metric"),
+            ),
+            registry_version: reg(
+                &registry,
+                IntGauge::new("registry_version", "Version of the registry snapshot in use").expect("static metric"),
+            ),
+            registry_staleness_ms: reg(
+                &registry,
+                IntGauge::new(
+                    "registry_staleness_milliseconds",
+                    "Milliseconds since discovery last confirmed the snapshot in use",
+                )
+                .expect("static metric"),
+            ),
+            heartbeat_failures: reg(
+                &registry,
+                IntCounter::new("heartbeat_failures_total", "Heartbeats that discovery did not accept").expect("static metric"),
+            ),
+            heartbeats_sent: reg(
+                &registry,
+                IntCounter::new("heartbeats_total", "Heartbeats accepted by discovery").expect("static metric"),
+            ),
+            poll_failures: reg(
+                &registry,
+                IntCounter::new("registry_poll_failures_total", "Registry polls that failed").expect("static metric"),
+            ),
+            snapshots_rejected: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new("snapshots_rejected_total", "Snapshots refused as implausible, by reason"),
+                    &["reason"],
+                )
+                .expect("static metric"),
+            ),
+            live_servers: reg(
+                &registry,
+                IntGaugeVec::new(Opts::new("live_servers", "Live servers in the snapshot, by region"), &["region"])
+                    .expect("static metric"),
+            ),
+            probes: reg(
+                &registry,
+                IntCounterVec::new(Opts::new("failover_probes_total", "Fast-failover probes by result"), &["result"])
+                    .expect("static metric"),
+            ),
+            load: reg(&registry, prometheus::Gauge::new("load", "Load reported in heartbeats").expect("static metric")),
+            registry,
+        }
+    }
+
+    pub fn outcome(&self, o: Outcome) {
+        // Index matches Outcome::ALL by construction.
+        if let Some(c) = self.outcomes.get(o as usize) {
+            c.inc();
+        }
+    }
+
+    pub fn decision(&self, r: Reason) {
+        if let Some(c) = self.decisions.get(r as usize) {
+            c.inc();
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(8 * 1024);
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::error!("encoding metrics failed: {e}");
+        }
+        buf
+    }
+}

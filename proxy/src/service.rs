@@ -1,0 +1,326 @@
+//! The Pingora `ProxyHttp` implementation. Kept thin: each phase delegates
+//! to the module that decides ([`crate::endpoints`], [`crate::tokens`],
+//! [`crate::lock`], [`crate::upstream`]).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorType};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use tether_protocol::headers as h;
+use tether_protocol::wire::ErrorBody;
+
+use crate::config::ForeignLock;
+use crate::lock::{self, Route};
+use crate::metrics::Outcome;
+use crate::tokens::TokenError;
+use crate::{respond, State};
+
+pub struct TetherProxy {
+    pub state: Arc<State>,
+}
+
+/// Where the request is going, decided in `request_filter`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    None,
+    /// This server's upstream pool.
+    Local(SocketAddr),
+    /// The locked server's proxy (forward mode), one hop.
+    Foreign(SocketAddr),
+}
+
+pub struct Ctx {
+    target: Target,
+    outcome: Outcome,
+    /// Verified subject and server, moved out of the claims.
+    subject: String,
+    server: String,
+    upstream_started: Option<Instant>,
+    in_flight: bool,
+}
+
+fn bearer(session: &Session) -> Result<&str, TokenError> {
+    let value = session
+        .req_header()
+        .headers
+        .get("authorization")
+        .ok_or(TokenError::Missing)?;
+    let value = value.to_str().map_err(|_| TokenError::Malformed)?;
+    let (scheme, token) = value.split_once(' ').ok_or(TokenError::Malformed)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(TokenError::Missing);
+    }
+    Ok(token.trim())
+}
+
+impl TetherProxy {
+    fn is_public(&self, path: &str) -> bool {
+        self.state.cfg.routing.public_prefixes.iter().any(|p| path.starts_with(p.as_str()))
+    }
+
+    /// Picks a healthy local upstream or answers 503 (returns `None`).
+    async fn local_target(&self, session: &mut Session, ctx: &mut Ctx) -> pingora_error::Result<Option<Target>> {
+        match crate::upstream::select(&self.state.upstream) {
+            Some(b) => match b.addr.as_inet() {
+                Some(addr) => Ok(Some(Target::Local(*addr))),
+                None => Err(Error::explain(ErrorType::InternalError, "upstream is not an inet address")),
+            },
+            None => {
+                ctx.outcome = Outcome::UpstreamUnavailable;
+                respond::upstream_unavailable(session).await?;
+                Ok(None)
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for TetherProxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            target: Target::None,
+            outcome: Outcome::Refused,
+            subject: String::new(),
+            server: String::new(),
+            upstream_started: None,
+            in_flight: false,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora_error::Result<bool> {
+        let state = &self.state;
+        let path = session.req_header().uri.path();
+        if let Some(ep) = crate::endpoints::reserved(path) {
+            ctx.outcome = Outcome::Reserved;
+            crate::endpoints::handle(ep, state, session).await?;
+            return Ok(true);
+        }
+        if self.is_public(path) {
+            let Some(target) = self.local_target(session, ctx).await? else {
+                return Ok(true);
+            };
+            ctx.target = target;
+            ctx.outcome = Outcome::Public;
+            return Ok(false);
+        }
+
+        let claims = match bearer(session).and_then(|t| state.tokens.verify_access(t)) {
+            Ok(c) => c,
+            Err(e) => {
+                state.metrics.token_invalid.inc();
+                ctx.outcome = Outcome::InvalidToken;
+                respond::invalid_token(session, e.detail()).await?;
+                return Ok(true);
+            }
+        };
+        state.metrics.token_ok.inc();
+
+        // A request that already made its one hop must carry a valid marker.
+        let mut hopped = false;
+        if let Some(marker) = session.req_header().headers.get(h::HOP) {
+            let req = session.req_header();
+            let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());
+            let checked = marker
+                .to_str()
+                .map_err(|_| crate::hop::HopError::Malformed)
+                .and_then(|m| state.hop_key.verify(m, req.method.as_str(), pq, crate::tokens::unix_now()).map(|_| ()));
+            if let Err(e) = checked {
+                ctx.outcome = Outcome::Refused;
+                let body = ErrorBody::new("invalid_hop").detail(e.to_string());
+                respond::error(session, 403, &body, &[]).await?;
+                return Ok(true);
+            }
+            hopped = true;
+        }
+
+        let view = state.registry.load();
+        match lock::decide(&view, &state.cfg.server.id, &claims.srv) {
+            Route::Local => {
+                drop(view);
+                let Some(target) = self.local_target(session, ctx).await? else {
+                    return Ok(true);
+                };
+                ctx.target = target;
+                ctx.outcome = Outcome::Forwarded;
+            }
+            Route::Foreign(entry, addr) => {
+                if hopped {
+                    // Never a second hop: the sender thought we hold the lock.
+                    drop(view);
+                    ctx.outcome = Outcome::Refused;
+                    let body = ErrorBody::new("forward_loop").detail("this request was already forwarded once");
+                    respond::error(session, 508, &body, &[]).await?;
+                    return Ok(true);
+                }
+                match (state.cfg.routing.foreign_lock, addr) {
+                    (ForeignLock::Forward, Some(addr)) => {
+                        ctx.target = Target::Foreign(addr);
+                        ctx.outcome = Outcome::ForwardedForeign;
+                    }
+                    _ => {
+                        let body = ErrorBody {
+                            locked_server: Some(entry.summary()),
+                            ..ErrorBody::new("wrong_server")
+                        };
+                        let url = entry.url.clone();
+                        drop(view);
+                        ctx.outcome = Outcome::RelockHint;
+                        respond::error(session, 421, &body, &[(h::RELOCK, &url)]).await?;
+                        return Ok(true);
+                    }
+                }
+            }
+            Route::Unavailable => {
+                drop(view);
+                ctx.outcome = Outcome::ServerUnavailable;
+                respond::server_unavailable(session).await?;
+                return Ok(true);
+            }
+        }
+        ctx.subject = claims.sub;
+        ctx.server = claims.srv;
+        Ok(false)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> pingora_error::Result<Box<HttpPeer>> {
+        let addr = match ctx.target {
+            Target::Local(a) | Target::Foreign(a) => a,
+            Target::None => return Err(Error::explain(ErrorType::InternalError, "no target decided")),
+        };
+        let up = &self.state.cfg.upstream;
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        peer.options.connection_timeout = Some(up.connect_timeout);
+        peer.options.read_timeout = Some(up.read_timeout);
+        peer.options.idle_timeout = Some(std::time::Duration::from_secs(60));
+        if !ctx.in_flight {
+            ctx.in_flight = true;
+            self.state.load.enter();
+        }
+        ctx.upstream_started = Some(Instant::now());
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> pingora_error::Result<()> {
+        // Client-supplied internal headers never reach the app. The common
+        // case (none present) costs one scan and no allocation.
+        while let Some(name) = upstream
+            .headers
+            .keys()
+            .find(|k| k.as_str().starts_with("x-tether-") || k.as_str().starts_with("tether-"))
+            .cloned()
+        {
+            upstream.remove_header(&name);
+        }
+        match ctx.target {
+            Target::Local(_) if ctx.outcome == Outcome::Forwarded => {
+                upstream.insert_header(h::SUBJECT, ctx.subject.as_str())?;
+                upstream.insert_header(h::SERVER, ctx.server.as_str())?;
+            }
+            Target::Foreign(_) => {
+                let req = session.req_header();
+                let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());
+                let marker = self.state.hop_key.sign(
+                    req.method.as_str(),
+                    pq,
+                    crate::tokens::unix_now(),
+                    &self.state.cfg.server.id,
+                );
+                upstream.insert_header(h::HOP, marker)?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> pingora_error::Result<()> {
+        if let Some(t) = ctx.upstream_started.take() {
+            self.state.metrics.upstream_seconds.observe(t.elapsed().as_secs_f64());
+        }
+        // The app must not be able to speak the lock protocol to clients;
+        // a peer proxy (forward mode) may.
+        if matches!(ctx.target, Target::Local(_)) {
+            while let Some(name) = upstream_response
+                .headers
+                .keys()
+                .find(|k| k.as_str().starts_with("tether-"))
+                .cloned()
+            {
+                upstream_response.remove_header(&name);
+            }
+        }
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        _ctx: &mut Ctx,
+        e: Box<Error>,
+    ) -> Box<Error> {
+        // Not retried here: the health check takes a dead upstream out of
+        // rotation within one interval, and the client sees a clean 503.
+        e
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let before_response = session.response_written().is_none();
+        let code = match (ctx.target, e.esource()) {
+            (Target::Local(_), pingora_error::ErrorSource::Upstream) if before_response => {
+                ctx.outcome = Outcome::UpstreamUnavailable;
+                if let Err(err) = respond::upstream_unavailable(session).await {
+                    tracing::debug!("writing 503 failed: {err}");
+                }
+                503
+            }
+            (Target::Foreign(_), pingora_error::ErrorSource::Upstream) if before_response => {
+                ctx.outcome = Outcome::ServerUnavailable;
+                if let Err(err) = respond::server_unavailable(session).await {
+                    tracing::debug!("writing 503 failed: {err}");
+                }
+                503
+            }
+            _ => {
+                let code = match e.etype() {
+                    ErrorType::HTTPStatus(c) => *c,
+                    _ if e.esource() == &pingora_error::ErrorSource::Downstream => 400,
+                    _ => 502,
+                };
+                if before_response {
+                    if let Err(err) = session.respond_error(code).await {
+                        tracing::debug!("writing {code} failed: {err}");
+                    }
+                }
+                code
+            }
+        };
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        if ctx.in_flight {
+            self.state.load.leave();
+        }
+        self.state.metrics.outcome(ctx.outcome);
+    }
+}

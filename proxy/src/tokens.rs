@@ -1,0 +1,399 @@
+//! Minting and verifying tokens (DESIGN.md §3) with `jsonwebtoken`.
+//!
+//! The key ring maps `kid` to a key and its one allowed algorithm; one key
+//! signs, all verify (rotation: add the new key, switch `signing_kid`,
+//! remove the old key once its tokens have expired). Every check that can
+//! be made before touching the signature is made first and cheaply:
+//! length, segment count, header `typ`, `kid`, algorithm allow-list.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::Deserialize;
+use tether_protocol::claims::{AccessClaims, RefreshClaims};
+use tether_protocol::typ;
+use tether_protocol::wire::MAX_TOKEN_LEN;
+
+/// Shortest HS256 secret accepted, bytes (256 bits).
+pub const MIN_HS256_SECRET: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyRingError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{path}: key {kid:?}: {message}")]
+    Key { path: String, kid: String, message: String },
+    #[error("{path}: signing_kid {kid:?} names no key in the ring")]
+    NoSigningKey { path: String, kid: String },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyRingFile {
+    signing_kid: String,
+    keys: Vec<KeyFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyFile {
+    kid: String,
+    alg: String,
+    secret_hex: String,
+}
+
+#[derive(Clone)]
+struct VerifyingKey {
+    alg: Algorithm,
+    key: DecodingKey,
+}
+
+/// The signing key and every verifying key, by `kid`.
+#[derive(Clone)]
+pub struct KeyRing {
+    signing_kid: String,
+    signing_alg: Algorithm,
+    signing: EncodingKey,
+    verifying: HashMap<String, VerifyingKey>,
+}
+
+impl std::fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print key material.
+        f.debug_struct("KeyRing")
+            .field("signing_kid", &self.signing_kid)
+            .field("kids", &self.verifying.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl KeyRing {
+    pub fn load(path: &Path) -> Result<KeyRing, KeyRingError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| KeyRingError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        Self::parse(&text, &shown)
+    }
+
+    pub fn parse(text: &str, shown: &str) -> Result<KeyRing, KeyRingError> {
+        let file: KeyRingFile = toml::from_str(text).map_err(|e| KeyRingError::Parse {
+            path: shown.to_owned(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        let mut verifying = HashMap::new();
+        let mut signing = None;
+        for k in &file.keys {
+            let bad = |message: String| KeyRingError::Key {
+                path: shown.to_owned(),
+                kid: k.kid.clone(),
+                message,
+            };
+            if k.kid.is_empty() || k.kid.len() > 64 || !k.kid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+                return Err(bad("kid must be 1-64 characters of A-Z a-z 0-9 - _".into()));
+            }
+            let alg = match k.alg.as_str() {
+                "HS256" => Algorithm::HS256,
+                other => return Err(bad(format!("alg {other:?} is not allowed; allowed: \"HS256\""))),
+            };
+            let secret = decode_hex(&k.secret_hex).ok_or_else(|| bad("secret_hex is not valid hex".into()))?;
+            if secret.len() < MIN_HS256_SECRET {
+                return Err(bad(format!(
+                    "secret is {} bytes; HS256 needs at least {MIN_HS256_SECRET} random bytes (64 hex characters)",
+                    secret.len()
+                )));
+            }
+            if verifying
+                .insert(k.kid.clone(), VerifyingKey { alg, key: DecodingKey::from_secret(&secret) })
+                .is_some()
+            {
+                return Err(bad("kid is listed twice".into()));
+            }
+            if k.kid == file.signing_kid {
+                signing = Some((alg, EncodingKey::from_secret(&secret)));
+            }
+        }
+        let (signing_alg, signing) = signing.ok_or_else(|| KeyRingError::NoSigningKey {
+            path: shown.to_owned(),
+            kid: file.signing_kid.clone(),
+        })?;
+        Ok(KeyRing {
+            signing_kid: file.signing_kid,
+            signing_alg,
+            signing,
+            verifying,
+        })
+    }
+}
+
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    let s = s.trim();
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Why a token was refused. The `detail` strings are static so the 401
+/// path does not allocate for them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("no bearer token")]
+    Missing,
+    #[error("token is not a JWT (three base64url segments)")]
+    Malformed,
+    #[error("token is too large")]
+    TooLarge,
+    #[error("token type is wrong for this use")]
+    WrongType,
+    #[error("token key id is unknown")]
+    UnknownKey,
+    #[error("token algorithm is not allowed for its key")]
+    AlgorithmNotAllowed,
+    #[error("token signature is invalid")]
+    BadSignature,
+    #[error("token has expired")]
+    Expired,
+    #[error("token is not valid yet")]
+    NotYetValid,
+    #[error("token issuer is wrong")]
+    WrongIssuer,
+    #[error("token audience is wrong")]
+    WrongAudience,
+    #[error("token claims are missing or malformed")]
+    BadClaims,
+    #[error("token has been revoked")]
+    Revoked,
+}
+
+impl TokenError {
+    pub fn detail(self) -> &'static str {
+        match self {
+            TokenError::Missing => "no bearer token",
+            TokenError::Malformed => "token is not a JWT (three base64url segments)",
+            TokenError::TooLarge => "token is too large",
+            TokenError::WrongType => "token type is wrong for this use",
+            TokenError::UnknownKey => "token key id is unknown",
+            TokenError::AlgorithmNotAllowed => "token algorithm is not allowed for its key",
+            TokenError::BadSignature => "token signature is invalid",
+            TokenError::Expired => "token has expired",
+            TokenError::NotYetValid => "token is not valid yet",
+            TokenError::WrongIssuer => "token issuer is wrong",
+            TokenError::WrongAudience => "token audience is wrong",
+            TokenError::BadClaims => "token claims are missing or malformed",
+            TokenError::Revoked => "token has been revoked",
+        }
+    }
+}
+
+/// A freshly minted pair.
+#[derive(Debug, Clone)]
+pub struct Minted {
+    pub access: String,
+    pub refresh: String,
+    /// Access lifetime, seconds.
+    pub expires_in: u64,
+    pub family: String,
+}
+
+/// What the lock is set to when minting.
+#[derive(Debug, Clone, Copy)]
+pub struct LockTarget<'a> {
+    pub server_id: &'a str,
+    pub region: &'a str,
+}
+
+pub struct Tokens {
+    ring: KeyRing,
+    issuer: String,
+    audience: String,
+    access_ttl: Duration,
+    refresh_ttl: Duration,
+    access_validation: HashMap<Algorithm, Validation>,
+    refresh_validation: HashMap<Algorithm, Validation>,
+}
+
+impl Tokens {
+    pub fn new(cfg: &crate::config::TokenConfig) -> Tokens {
+        let make = |alg: Algorithm, access: bool| {
+            let mut v = Validation::new(alg);
+            v.leeway = cfg.leeway.as_secs();
+            v.set_issuer(&[cfg.issuer.as_str()]);
+            v.set_audience(&[cfg.audience.as_str()]);
+            v.validate_exp = true;
+            v.validate_nbf = access;
+            if access {
+                v.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
+            } else {
+                v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+            }
+            v
+        };
+        let algs = [Algorithm::HS256];
+        Tokens {
+            ring: cfg.keyring.clone(),
+            issuer: cfg.issuer.clone(),
+            audience: cfg.audience.clone(),
+            access_ttl: cfg.access_ttl,
+            refresh_ttl: cfg.refresh_ttl,
+            access_validation: algs.iter().map(|&a| (a, make(a, true))).collect(),
+            refresh_validation: algs.iter().map(|&a| (a, make(a, false))).collect(),
+        }
+    }
+
+    pub fn access_ttl(&self) -> Duration {
+        self.access_ttl
+    }
+
+    /// Verifies an access token: signature, `typ: at+jwt`, `iss`, `aud`,
+    /// `exp`, `nbf` (with the configured leeway).
+    pub fn verify_access(&self, token: &str) -> Result<AccessClaims, TokenError> {
+        self.verify(token, typ::ACCESS, &self.access_validation)
+    }
+
+    /// Verifies a refresh token (`typ: rt+jwt`).
+    pub fn verify_refresh(&self, token: &str) -> Result<RefreshClaims, TokenError> {
+        self.verify(token, typ::REFRESH, &self.refresh_validation)
+    }
+
+    fn verify<T: serde::de::DeserializeOwned>(
+        &self,
+        token: &str,
+        want_typ: &str,
+        validations: &HashMap<Algorithm, Validation>,
+    ) -> Result<T, TokenError> {
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(TokenError::TooLarge);
+        }
+        if token.bytes().filter(|&b| b == b'.').count() != 2 {
+            return Err(TokenError::Malformed);
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
+        if header.typ.as_deref() != Some(want_typ) {
+            return Err(TokenError::WrongType);
+        }
+        let kid = header.kid.as_deref().ok_or(TokenError::UnknownKey)?;
+        let key = self.ring.verifying.get(kid).ok_or(TokenError::UnknownKey)?;
+        if header.alg != key.alg {
+            return Err(TokenError::AlgorithmNotAllowed);
+        }
+        let validation = validations.get(&key.alg).ok_or(TokenError::AlgorithmNotAllowed)?;
+        jsonwebtoken::decode::<T>(token, &key.key, validation)
+            .map(|d| d.claims)
+            .map_err(map_jwt_error)
+    }
+
+    /// Mints an access and a refresh token locked to `target`. A new login
+    /// starts a new refresh family; a refresh keeps its family.
+    pub fn mint(
+        &self,
+        subject: &str,
+        target: LockTarget<'_>,
+        home: Option<&str>,
+        family: Option<&str>,
+    ) -> Result<Minted, jsonwebtoken::errors::Error> {
+        let now = unix_now();
+        let family = family.map_or_else(random_id, str::to_owned);
+        let access = AccessClaims {
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+            sub: subject.to_owned(),
+            iat: now,
+            nbf: now,
+            exp: now + self.access_ttl.as_secs(),
+            jti: random_id(),
+            srv: target.server_id.to_owned(),
+            rgn: target.region.to_owned(),
+            home: home.map(str::to_owned),
+            fam: family.clone(),
+        };
+        let refresh = RefreshClaims {
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+            sub: subject.to_owned(),
+            iat: now,
+            exp: now + self.refresh_ttl.as_secs(),
+            jti: random_id(),
+            fam: family.clone(),
+            srv: target.server_id.to_owned(),
+            home: home.map(str::to_owned),
+        };
+        Ok(Minted {
+            access: self.sign(typ::ACCESS, &access)?,
+            refresh: self.sign(typ::REFRESH, &refresh)?,
+            expires_in: self.access_ttl.as_secs(),
+            family,
+        })
+    }
+
+    fn sign<T: serde::Serialize>(&self, typ: &str, claims: &T) -> Result<String, jsonwebtoken::errors::Error> {
+        let mut header = Header::new(self.ring.signing_alg);
+        header.typ = Some(typ.to_owned());
+        header.kid = Some(self.ring.signing_kid.clone());
+        jsonwebtoken::encode(&header, claims, &self.ring.signing)
+    }
+}
+
+fn map_jwt_error(e: jsonwebtoken::errors::Error) -> TokenError {
+    use jsonwebtoken::errors::ErrorKind as K;
+    match e.kind() {
+        K::InvalidSignature => TokenError::BadSignature,
+        K::ExpiredSignature => TokenError::Expired,
+        K::ImmatureSignature => TokenError::NotYetValid,
+        K::InvalidIssuer => TokenError::WrongIssuer,
+        K::InvalidAudience => TokenError::WrongAudience,
+        K::InvalidAlgorithm | K::InvalidAlgorithmName => TokenError::AlgorithmNotAllowed,
+        K::MissingRequiredClaim(_) | K::Json(_) | K::InvalidSubject => TokenError::BadClaims,
+        K::InvalidToken | K::Base64(_) | K::Utf8(_) => TokenError::Malformed,
+        _ => TokenError::BadClaims,
+    }
+}
+
+/// Decodes a token's header and claims without verifying anything, for
+/// `tether token inspect`.
+pub fn inspect(token: &str) -> Result<serde_json::Value, TokenError> {
+    use base64::Engine;
+    let mut parts = token.split('.');
+    let (Some(h), Some(c), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return Err(TokenError::Malformed);
+    };
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let decode = |s: &str| -> Result<serde_json::Value, TokenError> {
+        let bytes = b64.decode(s).map_err(|_| TokenError::Malformed)?;
+        serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed)
+    };
+    Ok(serde_json::json!({ "header": decode(h)?, "claims": decode(c)? }))
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// 128 random bits, hex: token ids and refresh families.
+pub fn random_id() -> String {
+    let bytes: [u8; 16] = rand::random();
+    hex(&bytes)
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        // Writing to a String cannot fail.
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,217 @@
+use super::*;
+use crate::config::TokenConfig;
+
+const SECRET_HEX: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+fn ring(extra: &str) -> KeyRing {
+    KeyRing::parse(
+        &format!("signing_kid = \"k1\"\n[[keys]]\nkid = \"k1\"\nalg = \"HS256\"\nsecret_hex = \"{SECRET_HEX}\"\n{extra}"),
+        "test",
+    )
+    .unwrap()
+}
+
+fn cfg(ring: KeyRing) -> TokenConfig {
+    TokenConfig {
+        issuer: "tether".into(),
+        audience: "app".into(),
+        access_ttl: Duration::from_secs(120),
+        refresh_ttl: Duration::from_secs(14 * 86400),
+        leeway: Duration::from_secs(5),
+        keyring_path: "test".into(),
+        keyring: ring,
+    }
+}
+
+fn tokens() -> Tokens {
+    Tokens::new(&cfg(ring("")))
+}
+
+fn target() -> LockTarget<'static> {
+    LockTarget { server_id: "eu-1", region: "eu" }
+}
+
+/// Signs arbitrary claims with an arbitrary header, for hostile cases.
+fn forge(header: &Header, claims: &serde_json::Value, secret: &[u8]) -> String {
+    jsonwebtoken::encode(header, claims, &EncodingKey::from_secret(secret)).unwrap()
+}
+
+fn secret() -> Vec<u8> {
+    decode_hex(SECRET_HEX).unwrap()
+}
+
+fn access_header() -> Header {
+    let mut h = Header::new(Algorithm::HS256);
+    h.typ = Some("at+jwt".into());
+    h.kid = Some("k1".into());
+    h
+}
+
+fn claims(now: u64) -> serde_json::Value {
+    serde_json::json!({
+        "iss": "tether", "aud": "app", "sub": "alice", "iat": now, "nbf": now,
+        "exp": now + 100, "jti": "j", "srv": "eu-1", "rgn": "eu", "fam": "f"
+    })
+}
+
+#[test]
+fn mint_and_verify_round_trip() {
+    let t = tokens();
+    let m = t.mint("alice", target(), Some("us"), None).unwrap();
+    let a = t.verify_access(&m.access).unwrap();
+    assert_eq!((a.sub.as_str(), a.srv.as_str(), a.rgn.as_str()), ("alice", "eu-1", "eu"));
+    assert_eq!(a.home.as_deref(), Some("us"));
+    assert_eq!(a.exp - a.iat, 120);
+    let r = t.verify_refresh(&m.refresh).unwrap();
+    assert_eq!(r.fam, a.fam);
+    assert_eq!(r.fam, m.family);
+    assert_eq!(r.exp - r.iat, 14 * 86400);
+    // A refresh keeps the family.
+    let m2 = t.mint("alice", target(), None, Some(&m.family)).unwrap();
+    assert_eq!(t.verify_refresh(&m2.refresh).unwrap().fam, m.family);
+}
+
+#[test]
+fn access_and_refresh_never_pass_for_each_other() {
+    let t = tokens();
+    let m = t.mint("alice", target(), None, None).unwrap();
+    assert_eq!(t.verify_access(&m.refresh), Err(TokenError::WrongType));
+    assert_eq!(t.verify_refresh(&m.access), Err(TokenError::WrongType));
+}
+
+#[test]
+fn hostile_tokens_are_refused() {
+    let t = tokens();
+    let now = unix_now();
+    let good = forge(&access_header(), &claims(now), &secret());
+    assert!(t.verify_access(&good).is_ok());
+
+    let cases: Vec<(&str, String, TokenError)> = vec![
+        ("garbage", "garbage".into(), TokenError::Malformed),
+        ("two segments", "a.b".into(), TokenError::Malformed),
+        ("four segments", format!("{good}.x"), TokenError::Malformed),
+        ("empty", String::new(), TokenError::Malformed),
+        ("huge", "a".repeat(MAX_TOKEN_LEN + 1), TokenError::TooLarge),
+        ("wrong key", forge(&access_header(), &claims(now), &[7u8; 32]), TokenError::BadSignature),
+        ("unknown kid", {
+            let mut h = access_header();
+            h.kid = Some("k9".into());
+            forge(&h, &claims(now), &secret())
+        }, TokenError::UnknownKey),
+        ("no kid", {
+            let mut h = access_header();
+            h.kid = None;
+            forge(&h, &claims(now), &secret())
+        }, TokenError::UnknownKey),
+        ("kid traversal", {
+            let mut h = access_header();
+            h.kid = Some("../../etc/passwd".into());
+            forge(&h, &claims(now), &secret())
+        }, TokenError::UnknownKey),
+        ("no typ", {
+            let mut h = access_header();
+            h.typ = None;
+            forge(&h, &claims(now), &secret())
+        }, TokenError::WrongType),
+        ("HS384 on an HS256 key", {
+            let mut h = access_header();
+            h.alg = Algorithm::HS384;
+            forge(&h, &claims(now), &secret())
+        }, TokenError::AlgorithmNotAllowed),
+        ("expired beyond leeway", {
+            let mut c = claims(now);
+            c["exp"] = (now - 60).into();
+            forge(&access_header(), &c, &secret())
+        }, TokenError::Expired),
+        ("future nbf", {
+            let mut c = claims(now);
+            c["nbf"] = (now + 60).into();
+            forge(&access_header(), &c, &secret())
+        }, TokenError::NotYetValid),
+        ("wrong iss", {
+            let mut c = claims(now);
+            c["iss"] = "evil".into();
+            forge(&access_header(), &c, &secret())
+        }, TokenError::WrongIssuer),
+        ("wrong aud", {
+            let mut c = claims(now);
+            c["aud"] = "other".into();
+            forge(&access_header(), &c, &secret())
+        }, TokenError::WrongAudience),
+        ("missing srv", {
+            let mut c = claims(now);
+            c.as_object_mut().unwrap().remove("srv");
+            forge(&access_header(), &c, &secret())
+        }, TokenError::BadClaims),
+        ("missing nbf", {
+            let mut c = claims(now);
+            c.as_object_mut().unwrap().remove("nbf");
+            forge(&access_header(), &c, &secret())
+        }, TokenError::BadClaims),
+        ("string exp", {
+            let mut c = claims(now);
+            c["exp"] = (now + 100).to_string().into();
+            forge(&access_header(), &c, &secret())
+        }, TokenError::BadClaims),
+    ];
+    for (name, token, want) in cases {
+        assert_eq!(t.verify_access(&token), Err(want), "case {name}");
+    }
+}
+
+#[test]
+fn alg_none_is_refused() {
+    let t = tokens();
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header = b64.encode(br#"{"alg":"none","typ":"at+jwt","kid":"k1"}"#);
+    let body = b64.encode(claims(unix_now()).to_string());
+    for token in [format!("{header}.{body}."), format!("{header}.{body}.AAAA")] {
+        assert!(t.verify_access(&token).is_err(), "{token}");
+    }
+}
+
+#[test]
+fn leeway_is_applied() {
+    let t = tokens();
+    let now = unix_now();
+    let mut c = claims(now);
+    c["exp"] = (now - 2).into(); // within the 5 s leeway
+    assert!(t.verify_access(&forge(&access_header(), &c, &secret())).is_ok());
+}
+
+#[test]
+fn rotation_verifies_old_and_new_keys() {
+    let old = tokens();
+    let m = old.mint("alice", target(), None, None).unwrap();
+    let rotated = KeyRing::parse(
+        &format!(
+            "signing_kid = \"k2\"\n[[keys]]\nkid = \"k1\"\nalg = \"HS256\"\nsecret_hex = \"{SECRET_HEX}\"\n\
+             [[keys]]\nkid = \"k2\"\nalg = \"HS256\"\nsecret_hex = \"{}\"\n",
+            "ab".repeat(32)
+        ),
+        "test",
+    )
+    .unwrap();
+    let new = Tokens::new(&cfg(rotated));
+    assert!(new.verify_access(&m.access).is_ok(), "old tokens stay valid");
+    let m2 = new.mint("alice", target(), None, None).unwrap();
+    assert_eq!(jsonwebtoken::decode_header(&m2.access).unwrap().kid.as_deref(), Some("k2"));
+    assert_eq!(old.verify_access(&m2.access), Err(TokenError::UnknownKey));
+}
+
+#[test]
+fn key_ring_errors_name_the_problem() {
+    let short = KeyRing::parse("signing_kid = \"k\"\n[[keys]]\nkid = \"k\"\nalg = \"HS256\"\nsecret_hex = \"abcd\"\n", "f");
+    assert!(short.unwrap_err().to_string().contains("at least 32"));
+    let alg = KeyRing::parse(
+        &format!("signing_kid = \"k\"\n[[keys]]\nkid = \"k\"\nalg = \"none\"\nsecret_hex = \"{SECRET_HEX}\"\n"),
+        "f",
+    );
+    assert!(alg.unwrap_err().to_string().contains("not allowed"));
+    let missing = KeyRing::parse(
+        &format!("signing_kid = \"zz\"\n[[keys]]\nkid = \"k\"\nalg = \"HS256\"\nsecret_hex = \"{SECRET_HEX}\"\n"),
+        "f",
+    );
+    assert!(matches!(missing, Err(KeyRingError::NoSigningKey { .. })));
+}
