@@ -104,6 +104,7 @@ fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
@@ -132,12 +133,14 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
     let table: toml::Table = text
         .parse()
         .map_err(|e| anyhow::anyhow!("{}: not valid TOML: {e}", path.display()))?;
-    if table.contains_key("discovery") {
-        tether_discovery::config::parse(&text, path)?;
-        println!("{}: ok (discovery config)", path.display());
-    } else if table.contains_key("server") {
+    // A proxy config has a [server] table (and a [discovery] table that
+    // says how to reach discovery), so look for [server] first.
+    if table.contains_key("server") {
         tether_proxy::config::parse(&text, path)?;
         println!("{}: ok (proxy config)", path.display());
+    } else if table.contains_key("discovery") {
+        tether_discovery::config::parse(&text, path)?;
+        println!("{}: ok (discovery config)", path.display());
     } else {
         anyhow::bail!(
             "{}: cannot tell what this config is for: expected a [server] table (proxy) or a [discovery] table (discovery)",

@@ -255,13 +255,23 @@ impl Tokens {
 
     /// Verifies an access token: signature, `typ: at+jwt`, `iss`, `aud`,
     /// `exp`, `nbf` (with the configured leeway).
+    /// A `srv` that is not a well-formed server id (a URL, say) is refused
+    /// here, so no token can ever name an address.
     pub fn verify_access(&self, token: &str) -> Result<AccessClaims, TokenError> {
-        self.verify(token, typ::ACCESS, &self.access_validation)
+        let claims: AccessClaims = self.verify(token, typ::ACCESS, &self.access_validation)?;
+        if tether_protocol::validate::server_id("srv", &claims.srv).is_err() {
+            return Err(TokenError::BadClaims);
+        }
+        Ok(claims)
     }
 
     /// Verifies a refresh token (`typ: rt+jwt`).
     pub fn verify_refresh(&self, token: &str) -> Result<RefreshClaims, TokenError> {
-        self.verify(token, typ::REFRESH, &self.refresh_validation)
+        let claims: RefreshClaims = self.verify(token, typ::REFRESH, &self.refresh_validation)?;
+        if tether_protocol::validate::server_id("srv", &claims.srv).is_err() {
+            return Err(TokenError::BadClaims);
+        }
+        Ok(claims)
     }
 
     fn verify<T: serde::de::DeserializeOwned>(
