@@ -186,6 +186,12 @@ struct FileRouting {
     hysteresis_absolute: f64,
     #[serde(default = "default_probe_timeout")]
     probe_timeout_ms: u64,
+    #[serde(default = "default_true")]
+    fast_failover: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl Default for FileRouting {
@@ -196,6 +202,7 @@ impl Default for FileRouting {
             hysteresis_ratio: default_ratio(),
             hysteresis_absolute: default_absolute(),
             probe_timeout_ms: default_probe_timeout(),
+            fast_failover: true,
         }
     }
 }
@@ -326,6 +333,9 @@ pub struct RoutingConfig {
     pub foreign_lock: ForeignLock,
     pub hysteresis: tether_protocol::placement::Hysteresis,
     pub probe_timeout: Duration,
+    /// Probe servers a client reports unreachable (DESIGN.md §5). When
+    /// off, a dead server is only replaced once discovery evicts it.
+    pub fast_failover: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -590,6 +600,7 @@ impl Validator<'_> {
                 absolute: r.hysteresis_absolute,
             },
             probe_timeout: self.ms("routing.probe_timeout_ms", r.probe_timeout_ms, 10, 10_000)?,
+            fast_failover: r.fast_failover,
         };
 
         let limits = Limits {

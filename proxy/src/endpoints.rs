@@ -323,7 +323,8 @@ async fn refresh(state: &State, session: &mut Session) -> Result<()> {
     // Fast failover: believe "unreachable" only after our own probe fails.
     // Only servers in the registry are probed, at their registry URL.
     let mut confirmed_dead = None;
-    if let Some(unreachable) = req.unreachable_server_id.as_deref() {
+    let probe = req.unreachable_server_id.as_deref().filter(|_| state.cfg.routing.fast_failover);
+    if let Some(unreachable) = probe {
         if unreachable != me.id {
             if let Some(entry) = view.registry.get(unreachable).filter(|s| s.is_live()) {
                 let alive = state.prober.is_alive(&entry.id, &entry.url).await;
