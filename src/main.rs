@@ -36,6 +36,9 @@ enum Command {
     },
     /// Run the sample backend app (an unmodified app with a replicated store).
     SampleApp(tether_sampleapp::cli::Args),
+    /// Run the three-region demo: geo routing alone, then tether, then
+    /// tether with one region's proxy killed. Prints a table.
+    Demo(DemoArgs),
     /// Write fresh random secrets (key ring, cluster token, admin token).
     Keygen {
         /// Directory to write into, e.g. conf/secrets.
@@ -48,6 +51,46 @@ enum Command {
     /// Mint or inspect tokens (for operators).
     #[command(subcommand)]
     Token(TokenCommand),
+}
+
+#[derive(clap::Args)]
+struct DemoArgs {
+    /// Print the summary as JSON on stdout (progress stays on stderr).
+    #[arg(long)]
+    json: bool,
+    /// Start the cluster, print its URLs and keep it up until Ctrl-C.
+    #[arg(long)]
+    serve: bool,
+    /// Simulated clients per phase.
+    #[arg(long, default_value_t = 24)]
+    clients: usize,
+    /// Seconds per phase.
+    #[arg(long, default_value_t = 8)]
+    phase_seconds: u64,
+    /// Replication lag between regions, ms.
+    #[arg(long, default_value_t = 1500)]
+    lag_ms: u64,
+    /// Random extra replication delay, ms.
+    #[arg(long, default_value_t = 500)]
+    jitter_ms: u64,
+    /// Chance that a client jumps region before a step (0-1).
+    #[arg(long, default_value_t = 0.3)]
+    jump: f64,
+    /// Switch off fast failover (a dead server is replaced after eviction).
+    #[arg(long)]
+    no_fast_failover: bool,
+    /// Discovery heartbeat interval, ms.
+    #[arg(long, default_value_t = 500)]
+    heartbeat_ms: u64,
+    /// Discovery eviction TTL, ms.
+    #[arg(long, default_value_t = 2000)]
+    ttl_ms: u64,
+    /// The client's "Reconnecting…" wait, ms.
+    #[arg(long, default_value_t = 1000)]
+    reconnect_wait_ms: u64,
+    /// The region whose proxy is killed in phase 3.
+    #[arg(long, default_value = "us")]
+    kill_region: String,
 }
 
 #[derive(Subcommand)]
@@ -80,12 +123,15 @@ enum TokenCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // The demo prints a table; keep library chatter out of it.
+    init_logging(if matches!(cli.command, Command::Demo(_)) { "warn" } else { "info" });
+    exit_with_parent();
     let result = match cli.command {
         Command::Proxy { config } => run_proxy(&config),
         Command::Discovery { config } => run_discovery(&config),
         Command::Check { file } => check(&file),
         Command::SampleApp(args) => tether_sampleapp::cli::run(args).map_err(anyhow::Error::from),
+        Command::Demo(args) => demo(args),
         Command::Keygen { dir, force } => keygen(&dir, force),
         Command::Token(cmd) => token(cmd),
     };
@@ -98,9 +144,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
+fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TETHER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -198,6 +244,48 @@ fn token(cmd: TokenCommand) -> anyhow::Result<()> {
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// With `TETHER_EXIT_WITH_PARENT=1` (set by `tether demo` for its
+/// children), exit when stdin closes: the parent died or let go, so no
+/// process outlives the demo even if the demo itself is killed.
+fn exit_with_parent() {
+    if std::env::var_os("TETHER_EXIT_WITH_PARENT").is_some_and(|v| v == "1") {
+        std::thread::spawn(|| {
+            let mut sink = Vec::new();
+            // Any outcome (EOF or error) means the parent is gone.
+            let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+            std::process::exit(0);
+        });
+    }
+}
+
+fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    use std::time::Duration;
+    let opts = tether_demo::DemoOptions {
+        clients: args.clients,
+        phase: Duration::from_secs(args.phase_seconds),
+        lag: Duration::from_millis(args.lag_ms),
+        jitter: Duration::from_millis(args.jitter_ms),
+        jump_probability: args.jump,
+        fast_failover: !args.no_fast_failover,
+        heartbeat: Duration::from_millis(args.heartbeat_ms),
+        ttl: Duration::from_millis(args.ttl_ms),
+        reconnect_wait: Duration::from_millis(args.reconnect_wait_ms),
+        kill_region: args.kill_region,
+        ..tether_demo::DemoOptions::default()
+    };
+    if args.serve {
+        tether_demo::serve(&opts)?;
+        return Ok(());
+    }
+    let summary = tether_demo::run(&opts)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        println!("{}", tether_demo::table(&summary));
     }
     Ok(())
 }

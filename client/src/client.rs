@@ -353,9 +353,36 @@ impl Client {
     }
 
     /// Refreshes now, whatever the token's age.
+    ///
+    /// A refresh that cannot get through (the global URL's proxy died or
+    /// the answer was lost on the way) is tried again after the reconnect
+    /// wait, within the reconnect budget: a refresh changes no app state,
+    /// and the proxy answers a repeated refresh of the same token.
     pub async fn refresh(&self) -> Result<Refreshed, Error> {
+        self.refresh_retrying(RefreshCause::Manual, false).await
+    }
+
+    /// Refreshes telling the proxy that the locked server seems
+    /// unreachable (`unreachableServerId`): for an app whose request failed
+    /// without an answer (a timeout, a reset). The proxy probes the server
+    /// and moves the client only if the probe fails too, so a false alarm
+    /// costs nothing.
+    pub async fn refresh_unreachable(&self) -> Result<Refreshed, Error> {
+        self.refresh_retrying(RefreshCause::Unreachable, true).await
+    }
+
+    async fn refresh_retrying(&self, cause: RefreshCause, unreachable: bool) -> Result<Refreshed, Error> {
         let _gate = self.inner.refresh_gate.lock().await;
-        self.refresh_locked(RefreshCause::Manual, None).await
+        let mut spent = 0;
+        loop {
+            let suspect = if unreachable { Some(self.current()?.server.id) } else { None };
+            match self.refresh_locked(cause, suspect).await {
+                Err(e @ (Error::Connect { .. } | Error::Transport { .. })) => {
+                    self.reconnect_wait(&mut spent, e).await?;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Refreshes unless the session changed since generation `seen` (then

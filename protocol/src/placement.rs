@@ -100,9 +100,9 @@ pub struct Request<'a> {
     /// The proxy answering the refresh.
     pub answering: &'a str,
     pub answering_region: &'a str,
-    /// A server a fast-failover probe just confirmed dead: treated as gone
-    /// for this placement whatever the registry says.
-    pub confirmed_dead: Option<&'a str>,
+    /// Servers a fast-failover probe confirmed dead: treated as gone for
+    /// this placement whatever the registry says.
+    pub confirmed_dead: &'a [&'a str],
 }
 
 /// Where the client goes.
@@ -126,7 +126,7 @@ pub fn place<'r>(
     req: &Request<'_>,
     h: &Hysteresis,
 ) -> Result<Decision<'r>, PlacementError> {
-    let dead = |s: &ServerEntry| req.confirmed_dead == Some(s.id.as_str());
+    let dead = |s: &ServerEntry| req.confirmed_dead.contains(&s.id.as_str());
     let decide = |server: &'r ServerEntry, reason: Reason| Decision {
         server,
         reason,

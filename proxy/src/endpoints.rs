@@ -322,7 +322,8 @@ async fn refresh(state: &State, session: &mut Session) -> Result<()> {
 
     // Fast failover: believe "unreachable" only after our own probe fails.
     // Only servers in the registry are probed, at their registry URL.
-    let mut confirmed_dead = None;
+    // Servers found dead by recent probes stay excluded until discovery
+    // catches up.
     let probe = req.unreachable_server_id.as_deref().filter(|_| state.cfg.routing.fast_failover);
     if let Some(unreachable) = probe {
         if unreachable != me.id {
@@ -333,12 +334,15 @@ async fn refresh(state: &State, session: &mut Session) -> Result<()> {
                     .probes
                     .with_label_values(&[if alive { "alive" } else { "dead" }])
                     .inc();
-                if !alive {
-                    confirmed_dead = Some(unreachable);
-                }
             }
         }
     }
+    let known_dead = if state.cfg.routing.fast_failover {
+        state.prober.known_dead()
+    } else {
+        Vec::new()
+    };
+    let confirmed_dead: Vec<&str> = known_dead.iter().map(String::as_str).filter(|id| *id != me.id).collect();
 
     let decision = placement::place(
         &view.registry,
@@ -349,7 +353,7 @@ async fn refresh(state: &State, session: &mut Session) -> Result<()> {
             home_region: claims.home.as_deref(),
             answering: &me.id,
             answering_region: &me.region,
-            confirmed_dead,
+            confirmed_dead: &confirmed_dead,
         },
         &state.cfg.routing.hysteresis,
     );

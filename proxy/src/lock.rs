@@ -22,12 +22,15 @@ pub enum Route<'v> {
     Unavailable,
 }
 
-pub fn decide<'v>(view: &'v RegistryView, self_id: &str, srv: &str) -> Route<'v> {
+/// `known_dead` reports servers a fast-failover probe found dead that the
+/// registry still lists; their clients are told to refresh rather than
+/// sent to a corpse.
+pub fn decide<'v>(view: &'v RegistryView, self_id: &str, srv: &str, known_dead: impl Fn(&str) -> bool) -> Route<'v> {
     if srv == self_id {
         return Route::Local;
     }
     match view.registry.get(srv) {
-        Some(entry) if entry.is_live() => Route::Foreign(entry, view.peers.get(srv).copied()),
+        Some(entry) if entry.is_live() && !known_dead(srv) => Route::Foreign(entry, view.peers.get(srv).copied()),
         _ => Route::Unavailable,
     }
 }
@@ -55,10 +58,16 @@ mod tests {
         let view = RegistryView {
             registry: Registry::new(Snapshot {
                 version: 1,
-                servers: vec![entry("b", true, false), entry("c", false, false), entry("d", true, true)],
+                servers: vec![
+                    entry("b", true, false),
+                    entry("c", false, false),
+                    entry("d", true, true),
+                    entry("dead", true, false),
+                ],
             }),
             peers: [("b".to_owned(), "127.0.0.1:9".parse().unwrap())].into(),
         };
+        let decide = |v, me, srv| decide(v, me, srv, |id| id == "dead");
         assert_eq!(decide(&view, "a", "a"), Route::Local);
         // Itself even when absent from the registry.
         assert!(view.registry.get("a").is_none());
@@ -66,6 +75,7 @@ mod tests {
         assert!(matches!(decide(&view, "a", "d"), Route::Foreign(e, None) if e.id == "d"));
         assert_eq!(decide(&view, "a", "c"), Route::Unavailable);
         assert_eq!(decide(&view, "a", "zz"), Route::Unavailable);
+        assert_eq!(decide(&view, "a", "dead"), Route::Unavailable, "probe-dead beats the registry");
         assert_eq!(decide(&view, "a", "http://127.0.0.1:9/"), Route::Unavailable);
     }
 }

@@ -141,7 +141,7 @@ impl ProxyHttp for TetherProxy {
         }
 
         let view = state.registry.load();
-        match lock::decide(&view, &state.cfg.server.id, &claims.srv) {
+        match lock::decide(&view, &state.cfg.server.id, &claims.srv, |id| state.prober.is_known_dead(id)) {
             Route::Local => {
                 drop(view);
                 let Some(target) = self.local_target(session, ctx).await? else {

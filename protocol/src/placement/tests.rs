@@ -49,7 +49,7 @@ fn req(current: &'static str) -> Request<'static> {
         home_region: None,
         answering: "eu-1",
         answering_region: "eu",
-        confirmed_dead: None,
+        confirmed_dead: &[],
     }
 }
 
@@ -98,14 +98,14 @@ fn unhealthy_current_counts_as_dead() {
 #[test]
 fn probe_confirmed_dead_overrides_registry() {
     let r = reg(world());
-    let q = Request { closest: Some("us-1"), confirmed_dead: Some("us-1"), ..req("us-1") };
+    let q = Request { closest: Some("us-1"), confirmed_dead: &["us-1"], ..req("us-1") };
     expect(&r, q, "us-2", Reason::ServerDown);
 }
 
 #[test]
 fn probe_of_another_server_does_not_move_a_live_lock() {
     let r = reg(world());
-    let q = Request { closest: Some("eu-1"), confirmed_dead: Some("us-2"), ..req("eu-1") };
+    let q = Request { closest: Some("eu-1"), confirmed_dead: &["us-2"], ..req("eu-1") };
     expect(&r, q, "eu-1", Reason::Kept);
 }
 
@@ -164,7 +164,7 @@ fn dead_closest_is_not_chosen() {
     let mut w = world();
     w.retain(|e| e.id != "us-1");
     let r = reg(w);
-    let q = Request { closest: Some("us-2"), confirmed_dead: Some("us-2"), ..req("us-1") };
+    let q = Request { closest: Some("us-2"), confirmed_dead: &["us-2"], ..req("us-1") };
     // us-1 gone from the registry, us-2 probe-dead: region us is empty, so
     // the answering region takes over.
     let (id, why, _) = run(&r, q);
@@ -362,6 +362,7 @@ fn exhaustive_small_worlds_never_choose_ineligible_servers() {
                 for critical in [false, true] {
                     for home in [None, Some("eu"), Some("us")] {
                         for dead in [None, Some(current), Some("us-1")] {
+                            let dead_list: Vec<&str> = dead.into_iter().collect();
                             let q = Request {
                                 current,
                                 closest,
@@ -369,7 +370,7 @@ fn exhaustive_small_worlds_never_choose_ineligible_servers() {
                                 home_region: home,
                                 answering: "eu-1",
                                 answering_region: "eu",
-                                confirmed_dead: dead,
+                                confirmed_dead: &dead_list,
                             };
                             let Ok(d) = place(&r, &q, &Hysteresis::default()) else {
                                 assert!(
@@ -425,7 +426,7 @@ fn ten_thousand_servers() {
         home_region: None,
         answering: "srv-0",
         answering_region: "r0",
-        confirmed_dead: None,
+        confirmed_dead: &[],
     };
     // srv-7 has load 1, the idle one 0: within hysteresis, so the closest itself.
     expect(&r, q, "srv-7", Reason::MovedRegion);
@@ -433,7 +434,7 @@ fn ten_thousand_servers() {
     let q = Request { closest: Some("srv-9957"), ..q };
     expect(&r, q, "idle-7", Reason::MovedRegion);
     // Removing the current server sends the client to the closest.
-    let q = Request { confirmed_dead: Some("srv-3"), closest: Some("srv-7"), ..q };
+    let q = Request { confirmed_dead: &["srv-3"], closest: Some("srv-7"), ..q };
     expect(&r, q, "srv-7", Reason::ServerDown);
 }
 

@@ -1,0 +1,283 @@
+//! `tether demo`: the problem tether exists for, and its cure, in one
+//! command.
+//!
+//! It starts on loopback a discovery node, three regions (a `tether proxy`
+//! child process and a sample-app listener each, the apps replicating to
+//! each other with a lag), then runs simulated clients doing multi-step
+//! workflows while jumping between regions:
+//!
+//! 1. straight to the apps, routed by (simulated) geo DNS alone;
+//! 2. through tether, with the Rust client SDK;
+//! 3. through tether while one region's proxy is killed mid-run.
+//!
+//! It prints one table (or JSON with `--json`) and leaves nothing running.
+//! Start reading at [`run`]; [`cluster`] starts the processes, [`geo`]
+//! simulates geo DNS, [`load`] runs the clients and defines the counts.
+#![forbid(unsafe_code)]
+
+pub mod cluster;
+pub mod geo;
+pub mod load;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+pub use load::PhaseReport;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("starting the demo cluster: {0}")]
+    Start(String),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Options(String),
+}
+
+/// Demo settings; [`DemoOptions::default`] is what `tether demo` runs.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// The `tether` binary to start proxies and discovery with.
+    pub tether_bin: PathBuf,
+    /// Simulated clients per phase (default 24).
+    pub clients: usize,
+    /// Length of each phase (default 8 s).
+    pub phase: Duration,
+    /// Replication lag between regions and its random extra (1.5 s, 0.5 s).
+    pub lag: Duration,
+    pub jitter: Duration,
+    /// Chance that a client's geo-DNS answer changes before a step (0.3).
+    pub jump_probability: f64,
+    /// Fast failover at the proxies (probe servers clients report
+    /// unreachable). Off: a dead server is replaced only after eviction.
+    pub fast_failover: bool,
+    /// Heartbeat interval and eviction TTL for the demo's discovery.
+    pub heartbeat: Duration,
+    pub ttl: Duration,
+    /// The SDK's "Reconnecting…" wait (default 1 s; the SDK's own default
+    /// is 30 s).
+    pub reconnect_wait: Duration,
+    /// When in phase 3 the proxy dies (fraction of the phase, 0.3).
+    pub kill_at: f64,
+    /// The region whose proxy is killed (default "us").
+    pub kill_region: String,
+    pub seed: u64,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        DemoOptions {
+            tether_bin: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("tether")),
+            clients: 24,
+            phase: Duration::from_secs(8),
+            lag: Duration::from_millis(1500),
+            jitter: Duration::from_millis(500),
+            jump_probability: 0.3,
+            fast_failover: true,
+            heartbeat: Duration::from_millis(500),
+            ttl: Duration::from_millis(2000),
+            reconnect_wait: Duration::from_secs(1),
+            kill_at: 0.3,
+            kill_region: "us".into(),
+            seed: 7,
+        }
+    }
+}
+
+impl DemoOptions {
+    pub fn validate(&self) -> Result<(), DemoError> {
+        let bad = |m: String| Err(DemoError::Options(m));
+        if !(1..=1000).contains(&self.clients) {
+            return bad(format!("--clients {}: must be between 1 and 1000", self.clients));
+        }
+        if self.phase < Duration::from_secs(1) || self.phase > Duration::from_secs(600) {
+            return bad(format!("--phase-seconds {:?}: must be between 1 and 600", self.phase));
+        }
+        if !(0.0..=1.0).contains(&self.jump_probability) {
+            return bad(format!("--jump {}: must be between 0 and 1", self.jump_probability));
+        }
+        if !cluster::REGIONS.contains(&self.kill_region.as_str()) {
+            return bad(format!("--kill-region {:?}: must be one of {:?}", self.kill_region, cluster::REGIONS));
+        }
+        if self.ttl < self.heartbeat {
+            return bad("--ttl-ms must be at least --heartbeat-ms".into());
+        }
+        Ok(())
+    }
+}
+
+/// What the demo measured.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Summary {
+    pub phases: Vec<PhaseReport>,
+    pub clients: usize,
+    pub phase_seconds: f64,
+    pub replication_lag_ms: u64,
+    pub fast_failover: bool,
+    pub stale_events_ignored: u64,
+}
+
+/// Runs the three phases and returns the summary. Progress goes to stderr.
+pub fn run(opts: &DemoOptions) -> Result<Summary, DemoError> {
+    opts.validate()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(run_async(opts))
+}
+
+async fn run_async(opts: &DemoOptions) -> Result<Summary, DemoError> {
+    let t0 = Instant::now();
+    eprintln!("tether demo: starting discovery, 3 proxies and the sample app on 127.0.0.1 …");
+    let mut cluster = cluster::Cluster::start(opts).await?;
+    eprintln!(
+        "  cluster up in {:.1}s: regions {}; replication lag {} ms (+ up to {} ms)",
+        t0.elapsed().as_secs_f64(),
+        cluster.regions.iter().map(|r| r.code.as_str()).collect::<Vec<_>>().join(", "),
+        opts.lag.as_millis(),
+        opts.jitter.as_millis()
+    );
+    let apps: Vec<String> = cluster.regions.iter().map(|r| r.app_url.clone()).collect();
+    let proxies: Vec<String> = cluster.regions.iter().map(|r| r.proxy_url.clone()).collect();
+
+    eprintln!("phase 1/3: geo routing alone, straight to the apps");
+    let p1 = load::direct(opts, apps, "geo routing alone").await;
+    eprintln!("phase 2/3: through tether");
+    let p2 = load::through_tether(opts, proxies.clone(), "through tether", None).await;
+
+    eprintln!("phase 3/3: through tether, killing the {} proxy mid-run", opts.kill_region);
+    let victim = cluster
+        .regions
+        .iter_mut()
+        .find(|r| r.code == opts.kill_region)
+        .ok_or_else(|| DemoError::Options(format!("no region {}", opts.kill_region)))?;
+    let proxy = std::mem::replace(&mut victim.proxy, cluster::ChildProc::empty());
+    let kill = load::Kill {
+        at: opts.phase.mul_f64(opts.kill_at),
+        server_id: victim.server_id.clone(),
+        proxy,
+    };
+    let p3 = load::through_tether(
+        opts,
+        proxies,
+        &format!("tether, {} proxy killed", opts.kill_region),
+        Some(kill),
+    )
+    .await;
+
+    let stale = cluster::REGIONS
+        .iter()
+        .filter_map(|r| cluster.apps.stats(r))
+        .map(|s| s.stale_events)
+        .sum();
+    drop(cluster);
+    eprintln!("  done in {:.1}s; everything the demo started is stopped", t0.elapsed().as_secs_f64());
+    Ok(Summary {
+        phases: vec![p1, p2, p3],
+        clients: opts.clients,
+        phase_seconds: opts.phase.as_secs_f64(),
+        replication_lag_ms: opts.lag.as_millis() as u64,
+        fast_failover: opts.fast_failover,
+        stale_events_ignored: stale,
+    })
+}
+
+/// The summary as a table for people.
+pub fn table(s: &Summary) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let relocks = |p: &PhaseReport| {
+        if p.relocks.is_empty() {
+            "-".to_owned()
+        } else {
+            p.relocks.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
+        }
+    };
+    // Writing to a String cannot fail.
+    let _ = writeln!(
+        out,
+        "\n{:<30} {:>9} {:>7} {:>9}  {:<10} relocks (lock changes by reason)",
+        "phase", "workflows", "failed", "restarted", "recovery"
+    );
+    let _ = writeln!(out, "{}", "-".repeat(100));
+    for (i, p) in s.phases.iter().enumerate() {
+        let recovery = match (i, p.recovery_seconds, p.affected_clients) {
+            (_, Some(r), Some(_)) => format!("{r:.2} s"),
+            (_, None, Some(_)) => "not all".to_owned(),
+            _ => "-".to_owned(),
+        };
+        let restarted = if i == 0 { "-".to_owned() } else { p.restarted.to_string() };
+        let _ = writeln!(
+            out,
+            "{:<30} {:>9} {:>7} {:>9}  {:<10} {}",
+            format!("{}. {}", i + 1, p.name),
+            p.workflows,
+            p.failed,
+            restarted,
+            recovery,
+            relocks(p)
+        );
+    }
+    if let Some(p1) = s.phases.first() {
+        if !p1.failure_causes.is_empty() {
+            let causes: Vec<String> = p1.failure_causes.iter().map(|(k, v)| format!("{k} ×{v}")).collect();
+            let _ = writeln!(out, "\nphase 1 failures: {}", causes.join(", "));
+        }
+    }
+    for p in s.phases.iter().skip(1) {
+        if !p.failure_causes.is_empty() {
+            let causes: Vec<String> = p.failure_causes.iter().map(|(k, v)| format!("{k} ×{v}")).collect();
+            let _ = writeln!(out, "{} failures: {}", p.name, causes.join(", "));
+        }
+        if !p.other_errors.is_empty() {
+            let causes: Vec<String> = p.other_errors.iter().map(|(k, v)| format!("{k} ×{v}")).collect();
+            let _ = writeln!(out, "{} errors outside workflows: {}", p.name, causes.join(", "));
+        }
+    }
+    if let Some(p3) = s.phases.get(2) {
+        if let (Some(a), Some(m)) = (p3.affected_clients, p3.clients_moved) {
+            let _ = writeln!(
+                out,
+                "phase 3: {a} clients were locked to the killed server; {m} moved; {} workflows restarted on their new server",
+                p3.restarted
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "{} clients, {:.0} s per phase, replication lag {} ms, fast failover {}; {} stale replication events ignored by the apps",
+        s.clients,
+        s.phase_seconds,
+        s.replication_lag_ms,
+        if s.fast_failover { "on" } else { "off" },
+        s.stale_events_ignored
+    );
+    out
+}
+
+/// `tether demo --serve`: start the cluster, print where everything is,
+/// wait for Ctrl-C, stop everything.
+pub fn serve(opts: &DemoOptions) -> Result<(), DemoError> {
+    opts.validate()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async {
+        let cluster = cluster::Cluster::start(opts).await?;
+        println!("tether demo cluster is up (Ctrl-C stops everything)\n");
+        println!("discovery   {}/v1/servers   (metrics: {}/metrics)", cluster.discovery_url, cluster.discovery_url);
+        for r in &cluster.regions {
+            println!(
+                "region {:<4} proxy {}   admin {}/metrics   app {}",
+                r.code, r.proxy_url, r.admin_url, r.app_url
+            );
+        }
+        let eu = &cluster.regions[0].proxy_url;
+        println!("\ntry:");
+        println!("  curl -si -X POST {eu}/auth/login -H 'content-type: application/json' -d '{{\"username\":\"carol\",\"password\":\"demo\"}}'");
+        println!("  curl -s {eu}/orders/x -H \"authorization: Bearer $ACCESS\"     # with the Tether-Access-Token from the login");
+        println!("  curl -s {eu}/closestToMe");
+        println!("configs and logs: {}", cluster.logs().display());
+        tokio::signal::ctrl_c().await?;
+        eprintln!("stopping …");
+        drop(cluster);
+        Ok(())
+    })
+}
