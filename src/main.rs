@@ -39,6 +39,8 @@ enum Command {
     /// Run the three-region demo: geo routing alone, then tether, then
     /// tether with one region's proxy killed. Prints a table.
     Demo(DemoArgs),
+    /// Load-test a tether deployment with SDK clients running workflows.
+    Bench(BenchArgs),
     /// Write fresh random secrets (key ring, cluster token, admin token).
     Keygen {
         /// Directory to write into, e.g. conf/secrets.
@@ -93,6 +95,34 @@ struct DemoArgs {
     kill_region: String,
 }
 
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// The deployment's global URL (a proxy, or the geo-DNS name).
+    #[arg(long)]
+    global_url: String,
+    /// Simulated clients.
+    #[arg(long, default_value_t = 32)]
+    clients: usize,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// "locked" (requests to the locked server) or "global" (through the
+    /// global URL, following 421s).
+    #[arg(long, default_value = "locked")]
+    routing: String,
+    /// Users are <prefix>0000, <prefix>0001, …
+    #[arg(long, default_value = "user-")]
+    user_prefix: String,
+    #[arg(long, default_value = "demo")]
+    password: String,
+    /// Think time between workflow steps, ms.
+    #[arg(long, default_value_t = 0)]
+    think_ms: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
 #[derive(Subcommand)]
 enum TokenCommand {
     /// Mint an access + refresh token pair with a proxy's config and keys.
@@ -124,7 +154,7 @@ enum TokenCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo prints a table; keep library chatter out of it.
-    init_logging(if matches!(cli.command, Command::Demo(_)) { "warn" } else { "info" });
+    init_logging(if matches!(cli.command, Command::Demo(_) | Command::Bench(_)) { "warn" } else { "info" });
     exit_with_parent();
     let result = match cli.command {
         Command::Proxy { config } => run_proxy(&config),
@@ -132,6 +162,7 @@ fn main() -> ExitCode {
         Command::Check { file } => check(&file),
         Command::SampleApp(args) => tether_sampleapp::cli::run(args).map_err(anyhow::Error::from),
         Command::Demo(args) => demo(args),
+        Command::Bench(args) => bench(args),
         Command::Keygen { dir, force } => keygen(&dir, force),
         Command::Token(cmd) => token(cmd),
     };
@@ -286,6 +317,29 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
         println!("{}", tether_demo::table(&summary));
+    }
+    Ok(())
+}
+
+fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    let routing = match args.routing.as_str() {
+        "locked" => tether_client::Routing::Locked,
+        "global" => tether_client::Routing::Global,
+        other => anyhow::bail!("--routing {other:?}: must be \"locked\" or \"global\""),
+    };
+    let report = tether_demo::bench::run(&tether_demo::bench::BenchOptions {
+        global_url: args.global_url.trim_end_matches('/').to_owned(),
+        clients: args.clients,
+        duration: std::time::Duration::from_secs(args.seconds),
+        routing,
+        user_prefix: args.user_prefix,
+        password: args.password,
+        think: std::time::Duration::from_millis(args.think_ms),
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{}", tether_demo::bench::table(&report));
     }
     Ok(())
 }

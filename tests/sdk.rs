@@ -209,3 +209,33 @@ async fn dead_server_fails_over_at_once_and_reconnects_when_all_is_dark() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_tool_runs_workflows_against_a_deployment() {
+    let w = world(Timing::default()).await;
+    let out = tokio::process::Command::new(TETHER)
+        .args(["bench", "--json", "--clients", "4", "--seconds", "2", "--routing", "global", "--global-url"])
+        .arg(&w.us.url)
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(r["workflowsCompleted"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(r["workflowsFailed"], 0, "{r}");
+    for endpoint in ["login", "refresh", "create", "add_item", "checkout"] {
+        let e = &r["endpoints"][endpoint];
+        assert!(e["count"].as_u64().unwrap() > 0, "{endpoint}: {r}");
+        assert!(e["p99Ms"].as_f64().unwrap() >= e["p50Ms"].as_f64().unwrap());
+    }
+    // Users whose home or lock is in eu were hinted there from us.
+    assert!(r["relockHints"].as_u64().unwrap() > 0, "{r}");
+    // A bad option is refused with a clear message.
+    let out = tokio::process::Command::new(TETHER)
+        .args(["bench", "--routing", "sideways", "--global-url", "http://127.0.0.1:1"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--routing"));
+}

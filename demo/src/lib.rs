@@ -15,6 +15,7 @@
 //! simulates geo DNS, [`load`] runs the clients and defines the counts.
 #![forbid(unsafe_code)]
 
+pub mod bench;
 pub mod cluster;
 pub mod geo;
 pub mod load;
