@@ -501,3 +501,80 @@ async fn closest_to_me_and_healthz() {
     let r = get(&c.http, &format!("{}/healthz", a.url), None).await;
     assert_eq!(r.status(), 200);
 }
+
+fn kid_of(token: &str) -> String {
+    jsonwebtoken::decode_header(token).unwrap().kid.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_rotation_under_load_refuses_no_valid_token() {
+    let mut c = Cluster::new(Timing::default());
+    c.start_discovery(0);
+    let app = Upstream::start("app").await;
+    let mut a = c.proxy("eu-1", "eu").upstream(&app).start().await;
+    let old = login(&c.http, &a.url, "alice", None).await;
+    assert_eq!(kid_of(&old.access), "k1");
+
+    // Load: requests with the old token and with fresh logins' tokens, all
+    // of which must succeed throughout the rotation.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let loader = tokio::spawn({
+        let (http, url, token, stop) = (c.http.clone(), a.url.clone(), old.access.clone(), stop.clone());
+        async move {
+            let (mut ok, mut bad) = (0u32, Vec::new());
+            let mut tokens = vec![token];
+            let mut i = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                if i % 10 == 0 {
+                    tokens.push(login(&http, &url, "bob", None).await.access);
+                }
+                for t in &tokens[tokens.len().saturating_sub(3)..] {
+                    let r = get(&http, &format!("{url}/x"), Some(t)).await;
+                    if r.status() == 200 { ok += 1 } else { bad.push((r.status().as_u16(), kid_of(t))) }
+                }
+                let r = get(&http, &format!("{url}/x"), Some(&tokens[0])).await;
+                if r.status() == 200 { ok += 1 } else { bad.push((r.status().as_u16(), kid_of(&tokens[0]))) }
+                i += 1;
+            }
+            (ok, bad)
+        }
+    });
+
+    let ring = c.path("keyring.toml");
+    let original = std::fs::read_to_string(&ring).unwrap();
+    let k1_block = &original[original.find("[[keys]]").unwrap()..];
+    let k2_secret = "cd".repeat(32);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    std::fs::write(&ring, format!("signing_kid = \"k2\"\n\n{k1_block}\n[[keys]]\nkid = \"k2\"\nalg = \"HS256\"\nsecret_hex = \"{k2_secret}\"\n")).unwrap();
+    // SIGHUP asks for the reload at once (the file watch would find it
+    // within a second anyway).
+    let hup = std::process::Command::new("kill").args(["-HUP", &a.proc.pid().to_string()]).status().unwrap();
+    assert!(hup.success());
+    eventually(Duration::from_secs(5), "new logins signed with k2", || async {
+        kid_of(&login(&c.http, &a.url, "carol", None).await.access) == "k2"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, bad) = loader.await.unwrap();
+    assert!(bad.is_empty(), "valid tokens refused during rotation: {bad:?}");
+    assert!(ok > 20, "the load ran ({ok} requests)");
+    assert!(a.proc.is_running(), "SIGHUP reloads, it does not kill");
+
+    // A broken file is ignored: the current keys stay.
+    std::fs::write(&ring, "signing_kid = \"k9\"\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(get(&c.http, &format!("{}/x", a.url), Some(&old.access)).await.status(), 200);
+
+    // Retiring k1: its tokens stop verifying, k2's keep working.
+    let new = login(&c.http, &a.url, "dave", None).await;
+    std::fs::write(&ring, format!("signing_kid = \"k2\"\n[[keys]]\nkid = \"k2\"\nalg = \"HS256\"\nsecret_hex = \"{k2_secret}\"\n")).unwrap();
+    eventually(Duration::from_secs(5), "k1 retired", || async {
+        get(&c.http, &format!("{}/x", a.url), Some(&old.access)).await.status() == 401
+    })
+    .await;
+    assert_eq!(get(&c.http, &format!("{}/x", a.url), Some(&new.access)).await.status(), 200);
+    let m = a.metrics(&c.http).await;
+    assert!(metric(&m, "tether_proxy_keyring_reloads_total{result=\"reloaded\"").unwrap() >= 2.0, "{m}");
+    assert!(metric(&m, "tether_proxy_keyring_reloads_total{result=\"failed\"").unwrap() >= 1.0);
+}

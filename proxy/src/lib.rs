@@ -21,6 +21,7 @@ pub mod admin;
 pub mod config;
 pub mod endpoints;
 pub mod hop;
+pub mod keys;
 pub mod load;
 pub mod lock;
 pub mod metrics;
@@ -54,7 +55,8 @@ pub enum Error {
 /// Everything the request path and the background tasks share.
 pub struct State {
     pub cfg: ProxyConfig,
-    pub tokens: tokens::Tokens,
+    /// The live key ring (reloaded on change or SIGHUP).
+    pub tokens: keys::TokenStore,
     pub registry: sync::RegistryState,
     pub upstream: Arc<LoadBalancer<RoundRobin>>,
     pub metrics: metrics::Metrics,
@@ -82,7 +84,7 @@ impl State {
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
         let state = Arc::new(State {
-            tokens: tokens::Tokens::new(&cfg.tokens),
+            tokens: keys::TokenStore::new(&cfg.tokens),
             registry: sync::RegistryState::new(sync::RegistryView::default()),
             upstream,
             metrics: metrics::Metrics::new(&cfg.server.id),

@@ -71,6 +71,7 @@ pub struct Metrics {
     pub live_servers: IntGaugeVec,
     pub probes: IntCounterVec,
     pub load: prometheus::Gauge,
+    pub keyring_reloads: IntCounterVec,
 }
 
 impl Metrics {
@@ -167,6 +168,11 @@ impl Metrics {
                     .expect("static metric"),
             ),
             load: reg(&registry, prometheus::Gauge::new("load", "Load reported in heartbeats").expect("static metric")),
+            keyring_reloads: reg(
+                &registry,
+                IntCounterVec::new(Opts::new("keyring_reloads_total", "Key-ring reloads by result"), &["result"])
+                    .expect("static metric"),
+            ),
             registry,
         }
     }

@@ -171,7 +171,46 @@ impl BackgroundService for SyncService {
             _ = heartbeat_loop(state) => {}
             _ = poll_loop(state) => {}
             _ = sample_loop(state) => {}
+            _ = keyring_loop(state) => {}
             _ = shutdown.changed() => {}
+        }
+    }
+}
+
+/// Reloads the key ring when its file changes (checked every second) or
+/// on SIGHUP. Installing the SIGHUP handler also keeps a stray SIGHUP from
+/// killing the proxy.
+async fn keyring_loop(state: &State) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!("cannot listen for SIGHUP ({e}); the key ring is still reloaded when its file changes");
+            None
+        }
+    };
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        let trigger = match hup.as_mut() {
+            Some(h) => tokio::select! {
+                _ = tick.tick() => "file check",
+                _ = h.recv() => "SIGHUP",
+            },
+            None => {
+                tick.tick().await;
+                "file check"
+            }
+        };
+        match state.tokens.reload() {
+            Ok(crate::keys::Reload::Reloaded) => {
+                tracing::info!(trigger, "key ring reloaded");
+                state.metrics.keyring_reloads.with_label_values(&["reloaded"]).inc();
+            }
+            Ok(crate::keys::Reload::Unchanged) => {}
+            Err(e) => {
+                tracing::error!(trigger, "key ring not reloaded, keeping the current keys: {e}");
+                state.metrics.keyring_reloads.with_label_values(&["failed"]).inc();
+            }
         }
     }
 }

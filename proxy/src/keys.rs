@@ -1,0 +1,84 @@
+//! The live key ring: [`Tokens`] behind an `ArcSwap`, reloaded without a
+//! restart when the key-ring file changes (checked every second) or on
+//! SIGHUP.
+//!
+//! Rotation: add the new key to the file and make it `signing_kid`; keep
+//! the old key listed until the tokens it signed have expired (the refresh
+//! lifetime). Tokens signed by any listed key verify, so no valid token is
+//! refused during a rotation. A file that fails to parse is logged and
+//! ignored: the proxy keeps the last good ring.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use arc_swap::ArcSwap;
+use tether_protocol::claims::{AccessClaims, RefreshClaims};
+
+use crate::config::TokenConfig;
+use crate::tokens::{KeyRing, KeyRingError, LockTarget, Minted, TokenError, Tokens};
+
+pub struct TokenStore {
+    current: ArcSwap<Tokens>,
+    cfg: TokenConfig,
+    path: PathBuf,
+    /// The file's text as last loaded, to see whether it changed.
+    loaded: Mutex<String>,
+}
+
+/// What a reload did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reload {
+    Unchanged,
+    Reloaded,
+}
+
+impl TokenStore {
+    pub fn new(cfg: &TokenConfig) -> TokenStore {
+        let text = std::fs::read_to_string(&cfg.keyring_path).unwrap_or_default();
+        TokenStore {
+            current: ArcSwap::from_pointee(Tokens::new(cfg)),
+            cfg: cfg.clone(),
+            path: cfg.keyring_path.clone(),
+            loaded: Mutex::new(text),
+        }
+    }
+
+    pub fn verify_access(&self, token: &str) -> Result<AccessClaims, TokenError> {
+        self.current.load().verify_access(token)
+    }
+
+    pub fn verify_refresh(&self, token: &str) -> Result<RefreshClaims, TokenError> {
+        self.current.load().verify_refresh(token)
+    }
+
+    pub fn mint(
+        &self,
+        subject: &str,
+        target: LockTarget<'_>,
+        home: Option<&str>,
+        family: Option<&str>,
+    ) -> Result<Minted, jsonwebtoken::errors::Error> {
+        self.current.load().mint(subject, target, home, family)
+    }
+
+    /// Re-reads the key-ring file; swaps in a new ring when its text
+    /// changed and parses. On error the current ring stays.
+    pub fn reload(&self) -> Result<Reload, KeyRingError> {
+        let text = std::fs::read_to_string(&self.path).map_err(|source| KeyRingError::Read {
+            path: self.path.display().to_string(),
+            source,
+        })?;
+        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        if *loaded == text {
+            return Ok(Reload::Unchanged);
+        }
+        let ring = KeyRing::parse(&text, &self.path.display().to_string())?;
+        let cfg = TokenConfig {
+            keyring: ring,
+            ..self.cfg.clone()
+        };
+        self.current.store(std::sync::Arc::new(Tokens::new(&cfg)));
+        *loaded = text;
+        Ok(Reload::Reloaded)
+    }
+}
