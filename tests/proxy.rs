@@ -82,6 +82,12 @@ async fn login_then_local_forward_with_verified_identity() {
     let v: serde_json::Value = r.json().await.unwrap();
     assert!(v["subject"].is_null());
 
+    // Outcomes are counted in Pingora's logging phase, just after the
+    // answer is written: give the last one a moment.
+    eventually(Duration::from_secs(2), "request outcomes counted", || async {
+        metric(&a.metrics(&c.http).await, "tether_proxy_requests_total{outcome=\"public\"") == Some(1.0)
+    })
+    .await;
     let m = a.metrics(&c.http).await;
     assert_eq!(metric(&m, "tether_proxy_requests_total{outcome=\"forwarded\""), Some(1.0), "{m}");
     assert_eq!(metric(&m, "tether_proxy_requests_total{outcome=\"public\""), Some(1.0));
@@ -157,9 +163,12 @@ async fn foreign_lock_gets_relock_hint_or_one_forwarded_hop() {
 async fn refresh_places_clients_by_the_policy() {
     let (c, _app_a, _app_b, a, b) = two_regions(Timing::default()).await;
     let l = login(&c.http, &a.url, "alice", None).await;
+    // Every refresh rotates the refresh token: a client uses the newest.
+    let next = |v: &serde_json::Value| v["refreshToken"].as_str().unwrap().to_owned();
 
     // Critical task: kept, even though the closest server is elsewhere.
     let (s, v) = refresh(&c.http, &b.url, json!({"refreshToken": l.refresh, "closestServerId": "us-1", "criticalTaskInProgress": true})).await;
+    let rt = next(&v);
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["server"]["id"], "eu-1");
     assert_eq!(v["serverChanged"], false);
@@ -169,8 +178,9 @@ async fn refresh_places_clients_by_the_policy() {
     assert_eq!(v["expiresIn"], 120);
 
     // Closest in another region: moved there.
-    let (s, v) = refresh(&c.http, &b.url, json!({"refreshToken": l.refresh, "closestServerId": "us-1"})).await;
+    let (s, v) = refresh(&c.http, &b.url, json!({"refreshToken": rt, "closestServerId": "us-1"})).await;
     assert_eq!(s, 200, "{v}");
+    let rt = next(&v);
     assert_eq!(v["server"], json!({"id": "us-1", "url": b.url, "region": "us"}));
     assert_eq!(v["serverChanged"], true);
     assert_eq!(v["previousServerId"], "eu-1");
@@ -206,10 +216,10 @@ async fn refresh_places_clients_by_the_policy() {
     assert_eq!(v["reason"], "same_region_least_load");
     busy.abort();
 
-    // Same region, equal loads: kept.
-    let (s, v) = refresh(&c.http, &a.url, json!({"refreshToken": l.refresh})).await;
+    // Same region, equal loads: kept (the client is on us-1 now, closest us-1).
+    let (s, v) = refresh(&c.http, &b.url, json!({"refreshToken": rt})).await;
     assert_eq!(s, 200, "{v}");
-    assert_eq!((v["server"]["id"].as_str(), v["reason"].as_str(), v["serverChanged"].as_bool()), (Some("eu-1"), Some("kept"), Some(false)));
+    assert_eq!((v["server"]["id"].as_str(), v["reason"].as_str(), v["serverChanged"].as_bool()), (Some("us-1"), Some("kept"), Some(false)));
 
     // Home region: a user whose home is "us" logging in at A is locked in
     // us, and stays there even when the closest server is in eu.
@@ -294,12 +304,16 @@ async fn killed_server_is_replaced_fast_then_evicted() {
     let (s, v) = refresh(&c.http, &b.url, json!({"refreshToken": l.refresh, "closestServerId": "eu-1", "unreachableServerId": "eu-1"})).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!((v["server"]["id"].as_str(), v["serverChanged"].as_bool()), (Some("eu-1"), Some(false)));
+    // Rotation: the client continues with the newest refresh token; the
+    // first one is kept aside to check the "after the TTL" path below.
+    let rt = v["refreshToken"].as_str().unwrap().to_owned();
 
     // Probe results are reused for about a second; let that one expire.
     tokio::time::sleep(tether_proxy::probe::PROBE_CACHE + Duration::from_millis(100)).await;
     a.proc.kill();
     let killed = Instant::now();
-    let (s, v) = refresh(&c.http, &b.url, json!({"refreshToken": l.refresh, "closestServerId": "us-1", "unreachableServerId": "eu-1"})).await;
+    let (_, rt_later) = mint(&b.config, "alice", "eu-1", "eu");
+    let (s, v) = refresh(&c.http, &b.url, json!({"refreshToken": rt, "closestServerId": "us-1", "unreachableServerId": "eu-1"})).await;
     let took = killed.elapsed();
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["server"]["id"], "us-1");
@@ -311,22 +325,34 @@ async fn killed_server_is_replaced_fast_then_evicted() {
     assert!(listed["servers"].as_array().unwrap().iter().any(|s| s["id"] == "eu-1"), "{listed}");
     println!("fast failover: new lock {took:?} after the kill (TTL {} ms)", timing.ttl_ms);
 
-    // After the TTL: A's token at B is told to refresh.
+    // B remembers what its probe found: A's clients are told to refresh at
+    // once instead of being hinted to a dead server.
+    let r = get(&c.http, &format!("{}/orders/1", b.url), Some(&l.access)).await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["tether-relock"], "refresh");
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!((v["error"].as_str(), v["action"].as_str()), (Some("server_unavailable"), Some("refresh")));
+
+    // Discovery evicts A after its TTL, not before; then every proxy's
+    // registry drops it and its tokens get 503 refresh from the registry
+    // alone.
     let deadline = Instant::now() + Duration::from_millis(timing.ttl_ms + 4000);
     let evicted_after = loop {
-        let r = get(&c.http, &format!("{}/orders/1", b.url), Some(&l.access)).await;
-        if r.status() == 503 && r.headers().get("tether-relock").is_some_and(|v| v == "refresh") {
-            let elapsed = killed.elapsed();
-            let v: serde_json::Value = r.json().await.unwrap();
-            assert_eq!((v["error"].as_str(), v["action"].as_str()), (Some("server_unavailable"), Some("refresh")));
-            break elapsed;
+        let listed = c.servers().await;
+        if !listed["servers"].as_array().unwrap().iter().any(|s| s["id"] == "eu-1") {
+            break killed.elapsed();
         }
-        assert_eq!(r.status(), 421, "before eviction B still hints A");
         assert!(Instant::now() < deadline, "A was never evicted");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(evicted_after >= Duration::from_millis(timing.ttl_ms - 500), "evicted before the TTL: {evicted_after:?}");
-    let (s, v) = refresh(&c.http, &b.url, json!({"refreshToken": l.refresh})).await;
+    b.wait_gone(&c.http, "eu-1").await;
+    let r = get(&c.http, &format!("{}/orders/1", b.url), Some(&l.access)).await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["tether-relock"], "refresh");
+    // A client still locked to eu-1 (a fresh family, minted for the test)
+    // refreshes after the eviction: server_down, no probe needed.
+    let (s, v) = refresh(&c.http, &b.url, json!({"refreshToken": rt_later})).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["server"]["id"], "us-1");
     assert_eq!(v["serverChanged"], true);

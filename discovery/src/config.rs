@@ -41,6 +41,9 @@ pub struct Config {
     /// Bearer token operators present on drain requests. Never equal to the
     /// cluster token, so a proxy cannot drain its peers.
     pub admin_token: Secret,
+    /// How long after a refresh-token rotation a retry with the previous
+    /// token still gets the same successor (default 10 s; 0–120 s).
+    pub refresh_grace: Duration,
 }
 
 impl Config {
@@ -57,6 +60,7 @@ impl Config {
             max_wait: Duration::from_secs(DEFAULT_MAX_WAIT_SECONDS),
             cluster_token: Secret::new(cluster_token),
             admin_token: Secret::new(admin_token),
+            refresh_grace: Duration::from_millis(DEFAULT_REFRESH_GRACE_MS),
         }
     }
 }
@@ -134,6 +138,7 @@ pub struct DiscoverySection {
     pub warmup_ms: Option<u64>,
     pub max_body_bytes: Option<u64>,
     pub max_wait_seconds: Option<u64>,
+    pub refresh_grace_ms: Option<u64>,
     pub cluster_token_env: Option<String>,
     pub cluster_token_file: Option<PathBuf>,
     pub admin_token_env: Option<String>,
@@ -284,6 +289,15 @@ impl FileConfig {
             ));
         }
 
+        let grace_ms = d.refresh_grace_ms.unwrap_or(DEFAULT_REFRESH_GRACE_MS);
+        if grace_ms > 120_000 {
+            return Err(invalid(
+                "refresh_grace_ms",
+                &grace_ms,
+                "must be 0..=120000: a long window lets a stolen refresh token ride along".into(),
+            ));
+        }
+
         let cluster_token = secret(
             path,
             env,
@@ -314,9 +328,13 @@ impl FileConfig {
             max_wait: Duration::from_secs(max_wait),
             cluster_token,
             admin_token,
+            refresh_grace: Duration::from_millis(grace_ms),
         })
     }
 }
+
+/// Default refresh-token grace window, ms.
+pub const DEFAULT_REFRESH_GRACE_MS: u64 = 10_000;
 
 /// Reads a token from exactly one of its two sources. Leading and trailing
 /// whitespace is dropped (files usually end in a newline).

@@ -34,6 +34,8 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/v1/heartbeat", post(heartbeat))
         .route("/v1/servers", get(servers))
         .route("/v1/servers/{id}/drain", post(drain).delete(undrain))
+        .route("/v1/families/rotate", post(rotate_family))
+        .route("/v1/families/revoke", post(revoke_family))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(not_found)
@@ -146,6 +148,67 @@ async fn heartbeat_inner(
             )
         }
     }
+}
+
+/// Reads a small JSON body with the cluster token checked first; the
+/// error answer when anything is wrong.
+async fn family_body<T: serde::de::DeserializeOwned>(
+    app: &App,
+    headers: &HeaderMap,
+    body: Body,
+    admin_too: bool,
+) -> Result<T, Response> {
+    let authorized = bearer_matches(headers, &app.config.cluster_token)
+        || (admin_too && bearer_matches(headers, &app.config.admin_token));
+    if !authorized {
+        return Err(unauthorized(if admin_too { "cluster or admin token" } else { "cluster token" }));
+    }
+    let bytes = match read_body(body, headers, app.config.max_body_bytes).await {
+        Ok(b) => b,
+        Err(BodyError::TooLarge) => {
+            let body = ErrorBody {
+                field: Some("body".into()),
+                ..ErrorBody::new("payload_too_large").detail(format!("is larger than {} bytes", app.config.max_body_bytes))
+            };
+            return Err(error(StatusCode::PAYLOAD_TOO_LARGE, &body));
+        }
+        Err(BodyError::Unreadable(e)) => return Err(invalid(&FieldError::new("body", format!("could not be read: {e}")))),
+    };
+    validate::parse_json::<T>(&bytes).map_err(|e| invalid(&e))
+}
+
+/// `POST /v1/families/rotate`: the refresh-token compare-and-set.
+async fn rotate_family(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
+    let req: tether_protocol::wire::RotateRequest = match family_body(&app, &headers, body, false).await {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    if let Err(e) = req.validate() {
+        return invalid(&e);
+    }
+    let (answer, revoked_changed) = app.families.rotate(&req, Instant::now());
+    app.metrics.family_rotation(answer.outcome);
+    if revoked_changed {
+        tracing::warn!(family = %req.family, "refresh-token reuse detected: family revoked");
+        app.registry.set_revoked_families(app.families.revoked());
+    }
+    // Plain strings and integers: serialisation cannot fail.
+    json(StatusCode::OK, serde_json::to_vec(&answer).unwrap_or_default())
+}
+
+/// `POST /v1/families/revoke` (logout at a proxy, or an operator).
+async fn revoke_family(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
+    let req: tether_protocol::wire::RevokeRequest = match family_body(&app, &headers, body, true).await {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    if let Err(e) = req.validate() {
+        return invalid(&e);
+    }
+    app.families.revoke(&req.family, req.expires_at);
+    app.metrics.family_rotation(tether_protocol::wire::RotateOutcome::Revoked);
+    app.registry.set_revoked_families(app.families.revoked());
+    json(StatusCode::OK, b"{\"revoked\":true}".to_vec())
 }
 
 fn parse_heartbeat(bytes: &[u8]) -> Result<Heartbeat, FieldError> {

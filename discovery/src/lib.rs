@@ -29,6 +29,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod families;
 pub mod metrics;
 pub mod registry;
 
@@ -78,6 +79,8 @@ pub(crate) struct App {
     pub(crate) config: Config,
     pub(crate) registry: Registry,
     pub(crate) metrics: Arc<Metrics>,
+    /// Refresh-token families (rotation with reuse detection).
+    pub(crate) families: families::Families,
     started: Instant,
     /// Turns true on shutdown, so long-polls answer at once instead of
     /// holding the graceful shutdown open for their whole wait.
@@ -159,6 +162,7 @@ pub async fn bind(config: Config) -> Result<Running, Error> {
     let registry = Registry::new(config.ttl, registry::initial_version(), metrics.clone());
     let (stop, stop_rx) = watch::channel(false);
     let app = Arc::new(App {
+        families: families::Families::new(config.refresh_grace),
         config,
         registry,
         metrics,

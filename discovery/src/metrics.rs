@@ -32,6 +32,7 @@ pub struct Metrics {
     pub(crate) longpoll_waiters: IntGauge,
     registry_version: IntGauge,
     servers: IntGauge,
+    families: IntCounterVec,
 }
 
 impl Metrics {
@@ -81,6 +82,14 @@ impl Metrics {
         registry.register(Box::new(longpoll_waiters.clone()))?;
         registry.register(Box::new(registry_version.clone()))?;
         registry.register(Box::new(servers.clone()))?;
+        let families = IntCounterVec::new(
+            Opts::new(
+                "tether_discovery_refresh_families_total",
+                "Refresh-token family events: rotated, grace (a retry got the same successor), revoked (reuse or logout).",
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(families.clone()))?;
         Ok(Metrics {
             hb_accepted: heartbeats.with_label_values(&["accepted"]),
             hb_bad_request: heartbeats.with_label_values(&["bad_request"]),
@@ -96,7 +105,18 @@ impl Metrics {
             longpoll_waiters,
             registry_version,
             servers,
+            families,
         })
+    }
+
+    pub fn family_rotation(&self, outcome: tether_protocol::wire::RotateOutcome) {
+        use tether_protocol::wire::RotateOutcome as O;
+        let label = match outcome {
+            O::Rotated => "rotated",
+            O::Grace => "grace",
+            O::Revoked => "revoked",
+        };
+        self.families.with_label_values(&[label]).inc();
     }
 
     pub fn heartbeat(&self, outcome: HeartbeatOutcome) {

@@ -94,6 +94,9 @@ struct Inner {
     no_expiry_before: Option<Instant>,
     /// Length of the last listing, to size the next one's buffer.
     listing_len_hint: usize,
+    /// Revoked refresh families, sorted; listed so every proxy refuses
+    /// their tokens (see `families.rs`).
+    revoked_families: Vec<String>,
 }
 
 struct Entry {
@@ -184,6 +187,7 @@ impl Registry {
                 live_by_region: HashMap::new(),
                 no_expiry_before: None,
                 listing_len_hint: 64,
+                revoked_families: Vec::new(),
             }),
             ttl,
             version_tx,
@@ -357,7 +361,14 @@ impl Registry {
             body.extend_from_slice(num.format(age_ms(e.last_seen, now)).as_bytes());
             body.push(b'}');
         }
-        body.extend_from_slice(b"]}");
+        body.push(b']');
+        if !inner.revoked_families.is_empty() {
+            body.extend_from_slice(b",\"revokedFamilies\":");
+            // Family ids are [A-Za-z0-9_-] (checked on the way in), so
+            // serialising them cannot fail.
+            body.extend_from_slice(&serde_json::to_vec(&inner.revoked_families).unwrap_or_else(|_| b"[]".to_vec()));
+        }
+        body.push(b'}');
         // Ages grow a digit now and then; a little slack avoids a regrowth.
         inner.listing_len_hint = body.len() + body.len() / 64 + 64;
         Listing {
@@ -374,7 +385,17 @@ impl Registry {
         Snapshot {
             version: g.version,
             servers: g.servers.iter().map(|(id, e)| e.to_wire(id, now)).collect(),
-            revoked_families: Vec::new(),
+            revoked_families: g.revoked_families.clone(),
+        }
+    }
+
+    /// Replaces the list of revoked refresh families; bumps the version
+    /// (waking every long-poll) when it changed.
+    pub fn set_revoked_families(&self, families: Vec<String>) {
+        let mut g = self.lock();
+        if g.revoked_families != families {
+            g.revoked_families = families;
+            self.bump(&mut g);
         }
     }
 

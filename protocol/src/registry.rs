@@ -19,6 +19,8 @@ pub struct Registry {
     eligible_by_region: HashMap<String, Vec<usize>>,
     /// Every eligible server, same order.
     eligible: Vec<usize>,
+    /// Revoked refresh families (their access tokens are refused too).
+    revoked: std::collections::HashSet<String>,
 }
 
 impl Registry {
@@ -26,7 +28,11 @@ impl Registry {
     /// never sends duplicates; [`crate::registry::check_snapshot`] refuses
     /// them before they get here).
     pub fn new(snapshot: Snapshot) -> Self {
-        let Snapshot { version, servers } = snapshot;
+        let Snapshot {
+            version,
+            servers,
+            revoked_families,
+        } = snapshot;
         let mut by_id = HashMap::with_capacity(servers.len());
         for (i, s) in servers.iter().enumerate() {
             by_id.entry(s.id.clone()).or_insert(i);
@@ -53,7 +59,17 @@ impl Registry {
             by_id,
             eligible_by_region,
             eligible,
+            revoked: revoked_families.into_iter().collect(),
         }
+    }
+
+    /// Whether a refresh family is revoked. Free when none is.
+    pub fn is_revoked(&self, family: &str) -> bool {
+        !self.revoked.is_empty() && self.revoked.contains(family)
+    }
+
+    pub fn revoked_families(&self) -> &std::collections::HashSet<String> {
+        &self.revoked
     }
 
     pub fn version(&self) -> u64 {
@@ -190,7 +206,11 @@ mod tests {
     }
 
     fn snap(version: u64, servers: Vec<ServerEntry>) -> Snapshot {
-        Snapshot { version, servers }
+        Snapshot {
+            version,
+            servers,
+            revoked_families: vec![],
+        }
     }
 
     #[test]

@@ -107,6 +107,10 @@ impl ServerEntry {
 pub struct Snapshot {
     pub version: u64,
     pub servers: Vec<ServerEntry>,
+    /// Refresh families revoked (reuse detected, or logout) whose tokens
+    /// have not expired yet: every proxy refuses their tokens.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revoked_families: Vec<String>,
 }
 
 /// `{"id","url","region"}`: how a server is named to clients.
@@ -317,5 +321,97 @@ mod tests {
         assert_eq!(r.validate().unwrap_err().field, "closestServerId");
         let r: RefreshRequest = serde_json::from_str(r#"{"refreshToken":""}"#).unwrap();
         assert_eq!(r.validate().unwrap_err().field, "refreshToken");
+    }
+}
+
+/// `POST /v1/families/rotate` (proxy → discovery): a refresh presents the
+/// refresh token whose jti hashes to `presented`; the proxy proposes the
+/// successor. Only SHA-256 hashes of token ids travel and are stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RotateRequest {
+    /// Refresh family id (the `fam` claim).
+    pub family: String,
+    /// Hex SHA-256 of the presented refresh token's `jti`.
+    pub presented: String,
+    /// Hex SHA-256 of the successor's `jti`.
+    pub successor: String,
+    /// The successor's `iat`, `srv` and `rgn`, kept so a retry within the
+    /// grace window gets the very same successor.
+    pub iat: u64,
+    pub srv: String,
+    pub rgn: String,
+    /// Unix seconds after which the family's tokens are expired anyway
+    /// (how long discovery must remember it).
+    pub expires_at: u64,
+}
+
+/// The outcome of a rotation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RotateOutcome {
+    /// The presented token was current: the proposed successor is now.
+    Rotated,
+    /// The presented token was rotated moments ago (within the grace
+    /// window): here is the successor already issued.
+    Grace,
+    /// The presented token was reused outside the grace window, or the
+    /// family was revoked: the family is (now) revoked.
+    Revoked,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RotateResponse {
+    pub outcome: RotateOutcome,
+    /// The successor to issue (the proposal when `rotated`, the earlier one
+    /// when `grace`); absent when `revoked`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub srv: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rgn: Option<String>,
+}
+
+/// `POST /v1/families/revoke` (logout, or an operator).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RevokeRequest {
+    pub family: String,
+    pub expires_at: u64,
+}
+
+fn hex_digest(field: &str, v: &str) -> Result<(), FieldError> {
+    if v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(())
+    } else {
+        Err(FieldError::new(field, "must be a hex SHA-256 digest (64 hex characters)"))
+    }
+}
+
+/// Family ids are 1–64 chars of `[A-Za-z0-9_-]`.
+pub fn validate_family(field: &str, v: &str) -> Result<(), FieldError> {
+    if !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        Ok(())
+    } else {
+        Err(FieldError::new(field, "must be 1-64 characters of A-Z a-z 0-9 - _"))
+    }
+}
+
+impl RotateRequest {
+    pub fn validate(&self) -> Result<(), FieldError> {
+        validate_family("family", &self.family)?;
+        hex_digest("presented", &self.presented)?;
+        hex_digest("successor", &self.successor)?;
+        crate::validate::server_id("srv", &self.srv)?;
+        crate::validate::region("rgn", &self.rgn)?;
+        Ok(())
+    }
+}
+
+impl RevokeRequest {
+    pub fn validate(&self) -> Result<(), FieldError> {
+        validate_family("family", &self.family)
     }
 }

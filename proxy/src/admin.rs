@@ -48,6 +48,7 @@ impl ServeHttp for Admin {
                 let snap = Snapshot {
                     version: view.registry.version(),
                     servers: view.registry.servers().to_vec(),
+                    revoked_families: view.registry.revoked_families().iter().cloned().collect(),
                 };
                 reply(200, "application/json", serde_json::to_vec(&snap).unwrap_or_default())
             }

@@ -145,6 +145,14 @@ struct FileTokens {
     #[serde(default = "default_leeway")]
     leeway_seconds: u64,
     keyring_file: String,
+    #[serde(default = "default_true")]
+    refresh_rotation: bool,
+    #[serde(default = "default_down_policy")]
+    refresh_when_discovery_down: String,
+}
+
+fn default_down_policy() -> String {
+    "fail_closed".into()
 }
 
 fn default_access_ttl() -> u64 {
@@ -302,6 +310,22 @@ pub struct TokenConfig {
     pub leeway: Duration,
     pub keyring_path: PathBuf,
     pub keyring: KeyRing,
+    /// Rotate refresh tokens at every refresh, with reuse detection kept
+    /// in discovery (default on).
+    pub refresh_rotation: bool,
+    /// What a refresh does when discovery cannot be asked about the family.
+    pub when_discovery_down: DownPolicy,
+}
+
+/// Refresh-token rotation when discovery is unreachable. Access tokens
+/// already issued are never affected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DownPolicy {
+    /// Refuse refreshes (503) until discovery answers: reuse detection is
+    /// never skipped (default).
+    FailClosed,
+    /// Rotate without reuse detection while discovery is away.
+    FailOpen,
 }
 
 #[derive(Debug, Clone)]
@@ -545,7 +569,20 @@ impl Validator<'_> {
             key: "tokens.keyring_file",
             source,
         })?;
+        let when_discovery_down = match t.refresh_when_discovery_down.as_str() {
+            "fail_closed" => DownPolicy::FailClosed,
+            "fail_open" => DownPolicy::FailOpen,
+            other => {
+                return Err(self.bad(
+                    "tokens.refresh_when_discovery_down",
+                    format!("{other:?}"),
+                    "must be \"fail_closed\" or \"fail_open\"",
+                ))
+            }
+        };
         let tokens = TokenConfig {
+            refresh_rotation: t.refresh_rotation,
+            when_discovery_down,
             issuer: t.issuer.clone(),
             audience: t.audience.clone(),
             access_ttl: Duration::from_secs(t.access_ttl_seconds),

@@ -307,7 +307,7 @@ async fn refresh(state: &State, session: &mut Session) -> Result<()> {
         }
     };
     let claims = match state.tokens.verify_refresh(&req.refresh_token) {
-        Ok(c) if state.is_revoked(&c.fam) => {
+        Ok(c) if state.is_revoked(&c.fam) || state.registry.load().registry.is_revoked(&c.fam) => {
             state.metrics.refresh_rejected.with_label_values(&["revoked"]).inc();
             return respond::invalid_token(session, crate::tokens::TokenError::Revoked.detail()).await;
         }
@@ -365,9 +365,37 @@ async fn refresh(state: &State, session: &mut Session) -> Result<()> {
             return respond::error(session, 503, &body, &[("retry-after", "5")]).await;
         }
     };
+    let mut target = decision.server.summary();
+    let mut refresh_id = None;
+    if state.cfg.tokens.refresh_rotation {
+        match rotate(state, &claims, &target).await {
+            Rotation::Issue { jti, iat, srv, rgn } => {
+                if srv != target.id {
+                    // A retry within the grace window: the successor issued
+                    // first stands, with the placement it was issued for.
+                    target = match view.registry.get(&srv) {
+                        Some(s) => s.summary(),
+                        None => summary(&srv, "", &rgn),
+                    };
+                }
+                refresh_id = Some((jti, iat));
+            }
+            Rotation::Reused => {
+                state.metrics.refresh_rejected.with_label_values(&["reused"]).inc();
+                state.revoke(&claims.fam, claims.exp);
+                return respond::invalid_token(session, "refresh token reuse detected; the session is revoked").await;
+            }
+            Rotation::Unavailable => {
+                state.metrics.refresh_rejected.with_label_values(&["discovery_down"]).inc();
+                let body = ErrorBody::new("refresh_unavailable")
+                    .detail("refresh-token reuse detection is unavailable right now; access tokens keep working, retry shortly");
+                return respond::error(session, 503, &body, &[("retry-after", "5")]).await;
+            }
+            Rotation::Untracked => {}
+        }
+    }
     state.metrics.decision(decision.reason);
-    let target = decision.server;
-    let minted = match state.tokens.mint(
+    let minted = match state.tokens.mint_with(
         &claims.sub,
         LockTarget {
             server_id: &target.id,
@@ -375,6 +403,7 @@ async fn refresh(state: &State, session: &mut Session) -> Result<()> {
         },
         claims.home.as_deref(),
         Some(&claims.fam),
+        refresh_id.as_ref().map(|(j, i)| (j.as_str(), *i)),
     ) {
         Ok(m) => m,
         Err(e) => {
@@ -388,13 +417,70 @@ async fn refresh(state: &State, session: &mut Session) -> Result<()> {
         refresh_token: minted.refresh,
         token_type: "Bearer".into(),
         expires_in: minted.expires_in,
-        server: target.summary(),
-        server_changed: decision.changed,
+        server_changed: target.id != claims.srv,
+        server: target,
         previous_server_id: claims.srv.clone(),
         reason: decision.reason.as_str().into(),
     };
     let json = serde_json::to_vec(&answer).unwrap_or_default();
     respond::json(session, 200, json, &[]).await
+}
+
+/// What the family store said about a refresh.
+enum Rotation {
+    /// Issue the refresh token with this id, `iat` and lock.
+    Issue { jti: String, iat: u64, srv: String, rgn: String },
+    /// The presented token was reused: the family is revoked.
+    Reused,
+    /// Discovery could not be asked and the policy is fail-closed.
+    Unavailable,
+    /// Discovery could not be asked and the policy is fail-open: rotate
+    /// without tracking.
+    Untracked,
+}
+
+/// The compare-and-set at discovery (DESIGN.md §3, RFC 9700 §4.14.2).
+async fn rotate(state: &State, claims: &tether_protocol::claims::RefreshClaims, target: &ServerSummary) -> Rotation {
+    use tether_protocol::wire::{RotateOutcome, RotateRequest, RotateResponse};
+    let jti = crate::tokens::successor_jti(&state.successor_key, &claims.fam, &claims.jti);
+    let now = crate::tokens::unix_now();
+    let request = RotateRequest {
+        family: claims.fam.clone(),
+        presented: crate::tokens::sha256_hex(&claims.jti),
+        successor: crate::tokens::sha256_hex(&jti),
+        iat: now,
+        srv: target.id.clone(),
+        rgn: target.region.clone(),
+        expires_at: now + state.cfg.tokens.refresh_ttl.as_secs(),
+    };
+    let d = &state.cfg.discovery;
+    let answer = state
+        .discovery_http
+        .post(format!("{}/v1/families/rotate", d.url))
+        .bearer_auth(&d.cluster_token)
+        .timeout(std::time::Duration::from_secs(2))
+        .json(&request)
+        .send()
+        .await;
+    let parsed = match answer {
+        Ok(r) if r.status().is_success() => r.json::<RotateResponse>().await.ok(),
+        Ok(r) => {
+            tracing::warn!(status = %r.status(), "discovery refused the refresh rotation");
+            None
+        }
+        Err(e) => {
+            tracing::warn!("refresh rotation at discovery failed: {e}");
+            None
+        }
+    };
+    match parsed {
+        Some(RotateResponse { outcome: RotateOutcome::Revoked, .. }) => Rotation::Reused,
+        Some(RotateResponse { iat: Some(iat), srv: Some(srv), rgn: Some(rgn), .. }) => Rotation::Issue { jti, iat, srv, rgn },
+        _ => match state.cfg.tokens.when_discovery_down {
+            crate::config::DownPolicy::FailClosed => Rotation::Unavailable,
+            crate::config::DownPolicy::FailOpen => Rotation::Untracked,
+        },
+    }
 }
 
 // ------------------------------------------------------------------ logout
@@ -411,7 +497,25 @@ async fn logout(state: &State, session: &mut Session) -> Result<()> {
     match state.tokens.verify_refresh(&req.refresh_token) {
         Ok(c) => {
             state.revoke(&c.fam, c.exp);
-            respond::json(session, 200, &b"{\"revoked\":true}"[..], &[]).await
+            // Tell discovery, so every proxy refuses the family.
+            let d = &state.cfg.discovery;
+            let central = state
+                .discovery_http
+                .post(format!("{}/v1/families/revoke", d.url))
+                .bearer_auth(&d.cluster_token)
+                .timeout(std::time::Duration::from_secs(2))
+                .json(&tether_protocol::wire::RevokeRequest {
+                    family: c.fam.clone(),
+                    expires_at: c.exp,
+                })
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if !central {
+                tracing::warn!("logout: discovery did not take the revocation; only this proxy knows of it");
+            }
+            let body = if central { &b"{\"revoked\":true}"[..] } else { &b"{\"revoked\":true,\"everywhere\":false}"[..] };
+            respond::json(session, 200, body, &[]).await
         }
         Err(e) => respond::invalid_token(session, e.detail()).await,
     }

@@ -61,6 +61,17 @@ impl TokenStore {
         self.current.load().mint(subject, target, home, family)
     }
 
+    pub fn mint_with(
+        &self,
+        subject: &str,
+        target: LockTarget<'_>,
+        home: Option<&str>,
+        family: Option<&str>,
+        refresh_id: Option<(&str, u64)>,
+    ) -> Result<Minted, jsonwebtoken::errors::Error> {
+        self.current.load().mint_with(subject, target, home, family, refresh_id)
+    }
+
     /// Re-reads the key-ring file; swaps in a new ring when its text
     /// changed and parses. On error the current ring stays.
     pub fn reload(&self) -> Result<Reload, KeyRingError> {

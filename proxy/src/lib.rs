@@ -63,6 +63,8 @@ pub struct State {
     pub load: load::Load,
     pub prober: probe::Prober,
     pub hop_key: hop::HopKey,
+    /// Derives rotated refresh-token ids; the same on every proxy.
+    pub successor_key: [u8; 32],
     /// Calls to discovery (heartbeats, polls).
     pub discovery_http: reqwest::Client,
     /// Calls to the upstream's login path.
@@ -91,6 +93,13 @@ impl State {
             load: load::Load::default(),
             prober: probe::Prober::new(cfg.routing.probe_timeout),
             hop_key: hop::HopKey::derive(&cfg.discovery.cluster_token),
+            successor_key: {
+                use sha2::Digest;
+                let mut h = sha2::Sha256::new();
+                h.update(b"tether refresh successor v1\0");
+                h.update(cfg.discovery.cluster_token.as_bytes());
+                h.finalize().into()
+            },
             discovery_http,
             upstream_http,
             revoked: Mutex::new(HashMap::new()),

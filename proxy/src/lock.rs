@@ -64,6 +64,7 @@ mod tests {
                     entry("d", true, true),
                     entry("dead", true, false),
                 ],
+                revoked_families: vec![],
             }),
             peers: [("b".to_owned(), "127.0.0.1:9".parse().unwrap())].into(),
         };

@@ -161,6 +161,8 @@ impl Default for Timing {
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub timing: Timing,
+    /// Extra TOML lines for the `[discovery]` table of discovery's config.
+    pub discovery_extra: String,
     pub discovery: Option<Discovery>,
     pub http: reqwest::Client,
 }
@@ -188,6 +190,7 @@ impl Cluster {
         Cluster {
             dir,
             timing,
+            discovery_extra: String::new(),
             discovery: None,
             http,
         }
@@ -210,8 +213,8 @@ impl Cluster {
         let t = self.timing;
         let conf = format!(
             "[discovery]\nlisten = \"127.0.0.1:{port}\"\nworker_threads = 1\nheartbeat_interval_ms = {}\n\
-             ttl_ms = {}\nwarmup_ms = {}\ncluster_token_file = \"cluster.token\"\nadmin_token_file = \"admin.token\"\n",
-            t.heartbeat_ms, t.ttl_ms, t.warmup_ms
+             ttl_ms = {}\nwarmup_ms = {}\ncluster_token_file = \"cluster.token\"\nadmin_token_file = \"admin.token\"\n{}\n",
+            t.heartbeat_ms, t.ttl_ms, t.warmup_ms, self.discovery_extra
         );
         let path = self.path("discovery.toml");
         std::fs::write(&path, conf).expect("write config");
@@ -241,6 +244,7 @@ impl Cluster {
             public_prefixes: vec!["/public/".to_owned()],
             access_ttl: 120,
             extra: String::new(),
+            tokens_extra: String::new(),
         }
     }
 
@@ -280,6 +284,7 @@ pub struct ProxyBuilder<'c> {
     public_prefixes: Vec<String>,
     access_ttl: u64,
     extra: String,
+    tokens_extra: String,
 }
 
 pub struct Proxy {
@@ -310,6 +315,12 @@ impl ProxyBuilder<'_> {
 
     pub fn access_ttl(mut self, secs: u64) -> Self {
         self.access_ttl = secs;
+        self
+    }
+
+    /// Extra TOML appended to the `[tokens]` table.
+    pub fn tokens_extra(mut self, toml: &str) -> Self {
+        self.tokens_extra.push_str(toml);
         self
     }
 
@@ -355,6 +366,7 @@ access_ttl_seconds = {ttl}
 refresh_ttl_days = 7
 leeway_seconds = 2
 keyring_file = "keyring.toml"
+{tokens_extra}
 
 [login]
 upstream_path = "/login"
@@ -377,6 +389,7 @@ probe_timeout_ms = 300
             prefixes = prefixes.join(", "),
             fl = self.foreign_lock,
             extra = self.extra,
+            tokens_extra = self.tokens_extra,
         );
         let path = self.cluster.path(&format!("proxy.{}.toml", self.id));
         std::fs::write(&path, conf).expect("write proxy config");
@@ -444,6 +457,15 @@ impl Proxy {
                     .iter()
                     .any(|s| s["id"] == *id && s["healthy"] == true)
             })
+        })
+        .await;
+    }
+
+    /// Waits until this proxy's registry no longer lists `id`.
+    pub async fn wait_gone(&self, http: &reqwest::Client, id: &str) {
+        eventually(Duration::from_secs(10), &format!("{} forgets {id}", self.id), || async {
+            let reg = self.registry(http).await;
+            !reg["servers"].as_array().cloned().unwrap_or_default().iter().any(|s| s["id"] == id)
         })
         .await;
     }

@@ -27,6 +27,7 @@ fn reg(servers: Vec<ServerEntry>) -> Registry {
     Registry::new(Snapshot {
         version: 1,
         servers,
+        revoked_families: vec![],
     })
 }
 
