@@ -58,6 +58,27 @@ fn bearer(session: &Session) -> Result<&str, TokenError> {
     Ok(token.trim())
 }
 
+/// Removes client-supplied `Tether-*` and `X-Tether-*` headers from a
+/// request before it goes upstream: internal headers never reach the app
+/// from outside. The common case (none present) costs one scan of the
+/// header names and no allocation.
+pub fn strip_internal_request_headers(req: &mut RequestHeader) {
+    fn internal(name: &str) -> bool {
+        name.starts_with("x-tether-") || name.starts_with("tether-")
+    }
+    while let Some(name) = req.headers.keys().find(|k| internal(k.as_str())).cloned() {
+        req.remove_header(&name);
+    }
+}
+
+/// Removes `Tether-*` headers from the local app's response: the app must
+/// not be able to speak the lock protocol to clients.
+pub fn strip_lock_response_headers(resp: &mut ResponseHeader) {
+    while let Some(name) = resp.headers.keys().find(|k| k.as_str().starts_with("tether-")).cloned() {
+        resp.remove_header(&name);
+    }
+}
+
 impl TetherProxy {
     fn is_public(&self, path: &str) -> bool {
         self.state.cfg.routing.public_prefixes.iter().any(|p| path.starts_with(p.as_str()))
@@ -141,6 +162,15 @@ impl ProxyHttp for TetherProxy {
         }
 
         let view = state.registry.load();
+        // A family revoked centrally (reuse detected, logout) loses its
+        // access tokens too. Free while nothing is revoked.
+        if view.registry.is_revoked(&claims.fam) {
+            drop(view);
+            state.metrics.token_invalid.inc();
+            ctx.outcome = Outcome::InvalidToken;
+            respond::invalid_token(session, TokenError::Revoked.detail()).await?;
+            return Ok(true);
+        }
         match lock::decide(&view, &state.cfg.server.id, &claims.srv, |id| state.prober.is_known_dead(id)) {
             Route::Local => {
                 drop(view);
@@ -213,16 +243,7 @@ impl ProxyHttp for TetherProxy {
         upstream: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> pingora_error::Result<()> {
-        // Client-supplied internal headers never reach the app. The common
-        // case (none present) costs one scan and no allocation.
-        while let Some(name) = upstream
-            .headers
-            .keys()
-            .find(|k| k.as_str().starts_with("x-tether-") || k.as_str().starts_with("tether-"))
-            .cloned()
-        {
-            upstream.remove_header(&name);
-        }
+        strip_internal_request_headers(upstream);
         match ctx.target {
             Target::Local(_) if ctx.outcome == Outcome::Forwarded => {
                 upstream.insert_header(h::SUBJECT, ctx.subject.as_str())?;
@@ -256,14 +277,7 @@ impl ProxyHttp for TetherProxy {
         // The app must not be able to speak the lock protocol to clients;
         // a peer proxy (forward mode) may.
         if matches!(ctx.target, Target::Local(_)) {
-            while let Some(name) = upstream_response
-                .headers
-                .keys()
-                .find(|k| k.as_str().starts_with("tether-"))
-                .cloned()
-            {
-                upstream_response.remove_header(&name);
-            }
+            strip_lock_response_headers(upstream_response);
         }
         Ok(())
     }

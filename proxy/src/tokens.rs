@@ -10,8 +10,11 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use base64::Engine;
+use hmac::{Hmac, Mac};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::Deserialize;
+use sha2::Sha256;
 use tether_protocol::claims::{AccessClaims, RefreshClaims};
 use tether_protocol::typ;
 use tether_protocol::wire::MAX_TOKEN_LEN;
@@ -50,6 +53,9 @@ struct KeyFile {
 struct VerifyingKey {
     alg: Algorithm,
     key: DecodingKey,
+    /// HS256: the HMAC with the key already absorbed, cloned per token so
+    /// the fast path does not re-derive the inner and outer pads.
+    mac: Option<Hmac<Sha256>>,
 }
 
 /// The signing key and every verifying key, by `kid`.
@@ -108,8 +114,9 @@ impl KeyRing {
                     secret.len()
                 )));
             }
+            let mac = Hmac::<Sha256>::new_from_slice(&secret).ok();
             if verifying
-                .insert(k.kid.clone(), VerifyingKey { alg, key: DecodingKey::from_secret(&secret) })
+                .insert(k.kid.clone(), VerifyingKey { alg, key: DecodingKey::from_secret(&secret), mac })
                 .is_some()
             {
                 return Err(bad("kid is listed twice".into()));
@@ -258,7 +265,10 @@ impl Tokens {
     /// A `srv` that is not a well-formed server id (a URL, say) is refused
     /// here, so no token can ever name an address.
     pub fn verify_access(&self, token: &str) -> Result<AccessClaims, TokenError> {
-        let claims: AccessClaims = self.verify(token, typ::ACCESS, &self.access_validation)?;
+        let claims = match self.fast_access(token, unix_now()) {
+            Some(c) => c,
+            None => self.verify(token, typ::ACCESS, &self.access_validation)?,
+        };
         if tether_protocol::validate::server_id("srv", &claims.srv).is_err() {
             return Err(TokenError::BadClaims);
         }
@@ -272,6 +282,58 @@ impl Tokens {
             return Err(TokenError::BadClaims);
         }
         Ok(claims)
+    }
+
+    /// The fast path for a well-formed, valid HS256 access token: one
+    /// base64 pass per segment into stack buffers, header and claims parsed
+    /// in place, the HMAC from the precomputed key state, and the checks of
+    /// DESIGN.md §3 made here (typ, kid, algorithm allow-list, signature,
+    /// iss, aud, exp and nbf with the leeway). It only ever *accepts*:
+    /// anything unusual (another algorithm, escaped strings, header fields
+    /// other than alg/typ/kid, a large token) and every failure give
+    /// `None`, and `verify_access` then runs the general `jsonwebtoken`
+    /// path, which gives the precise error. So a token passes here only if
+    /// it passes there, with the same claims (the tests check that).
+    fn fast_access(&self, token: &str, now: u64) -> Option<AccessClaims> {
+        const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        if token.len() > MAX_TOKEN_LEN {
+            return None;
+        }
+        let (message, sig) = token.rsplit_once('.')?;
+        let (header, payload) = message.split_once('.')?;
+        if payload.contains('.') {
+            return None;
+        }
+
+        let mut hbuf = [0u8; 256];
+        let n = B64.decode_slice(header, &mut hbuf).ok()?;
+        let h: FastHeader<'_> = serde_json::from_slice(&hbuf[..n]).ok()?;
+        if h.alg != "HS256" || h.typ != Some(typ::ACCESS) {
+            return None;
+        }
+        let key = self.ring.verifying.get(h.kid?)?;
+        if key.alg != Algorithm::HS256 {
+            return None;
+        }
+        let mut sbuf = [0u8; 64];
+        let n = B64.decode_slice(sig, &mut sbuf).ok()?;
+        let mut mac = key.mac.clone()?;
+        mac.update(message.as_bytes());
+        // Constant-time comparison.
+        mac.verify_slice(&sbuf[..n]).ok()?;
+
+        let mut pbuf = [0u8; 1536];
+        let n = B64.decode_slice(payload, &mut pbuf).ok()?;
+        let c: AccessClaimsRef<'_> = serde_json::from_slice(&pbuf[..n]).ok()?;
+        let leeway = self.access_validation.get(&Algorithm::HS256)?.leeway;
+        // The same comparisons as jsonwebtoken's `validate`.
+        if c.exp < now.checked_sub(leeway)? || c.nbf > now + leeway {
+            return None;
+        }
+        if c.iss != self.issuer || c.aud != self.audience {
+            return None;
+        }
+        Some(c.owned())
     }
 
     fn verify<T: serde::de::DeserializeOwned>(
@@ -310,8 +372,26 @@ impl Tokens {
         home: Option<&str>,
         family: Option<&str>,
     ) -> Result<Minted, jsonwebtoken::errors::Error> {
+        self.mint_with(subject, target, home, family, None)
+    }
+
+    /// Like [`Tokens::mint`], with the refresh token's `jti` and `iat`
+    /// given: a rotated refresh token is derived, not random, so a retry
+    /// within the grace window re-creates the very same token.
+    pub fn mint_with(
+        &self,
+        subject: &str,
+        target: LockTarget<'_>,
+        home: Option<&str>,
+        family: Option<&str>,
+        refresh_id: Option<(&str, u64)>,
+    ) -> Result<Minted, jsonwebtoken::errors::Error> {
         let now = unix_now();
         let family = family.map_or_else(random_id, str::to_owned);
+        let (refresh_jti, refresh_iat) = match refresh_id {
+            Some((jti, iat)) => (jti.to_owned(), iat),
+            None => (random_id(), now),
+        };
         let access = AccessClaims {
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
@@ -329,9 +409,9 @@ impl Tokens {
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
             sub: subject.to_owned(),
-            iat: now,
-            exp: now + self.refresh_ttl.as_secs(),
-            jti: random_id(),
+            iat: refresh_iat,
+            exp: refresh_iat + self.refresh_ttl.as_secs(),
+            jti: refresh_jti,
             fam: family.clone(),
             srv: target.server_id.to_owned(),
             home: home.map(str::to_owned),
@@ -349,6 +429,54 @@ impl Tokens {
         header.typ = Some(typ.to_owned());
         header.kid = Some(self.ring.signing_kid.clone());
         jsonwebtoken::encode(&header, claims, &self.ring.signing)
+    }
+}
+
+/// A JWT header as the fast path accepts it: exactly these fields, as
+/// plain (unescaped) strings.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FastHeader<'a> {
+    alg: &'a str,
+    #[serde(default)]
+    typ: Option<&'a str>,
+    #[serde(default)]
+    kid: Option<&'a str>,
+}
+
+/// [`AccessClaims`] borrowed from the decoded payload: the same fields and
+/// types, so whatever parses here parses there.
+#[derive(Deserialize)]
+struct AccessClaimsRef<'a> {
+    iss: &'a str,
+    aud: &'a str,
+    sub: &'a str,
+    iat: u64,
+    nbf: u64,
+    exp: u64,
+    jti: &'a str,
+    srv: &'a str,
+    rgn: &'a str,
+    #[serde(default)]
+    home: Option<&'a str>,
+    fam: &'a str,
+}
+
+impl AccessClaimsRef<'_> {
+    fn owned(&self) -> AccessClaims {
+        AccessClaims {
+            iss: self.iss.to_owned(),
+            aud: self.aud.to_owned(),
+            sub: self.sub.to_owned(),
+            iat: self.iat,
+            nbf: self.nbf,
+            exp: self.exp,
+            jti: self.jti.to_owned(),
+            srv: self.srv.to_owned(),
+            rgn: self.rgn.to_owned(),
+            home: self.home.map(str::to_owned),
+            fam: self.fam.to_owned(),
+        }
     }
 }
 
@@ -381,6 +509,25 @@ pub fn inspect(token: &str) -> Result<serde_json::Value, TokenError> {
         serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed)
     };
     Ok(serde_json::json!({ "header": decode(h)?, "claims": decode(c)? }))
+}
+
+/// The `jti` of a rotated refresh token: HMAC-SHA256 over the family and
+/// the presented token's `jti`, keyed by a cluster-wide secret. Every
+/// proxy derives the same successor for the same presented token.
+pub fn successor_jti(key: &[u8; 32], family: &str, presented_jti: &str) -> String {
+    use hmac::{Hmac, Mac};
+    let mut m = <Hmac<sha2::Sha256>>::new_from_slice(key).expect("HMAC takes any key length");
+    m.update(b"tether successor v1\0");
+    m.update(family.as_bytes());
+    m.update(b"\0");
+    m.update(presented_jti.as_bytes());
+    hex(&m.finalize().into_bytes()[..16])
+}
+
+/// Hex SHA-256: how token ids are named to discovery.
+pub fn sha256_hex(s: &str) -> String {
+    use sha2::Digest;
+    hex(&sha2::Sha256::digest(s.as_bytes()))
 }
 
 pub fn unix_now() -> u64 {

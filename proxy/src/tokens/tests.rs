@@ -20,6 +20,8 @@ fn cfg(ring: KeyRing) -> TokenConfig {
         leeway: Duration::from_secs(5),
         keyring_path: "test".into(),
         keyring: ring,
+        refresh_rotation: true,
+        when_discovery_down: crate::config::DownPolicy::FailClosed,
     }
 }
 
@@ -214,4 +216,75 @@ fn key_ring_errors_name_the_problem() {
         "f",
     );
     assert!(matches!(missing, Err(KeyRingError::NoSigningKey { .. })));
+}
+
+/// The fast path (`fast_access`) only ever accepts what the general
+/// `jsonwebtoken` path accepts, with the same claims; it declines the rest.
+#[test]
+fn fast_path_agrees_with_the_general_path() {
+    let t = tokens();
+    let now = unix_now();
+    let slow = |token: &str| t.verify::<AccessClaims>(token, typ::ACCESS, &t.access_validation);
+    let m = t.mint("alice", target(), Some("us"), None).unwrap();
+    let good = forge(&access_header(), &claims(now), &secret());
+    for token in [&m.access, &good] {
+        let fast = t.fast_access(token, now).expect("fast path takes a plain valid token");
+        assert_eq!(Ok(fast), slow(token));
+    }
+
+    let b64 = |s: &str| {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
+    };
+    let (h, rest) = good.split_once('.').unwrap();
+    let (p, s) = rest.split_once('.').unwrap();
+    let mut declined: Vec<(&str, String)> = vec![
+        ("bad signature", format!("{h}.{p}.{}", b64("x".repeat(32).as_str()))),
+        ("short signature", format!("{h}.{p}.AAAA")),
+        ("four segments", format!("{good}.x")),
+        ("padded header", format!("{h}=.{p}.{s}")),
+        ("refresh token", m.refresh.clone()),
+        ("escaped string", forge(&access_header(), &{
+            let mut c = claims(now);
+            c["sub"] = "al\"ice".into();
+            c
+        }, &secret())),
+        ("extra header field", {
+            let mut hd = access_header();
+            hd.cty = Some("x".into());
+            forge(&hd, &claims(now), &secret())
+        }),
+        ("aud array", forge(&access_header(), &{
+            let mut c = claims(now);
+            c["aud"] = serde_json::json!(["app"]);
+            c
+        }, &secret())),
+        ("home null", forge(&access_header(), &{
+            let mut c = claims(now);
+            c["home"] = serde_json::Value::Null;
+            c
+        }, &secret())),
+    ];
+    for (field, value) in [("exp", now - 60), ("nbf", now + 60)] {
+        let mut c = claims(now);
+        c[field] = value.into();
+        declined.push((field, forge(&access_header(), &c, &secret())));
+    }
+    for (field, value) in [("iss", "evil"), ("aud", "other")] {
+        let mut c = claims(now);
+        c[field] = value.into();
+        declined.push((field, forge(&access_header(), &c, &secret())));
+    }
+    for (name, token) in &declined {
+        // Declining a valid token is allowed (the general path takes it);
+        // accepting one the general path refuses is not.
+        if let Some(fast) = t.fast_access(token, now) {
+            assert_eq!(Ok(fast), slow(token), "case {name}");
+        }
+    }
+    // Within the leeway both accept.
+    let mut c = claims(now);
+    c["exp"] = (now - 2).into();
+    let token = forge(&access_header(), &c, &secret());
+    assert_eq!(Ok(t.fast_access(&token, now).unwrap()), slow(&token));
 }
