@@ -9,7 +9,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "tether", version, about = "Keeps clients of a geo-distributed app locked to the right server")]
+#[command(
+    name = "tether",
+    version,
+    about = "Keeps clients of a geo-distributed app locked to the right server"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -154,7 +158,13 @@ enum TokenCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo prints a table; keep library chatter out of it.
-    init_logging(if matches!(cli.command, Command::Demo(_) | Command::Bench(_)) { "warn" } else { "info" });
+    init_logging(
+        if matches!(cli.command, Command::Demo(_) | Command::Bench(_)) {
+            "warn"
+        } else {
+            "info"
+        },
+    );
     exit_with_parent();
     let result = match cli.command {
         Command::Proxy { config } => run_proxy(&config),
@@ -230,7 +240,10 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
 fn keygen(dir: &std::path::Path, force: bool) -> anyhow::Result<()> {
     let written = tether_proxy::secrets::generate(dir, force)?;
     if written.is_empty() {
-        println!("{}: secrets already exist (use --force to replace them)", dir.display());
+        println!(
+            "{}: secrets already exist (use --force to replace them)",
+            dir.display()
+        );
     }
     for p in written {
         println!("wrote {}", p.display());
@@ -240,7 +253,13 @@ fn keygen(dir: &std::path::Path, force: bool) -> anyhow::Result<()> {
 
 fn token(cmd: TokenCommand) -> anyhow::Result<()> {
     match cmd {
-        TokenCommand::Mint { config, sub, srv, region, home } => {
+        TokenCommand::Mint {
+            config,
+            sub,
+            srv,
+            region,
+            home,
+        } => {
             let cfg = tether_proxy::config::load(&config)?;
             let tokens = tether_proxy::tokens::Tokens::new(&cfg.tokens);
             let minted = tokens.mint(

@@ -28,10 +28,18 @@ fn shipped_conf() -> tempfile::TempDir {
 }
 
 fn check(path: &Path) -> (bool, String) {
-    let out = Command::new(TETHER).arg("check").arg(path).output().unwrap();
+    let out = Command::new(TETHER)
+        .arg("check")
+        .arg(path)
+        .output()
+        .unwrap();
     (
         out.status.success(),
-        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
     )
 }
 
@@ -57,23 +65,63 @@ fn broken_configs_fail_naming_the_key() {
     let eu = std::fs::read_to_string(dir.path().join("proxy.eu.toml")).unwrap();
     let disc = std::fs::read_to_string(dir.path().join("discovery.toml")).unwrap();
     let cases: Vec<(&str, String, &str)> = vec![
-        ("access ttl", eu.replace("access_ttl_seconds = 120", "access_ttl_seconds = 3600"), "tokens.access_ttl_seconds = 3600"),
-        ("refresh ttl", eu.replace("refresh_ttl_days = 14", "refresh_ttl_days = 90"), "tokens.refresh_ttl_days = 90"),
-        ("foreign lock", eu.replace("foreign_lock = \"redirect\"", "foreign_lock = \"bounce\""), "routing.foreign_lock"),
-        ("listen", eu.replace("listen = \"127.0.0.1:8081\"", "listen = \"nowhere\""), "server.listen"),
-        ("unknown key", eu.replace("[upstream]", "[upstream]\nretries = 3"), "retries"),
-        ("missing keyring", eu.replace("secrets/keyring.toml", "secrets/nope.toml"), "tokens.keyring_file"),
-        ("discovery ttl", disc.replace("ttl_ms = 6000", "ttl_ms = 10"), "ttl_ms"),
-        ("neither kind", "[something]\nx = 1\n".to_owned(), "cannot tell"),
+        (
+            "access ttl",
+            eu.replace("access_ttl_seconds = 120", "access_ttl_seconds = 3600"),
+            "tokens.access_ttl_seconds = 3600",
+        ),
+        (
+            "refresh ttl",
+            eu.replace("refresh_ttl_days = 14", "refresh_ttl_days = 90"),
+            "tokens.refresh_ttl_days = 90",
+        ),
+        (
+            "foreign lock",
+            eu.replace("foreign_lock = \"redirect\"", "foreign_lock = \"bounce\""),
+            "routing.foreign_lock",
+        ),
+        (
+            "listen",
+            eu.replace("listen = \"127.0.0.1:8081\"", "listen = \"nowhere\""),
+            "server.listen",
+        ),
+        (
+            "unknown key",
+            eu.replace("[upstream]", "[upstream]\nretries = 3"),
+            "retries",
+        ),
+        (
+            "missing keyring",
+            eu.replace("secrets/keyring.toml", "secrets/nope.toml"),
+            "tokens.keyring_file",
+        ),
+        (
+            "discovery ttl",
+            disc.replace("ttl_ms = 6000", "ttl_ms = 10"),
+            "ttl_ms",
+        ),
+        (
+            "neither kind",
+            "[something]\nx = 1\n".to_owned(),
+            "cannot tell",
+        ),
         ("not toml", "[server\n".to_owned(), "not valid TOML"),
     ];
     for (name, text, needle) in cases {
-        let p = dir.path().join(format!("broken-{}.toml", name.replace(' ', "-")));
+        let p = dir
+            .path()
+            .join(format!("broken-{}.toml", name.replace(' ', "-")));
         std::fs::write(&p, text).unwrap();
         let (ok, out) = check(&p);
         assert!(!ok, "{name}: should fail");
-        assert!(out.contains(needle), "{name}: {out:?} should contain {needle:?}");
-        assert!(out.contains("broken-"), "{name}: error names the file: {out}");
+        assert!(
+            out.contains(needle),
+            "{name}: {out:?} should contain {needle:?}"
+        );
+        assert!(
+            out.contains("broken-"),
+            "{name}: error names the file: {out}"
+        );
     }
 }
 
@@ -90,10 +138,19 @@ fn token_mint_and_inspect_round_trip() {
     assert!(out.status.success(), "{out:?}");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let access = v["accessToken"].as_str().unwrap();
-    let out = Command::new(TETHER).args(["token", "inspect", access, "--config"]).arg(&cfg).output().unwrap();
+    let out = Command::new(TETHER)
+        .args(["token", "inspect", access, "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{out:?}");
-    assert!(text.contains("\"srv\": \"eu-1\"") && text.contains("\"home\": \"us\"") && text.contains("verified: ok"), "{text}");
+    assert!(
+        text.contains("\"srv\": \"eu-1\"")
+            && text.contains("\"home\": \"us\"")
+            && text.contains("verified: ok"),
+        "{text}"
+    );
     // Verified with another cluster's keys: refused.
     let other = shipped_conf();
     let out = Command::new(TETHER)

@@ -19,8 +19,12 @@ fn demo(extra: &[&str]) -> serde_json::Value {
         .expect("run tether demo");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "demo failed:\n{stderr}");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("demo --json printed no JSON ({e}):\n{}", String::from_utf8_lossy(&out.stdout)));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "demo --json printed no JSON ({e}):\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
     eprintln!("{stderr}");
     v
 }
@@ -30,7 +34,9 @@ fn phase(v: &serde_json::Value, i: usize) -> &serde_json::Value {
 }
 
 fn n(v: &serde_json::Value, key: &str) -> u64 {
-    v[key].as_u64().unwrap_or_else(|| panic!("{key} missing in {v}"))
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} missing in {v}"))
 }
 
 fn assert_nothing_left_running() {
@@ -53,7 +59,10 @@ fn demo_shows_the_failure_and_the_cure() {
 
     // Phase 1: the replication lag is real, geo routing alone fails.
     assert!(n(p1, "workflows") > 20, "{p1}");
-    assert!(n(p1, "failed") > 0, "geo routing alone should fail some workflows: {p1}");
+    assert!(
+        n(p1, "failed") > 0,
+        "geo routing alone should fail some workflows: {p1}"
+    );
 
     // Phase 2: through tether nothing fails.
     assert!(n(p2, "workflows") > 20, "{p2}");
@@ -64,12 +73,21 @@ fn demo_shows_the_failure_and_the_cure() {
     assert_eq!(n(p3, "failed"), 0, "{p3}");
     let affected = n(p3, "affectedClients");
     assert!(affected > 0, "the killed server had clients: {p3}");
-    assert_eq!(n(p3, "clientsMoved"), affected, "every affected client moved: {p3}");
+    assert_eq!(
+        n(p3, "clientsMoved"),
+        affected,
+        "every affected client moved: {p3}"
+    );
     // Each affected client either finished on its old server before the
     // kill or restarted its workflow on the new one.
     assert!(n(p3, "restarted") <= affected * 2, "{p3}");
-    assert!(p3["relocks"]["server_down"].as_u64().unwrap_or(0) >= affected, "{p3}");
-    let recovery = p3["recoverySeconds"].as_f64().expect("every affected client recovered");
+    assert!(
+        p3["relocks"]["server_down"].as_u64().unwrap_or(0) >= affected,
+        "{p3}"
+    );
+    let recovery = p3["recoverySeconds"]
+        .as_f64()
+        .expect("every affected client recovered");
     assert!(recovery <= 3.0, "fast failover recovery {recovery} s");
     assert!(v["staleEventsIgnored"].as_u64().is_some());
     assert_nothing_left_running();
@@ -91,7 +109,9 @@ fn without_fast_failover_recovery_waits_for_eviction() {
     let p3 = phase(&v, 2);
     assert_eq!(v["fastFailover"], false);
     assert_eq!(n(p3, "failed"), 0, "{p3}");
-    let recovery = p3["recoverySeconds"].as_f64().expect("every affected client recovered");
+    let recovery = p3["recoverySeconds"]
+        .as_f64()
+        .expect("every affected client recovered");
     // The TTL, one poll interval (the proxies long-poll, so a change
     // arrives at once; 50 ms minimum between fetches) and the client's
     // reconnect wait, plus slack for a loaded machine.
@@ -99,6 +119,9 @@ fn without_fast_failover_recovery_waits_for_eviction() {
     assert!(recovery <= bound, "recovery {recovery} s > {bound} s");
     // It really did wait for eviction: no faster than the TTL allows,
     // less the heartbeat that may have been sent just before the kill.
-    assert!(recovery >= (ttl_ms - heartbeat_ms) as f64 / 1000.0 - 0.1, "recovery {recovery} s is faster than eviction");
+    assert!(
+        recovery >= (ttl_ms - heartbeat_ms) as f64 / 1000.0 - 0.1,
+        "recovery {recovery} s is faster than eviction"
+    );
     assert_nothing_left_running();
 }

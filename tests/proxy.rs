@@ -32,7 +32,10 @@ async fn login_then_local_forward_with_verified_identity() {
     assert_eq!(l.server_region, "eu");
     assert_eq!(l.server_url, a.url);
     assert_eq!(l.expires_in, 120);
-    assert_eq!(l.body["welcome"], "hi", "login body passes through untouched");
+    assert_eq!(
+        l.body["welcome"], "hi",
+        "login body passes through untouched"
+    );
 
     // Headers of the login answer: the app's cookies pass, its attempt to
     // speak the lock protocol does not.
@@ -74,7 +77,10 @@ async fn login_then_local_forward_with_verified_identity() {
     assert_eq!(v["server"], "eu-1");
     let seen = app.last().unwrap();
     assert_eq!(seen.headers["x-tether-subject"], "alice");
-    assert!(!seen.headers.contains_key("tether-server-id"), "client-supplied Tether-* stripped");
+    assert!(
+        !seen.headers.contains_key("tether-server-id"),
+        "client-supplied Tether-* stripped"
+    );
 
     // Public prefixes need no token and get no identity.
     let r = get(&c.http, &format!("{}/public/logo", a.url), None).await;
@@ -84,14 +90,31 @@ async fn login_then_local_forward_with_verified_identity() {
 
     // Outcomes are counted in Pingora's logging phase, just after the
     // answer is written: give the last one a moment.
-    eventually(Duration::from_secs(2), "request outcomes counted", || async {
-        metric(&a.metrics(&c.http).await, "tether_proxy_requests_total{outcome=\"public\"") == Some(1.0)
-    })
+    eventually(
+        Duration::from_secs(2),
+        "request outcomes counted",
+        || async {
+            metric(
+                &a.metrics(&c.http).await,
+                "tether_proxy_requests_total{outcome=\"public\"",
+            ) == Some(1.0)
+        },
+    )
     .await;
     let m = a.metrics(&c.http).await;
-    assert_eq!(metric(&m, "tether_proxy_requests_total{outcome=\"forwarded\""), Some(1.0), "{m}");
-    assert_eq!(metric(&m, "tether_proxy_requests_total{outcome=\"public\""), Some(1.0));
-    assert_eq!(metric(&m, "tether_proxy_logins_total{outcome=\"ok\""), Some(2.0));
+    assert_eq!(
+        metric(&m, "tether_proxy_requests_total{outcome=\"forwarded\""),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "tether_proxy_requests_total{outcome=\"public\""),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&m, "tether_proxy_logins_total{outcome=\"ok\""),
+        Some(2.0)
+    );
     assert!(metric(&m, "tether_proxy_upstream_seconds_count").unwrap() >= 2.0);
 }
 
@@ -99,7 +122,12 @@ async fn login_then_local_forward_with_verified_identity() {
 async fn foreign_lock_gets_relock_hint_or_one_forwarded_hop() {
     let (c, app_a, app_b, a, b) = two_regions(Timing::default()).await;
     let app_c = Upstream::start("app-us2").await;
-    let fwd = c.proxy("us-2", "us").upstream(&app_c).forward().start().await;
+    let fwd = c
+        .proxy("us-2", "us")
+        .upstream(&app_c)
+        .forward()
+        .start()
+        .await;
     fwd.wait_sees(&c.http, &["eu-1", "us-1", "us-2"]).await;
 
     let l = login(&c.http, &a.url, "alice", None).await;
@@ -110,7 +138,10 @@ async fn foreign_lock_gets_relock_hint_or_one_forwarded_hop() {
     assert_eq!(r.headers()["tether-relock"], a.url.as_str());
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["error"], "wrong_server");
-    assert_eq!(v["lockedServer"], json!({"id": "eu-1", "url": a.url, "region": "eu"}));
+    assert_eq!(
+        v["lockedServer"],
+        json!({"id": "eu-1", "url": a.url, "region": "eu"})
+    );
     assert_eq!(app_b.requests(), 0);
 
     // Forward mode: served by A's upstream, one hop.
@@ -122,7 +153,10 @@ async fn foreign_lock_gets_relock_hint_or_one_forwarded_hop() {
     assert_eq!(v["subject"], "alice");
     assert_eq!(app_a.requests(), before + 1);
     assert_eq!(app_c.requests(), 0);
-    assert!(!app_a.last().unwrap().headers.contains_key("x-tether-hop"), "hop marker never reaches the app");
+    assert!(
+        !app_a.last().unwrap().headers.contains_key("x-tether-hop"),
+        "hop marker never reaches the app"
+    );
 
     // A request that already made its hop is never forwarded again.
     let key = tether_proxy::hop::HopKey::derive(&c.cluster_token());
@@ -137,10 +171,18 @@ async fn foreign_lock_gets_relock_hint_or_one_forwarded_hop() {
         .await
         .unwrap();
     assert_eq!(r.status(), 508);
-    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["error"], "forward_loop");
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["error"],
+        "forward_loop"
+    );
 
     // Forged, stale or replayed-on-another-path markers are refused.
-    let forged = tether_proxy::hop::HopKey::derive("not-the-cluster-token").sign("GET", "/orders/9", now, "us-2");
+    let forged = tether_proxy::hop::HopKey::derive("not-the-cluster-token").sign(
+        "GET",
+        "/orders/9",
+        now,
+        "us-2",
+    );
     let stale = key.sign("GET", "/orders/9", now - 120, "us-2");
     let other_path = key.sign("GET", "/orders/10", now, "us-2");
     for bad in [forged, stale, other_path, "garbage".to_owned()] {
@@ -178,10 +220,18 @@ async fn refresh_places_clients_by_the_policy() {
     assert_eq!(v["expiresIn"], 120);
 
     // Closest in another region: moved there.
-    let (s, v) = refresh(&c.http, &b.url, json!({"refreshToken": rt, "closestServerId": "us-1"})).await;
+    let (s, v) = refresh(
+        &c.http,
+        &b.url,
+        json!({"refreshToken": rt, "closestServerId": "us-1"}),
+    )
+    .await;
     assert_eq!(s, 200, "{v}");
     let rt = next(&v);
-    assert_eq!(v["server"], json!({"id": "us-1", "url": b.url, "region": "us"}));
+    assert_eq!(
+        v["server"],
+        json!({"id": "us-1", "url": b.url, "region": "us"})
+    );
     assert_eq!(v["serverChanged"], true);
     assert_eq!(v["previousServerId"], "eu-1");
     assert_eq!(v["reason"], "moved_region");
@@ -208,7 +258,12 @@ async fn refresh_places_clients_by_the_policy() {
     });
     a.wait_sees(&c.http, &["eu-busy"]).await;
     let (_, busy_refresh) = mint(&a.config, "bob", "eu-busy", "eu");
-    let (s, v) = refresh(&c.http, &a.url, json!({"refreshToken": busy_refresh, "closestServerId": "eu-1"})).await;
+    let (s, v) = refresh(
+        &c.http,
+        &a.url,
+        json!({"refreshToken": busy_refresh, "closestServerId": "eu-1"}),
+    )
+    .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["server"]["id"], "eu-1");
     assert_eq!(v["serverChanged"], true);
@@ -219,21 +274,39 @@ async fn refresh_places_clients_by_the_policy() {
     // Same region, equal loads: kept (the client is on us-1 now, closest us-1).
     let (s, v) = refresh(&c.http, &b.url, json!({"refreshToken": rt})).await;
     assert_eq!(s, 200, "{v}");
-    assert_eq!((v["server"]["id"].as_str(), v["reason"].as_str(), v["serverChanged"].as_bool()), (Some("us-1"), Some("kept"), Some(false)));
+    assert_eq!(
+        (
+            v["server"]["id"].as_str(),
+            v["reason"].as_str(),
+            v["serverChanged"].as_bool()
+        ),
+        (Some("us-1"), Some("kept"), Some(false))
+    );
 
     // Home region: a user whose home is "us" logging in at A is locked in
     // us, and stays there even when the closest server is in eu.
     let carol = login(&c.http, &a.url, "carol", Some("us")).await;
     assert_eq!(carol.server_id, "us-1");
     assert_eq!(carol.server_url, b.url);
-    let (s, v) = refresh(&c.http, &a.url, json!({"refreshToken": carol.refresh, "closestServerId": "eu-1"})).await;
+    let (s, v) = refresh(
+        &c.http,
+        &a.url,
+        json!({"refreshToken": carol.refresh, "closestServerId": "eu-1"}),
+    )
+    .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["server"]["id"], "us-1");
     assert_eq!(v["serverChanged"], false);
     assert_eq!(v["reason"], "kept");
 
     let m = a.metrics(&c.http).await;
-    assert_eq!(metric(&m, "tether_proxy_refresh_decisions_total{reason=\"same_region_least_load\""), Some(1.0));
+    assert_eq!(
+        metric(
+            &m,
+            "tether_proxy_refresh_decisions_total{reason=\"same_region_least_load\""
+        ),
+        Some(1.0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -247,13 +320,33 @@ async fn refresh_rejects_bad_input_naming_the_field() {
         ("{not json".to_owned(), 400, "body"),
         ("{}".to_owned(), 400, "refreshToken"),
         (json!({"refreshToken": 5}).to_string(), 400, "refreshToken"),
-        (json!({"refreshToken": l.refresh, "criticalTaskInProgress": "yes"}).to_string(), 400, "criticalTaskInProgress"),
-        (json!({"refreshToken": l.refresh, "closestServerId": "http://evil/"}).to_string(), 400, "closestServerId"),
-        (json!({"refreshToken": l.refresh, "unreachableServerId": ""}).to_string(), 400, "unreachableServerId"),
-        (json!({"refreshToken": l.refresh, "extra": 1}).to_string(), 400, "extra"),
+        (
+            json!({"refreshToken": l.refresh, "criticalTaskInProgress": "yes"}).to_string(),
+            400,
+            "criticalTaskInProgress",
+        ),
+        (
+            json!({"refreshToken": l.refresh, "closestServerId": "http://evil/"}).to_string(),
+            400,
+            "closestServerId",
+        ),
+        (
+            json!({"refreshToken": l.refresh, "unreachableServerId": ""}).to_string(),
+            400,
+            "unreachableServerId",
+        ),
+        (
+            json!({"refreshToken": l.refresh, "extra": 1}).to_string(),
+            400,
+            "extra",
+        ),
         (json!({"refreshToken": l.access}).to_string(), 401, ""),
         (json!({"refreshToken": "garbage"}).to_string(), 401, ""),
-        (json!({"refreshToken": "x".repeat(20_000)}).to_string(), 413, "body"),
+        (
+            json!({"refreshToken": "x".repeat(20_000)}).to_string(),
+            413,
+            "body",
+        ),
     ];
     for (body, status, field) in cases {
         let r = c
@@ -264,7 +357,12 @@ async fn refresh_rejects_bad_input_naming_the_field() {
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status().as_u16(), status, "body {}", &body[..body.len().min(80)]);
+        assert_eq!(
+            r.status().as_u16(),
+            status,
+            "body {}",
+            &body[..body.len().min(80)]
+        );
         let v: serde_json::Value = r.json().await.unwrap();
         if status == 400 || status == 413 {
             assert_eq!(v["field"], field, "{v}");
@@ -286,7 +384,10 @@ async fn refresh_rejects_bad_input_naming_the_field() {
         .unwrap();
     assert_eq!(r.status(), 200);
     let (s, v) = refresh(&c.http, &a.url, json!({"refreshToken": l.refresh})).await;
-    assert_eq!((s, v["detail"].as_str()), (401, Some("token has been revoked")));
+    assert_eq!(
+        (s, v["detail"].as_str()),
+        (401, Some("token has been revoked"))
+    );
     assert_eq!(app.requests(), 1, "only the login reached the app");
 }
 
@@ -303,7 +404,10 @@ async fn killed_server_is_replaced_fast_then_evicted() {
     // Naming a live server as unreachable does not move the client.
     let (s, v) = refresh(&c.http, &b.url, json!({"refreshToken": l.refresh, "closestServerId": "eu-1", "unreachableServerId": "eu-1"})).await;
     assert_eq!(s, 200, "{v}");
-    assert_eq!((v["server"]["id"].as_str(), v["serverChanged"].as_bool()), (Some("eu-1"), Some(false)));
+    assert_eq!(
+        (v["server"]["id"].as_str(), v["serverChanged"].as_bool()),
+        (Some("eu-1"), Some(false))
+    );
     // Rotation: the client continues with the newest refresh token; the
     // first one is kept aside to check the "after the TTL" path below.
     let rt = v["refreshToken"].as_str().unwrap().to_owned();
@@ -313,17 +417,35 @@ async fn killed_server_is_replaced_fast_then_evicted() {
     a.proc.kill();
     let killed = Instant::now();
     let (_, rt_later) = mint(&b.config, "alice", "eu-1", "eu");
-    let (s, v) = refresh(&c.http, &b.url, json!({"refreshToken": rt, "closestServerId": "us-1", "unreachableServerId": "eu-1"})).await;
+    let (s, v) = refresh(
+        &c.http,
+        &b.url,
+        json!({"refreshToken": rt, "closestServerId": "us-1", "unreachableServerId": "eu-1"}),
+    )
+    .await;
     let took = killed.elapsed();
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["server"]["id"], "us-1");
     assert_eq!(v["serverChanged"], true);
     assert_eq!(v["reason"], "server_down");
-    assert!(took < Duration::from_millis(2000), "fast failover took {took:?}");
+    assert!(
+        took < Duration::from_millis(2000),
+        "fast failover took {took:?}"
+    );
     // Discovery has not evicted A yet: the probe made the difference.
     let listed = c.servers().await;
-    assert!(listed["servers"].as_array().unwrap().iter().any(|s| s["id"] == "eu-1"), "{listed}");
-    println!("fast failover: new lock {took:?} after the kill (TTL {} ms)", timing.ttl_ms);
+    assert!(
+        listed["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["id"] == "eu-1"),
+        "{listed}"
+    );
+    println!(
+        "fast failover: new lock {took:?} after the kill (TTL {} ms)",
+        timing.ttl_ms
+    );
 
     // B remembers what its probe found: A's clients are told to refresh at
     // once instead of being hinted to a dead server.
@@ -331,7 +453,10 @@ async fn killed_server_is_replaced_fast_then_evicted() {
     assert_eq!(r.status(), 503);
     assert_eq!(r.headers()["tether-relock"], "refresh");
     let v: serde_json::Value = r.json().await.unwrap();
-    assert_eq!((v["error"].as_str(), v["action"].as_str()), (Some("server_unavailable"), Some("refresh")));
+    assert_eq!(
+        (v["error"].as_str(), v["action"].as_str()),
+        (Some("server_unavailable"), Some("refresh"))
+    );
 
     // Discovery evicts A after its TTL, not before; then every proxy's
     // registry drops it and its tokens get 503 refresh from the registry
@@ -339,13 +464,21 @@ async fn killed_server_is_replaced_fast_then_evicted() {
     let deadline = Instant::now() + Duration::from_millis(timing.ttl_ms + 4000);
     let evicted_after = loop {
         let listed = c.servers().await;
-        if !listed["servers"].as_array().unwrap().iter().any(|s| s["id"] == "eu-1") {
+        if !listed["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["id"] == "eu-1")
+        {
             break killed.elapsed();
         }
         assert!(Instant::now() < deadline, "A was never evicted");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert!(evicted_after >= Duration::from_millis(timing.ttl_ms - 500), "evicted before the TTL: {evicted_after:?}");
+    assert!(
+        evicted_after >= Duration::from_millis(timing.ttl_ms - 500),
+        "evicted before the TTL: {evicted_after:?}"
+    );
     b.wait_gone(&c.http, "eu-1").await;
     let r = get(&c.http, &format!("{}/orders/1", b.url), Some(&l.access)).await;
     assert_eq!(r.status(), 503);
@@ -359,7 +492,14 @@ async fn killed_server_is_replaced_fast_then_evicted() {
     assert_eq!(v["reason"], "server_down");
     let m = b.metrics(&c.http).await;
     assert!(metric(&m, "tether_proxy_failover_probes_total{result=\"dead\"").unwrap_or(0.0) >= 1.0);
-    assert!(metric(&m, "tether_proxy_requests_total{outcome=\"server_unavailable\"").unwrap_or(0.0) >= 1.0);
+    assert!(
+        metric(
+            &m,
+            "tether_proxy_requests_total{outcome=\"server_unavailable\""
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -392,17 +532,31 @@ async fn discovery_outage_keeps_serving_then_heals() {
     let m1 = a.metrics(&c.http).await;
     let stale1 = metric(&m1, "tether_proxy_registry_staleness_milliseconds").unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let stale2 = metric(&a.metrics(&c.http).await, "tether_proxy_registry_staleness_milliseconds").unwrap();
+    let stale2 = metric(
+        &a.metrics(&c.http).await,
+        "tether_proxy_registry_staleness_milliseconds",
+    )
+    .unwrap();
     assert!(stale1 >= timing.ttl_ms as f64, "staleness {stale1}");
     assert!(stale2 > stale1, "staleness grows: {stale1} then {stale2}");
     assert!(metric(&m1, "tether_proxy_heartbeat_failures_total").unwrap() >= 1.0);
 
     c.start_discovery(port);
-    eventually(Duration::from_secs(10), "registry heals after discovery returns", || async {
-        let reg = a.registry(&c.http).await;
-        let stale = metric(&a.metrics(&c.http).await, "tether_proxy_registry_staleness_milliseconds").unwrap();
-        reg["version"].as_u64().unwrap() > version_before && reg["servers"].as_array().unwrap().len() == 2 && stale < 1000.0
-    })
+    eventually(
+        Duration::from_secs(10),
+        "registry heals after discovery returns",
+        || async {
+            let reg = a.registry(&c.http).await;
+            let stale = metric(
+                &a.metrics(&c.http).await,
+                "tether_proxy_registry_staleness_milliseconds",
+            )
+            .unwrap();
+            reg["version"].as_u64().unwrap() > version_before
+                && reg["servers"].as_array().unwrap().len() == 2
+                && stale < 1000.0
+        },
+    )
     .await;
 }
 
@@ -414,26 +568,47 @@ async fn upstream_down_gives_503_and_recovers() {
     let a = c.proxy("eu-1", "eu").upstream(&app).start().await;
     let l = login(&c.http, &a.url, "alice", None).await;
 
-    app.healthy.store(false, std::sync::atomic::Ordering::SeqCst);
+    app.healthy
+        .store(false, std::sync::atomic::Ordering::SeqCst);
     eventually(Duration::from_secs(5), "healthz 503", || async {
-        get(&c.http, &format!("{}/healthz", a.url), None).await.status() == 503
+        get(&c.http, &format!("{}/healthz", a.url), None)
+            .await
+            .status()
+            == 503
     })
     .await;
     let r = get(&c.http, &format!("{}/orders/1", a.url), Some(&l.access)).await;
     assert_eq!(r.status(), 503);
     assert_eq!(r.headers()["retry-after"], "30");
-    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["error"], "upstream_unavailable");
-    assert_eq!(get(&c.http, &format!("{}/healthz", a.admin), None).await.status(), 503);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["error"],
+        "upstream_unavailable"
+    );
+    assert_eq!(
+        get(&c.http, &format!("{}/healthz", a.admin), None)
+            .await
+            .status(),
+        503
+    );
 
     app.healthy.store(true, std::sync::atomic::Ordering::SeqCst);
     eventually(Duration::from_secs(5), "healthz 200", || async {
-        get(&c.http, &format!("{}/healthz", a.url), None).await.status() == 200
+        get(&c.http, &format!("{}/healthz", a.url), None)
+            .await
+            .status()
+            == 200
     })
     .await;
     let r = get(&c.http, &format!("{}/orders/1", a.url), Some(&l.access)).await;
     assert_eq!(r.status(), 200);
     let m = a.metrics(&c.http).await;
-    assert_eq!(metric(&m, "tether_proxy_requests_total{outcome=\"upstream_unavailable\""), Some(1.0));
+    assert_eq!(
+        metric(
+            &m,
+            "tether_proxy_requests_total{outcome=\"upstream_unavailable\""
+        ),
+        Some(1.0)
+    );
 }
 
 /// Reads the HS256 secret of the cluster's key ring (for forging tokens).
@@ -444,7 +619,10 @@ fn ring_secret(c: &Cluster) -> Vec<u8> {
         .find_map(|l| l.strip_prefix("secret_hex = \""))
         .unwrap()
         .trim_end_matches('"');
-    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect()
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -472,7 +650,12 @@ async fn bad_tokens_get_401_and_reach_nothing() {
     };
     // Sanity: the forging helper makes tokens the proxy accepts.
     let good = sign(&claims(&|_| {}), &secret);
-    assert_eq!(get(&c.http, &format!("{}/x", a.url), Some(&good)).await.status(), 200);
+    assert_eq!(
+        get(&c.http, &format!("{}/x", a.url), Some(&good))
+            .await
+            .status(),
+        200
+    );
     let before = app.requests();
 
     use base64::Engine;
@@ -490,18 +673,34 @@ async fn bad_tokens_get_401_and_reach_nothing() {
         ("alg none", Some(none_token)),
         ("wrong key", Some(sign(&claims(&|_| {}), &[9u8; 32]))),
         ("refresh as access", Some(l.refresh.clone())),
-        ("expired beyond leeway", Some(sign(&claims(&|v| v["exp"] = (now - 30).into()), &secret))),
-        ("wrong iss", Some(sign(&claims(&|v| v["iss"] = "evil".into()), &secret))),
-        ("wrong aud", Some(sign(&claims(&|v| v["aud"] = "other".into()), &secret))),
+        (
+            "expired beyond leeway",
+            Some(sign(&claims(&|v| v["exp"] = (now - 30).into()), &secret)),
+        ),
+        (
+            "wrong iss",
+            Some(sign(&claims(&|v| v["iss"] = "evil".into()), &secret)),
+        ),
+        (
+            "wrong aud",
+            Some(sign(&claims(&|v| v["aud"] = "other".into()), &secret)),
+        ),
         (
             "URL-shaped srv",
-            Some(sign(&claims(&|v| v["srv"] = format!("http://{}", trap.addr).into()), &secret)),
+            Some(sign(
+                &claims(&|v| v["srv"] = format!("http://{}", trap.addr).into()),
+                &secret,
+            )),
         ),
     ];
     for (name, token) in &cases {
         let r = get(&c.http, &format!("{}/orders/1", a.url), token.as_deref()).await;
         assert_eq!(r.status(), 401, "case {name}");
-        assert_eq!(r.headers()["www-authenticate"], "Bearer error=\"invalid_token\"", "case {name}");
+        assert_eq!(
+            r.headers()["www-authenticate"],
+            "Bearer error=\"invalid_token\"",
+            "case {name}"
+        );
         let v: serde_json::Value = r.json().await.unwrap();
         assert_eq!(v["error"], "invalid_token", "case {name}");
         assert!(v["detail"].is_string(), "case {name}");
@@ -512,9 +711,16 @@ async fn bad_tokens_get_401_and_reach_nothing() {
     assert_eq!(r.status(), 503);
     assert_eq!(r.headers()["tether-relock"], "refresh");
     assert_eq!(app.requests(), before, "nothing reached the upstream");
-    assert_eq!(trap.requests(), 0, "nothing reached an address named by a token");
+    assert_eq!(
+        trap.requests(),
+        0,
+        "nothing reached an address named by a token"
+    );
     let m = a.metrics(&c.http).await;
-    assert_eq!(metric(&m, "tether_proxy_requests_total{outcome=\"invalid_token\""), Some(cases.len() as f64));
+    assert_eq!(
+        metric(&m, "tether_proxy_requests_total{outcome=\"invalid_token\""),
+        Some(cases.len() as f64)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -523,7 +729,10 @@ async fn closest_to_me_and_healthz() {
     let r = get(&c.http, &format!("{}/closestToMe", a.url), None).await;
     assert_eq!(r.status(), 200);
     let v: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(v, json!({"closestServerId": "eu-1", "region": "eu", "url": a.url}));
+    assert_eq!(
+        v,
+        json!({"closestServerId": "eu-1", "region": "eu", "url": a.url})
+    );
     let r = get(&c.http, &format!("{}/healthz", a.url), None).await;
     assert_eq!(r.status(), 200);
 }
@@ -545,7 +754,12 @@ async fn key_rotation_under_load_refuses_no_valid_token() {
     // of which must succeed throughout the rotation.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let loader = tokio::spawn({
-        let (http, url, token, stop) = (c.http.clone(), a.url.clone(), old.access.clone(), stop.clone());
+        let (http, url, token, stop) = (
+            c.http.clone(),
+            a.url.clone(),
+            old.access.clone(),
+            stop.clone(),
+        );
         async move {
             let (mut ok, mut bad) = (0u32, Vec::new());
             let mut tokens = vec![token];
@@ -556,10 +770,18 @@ async fn key_rotation_under_load_refuses_no_valid_token() {
                 }
                 for t in &tokens[tokens.len().saturating_sub(3)..] {
                     let r = get(&http, &format!("{url}/x"), Some(t)).await;
-                    if r.status() == 200 { ok += 1 } else { bad.push((r.status().as_u16(), kid_of(t))) }
+                    if r.status() == 200 {
+                        ok += 1
+                    } else {
+                        bad.push((r.status().as_u16(), kid_of(t)))
+                    }
                 }
                 let r = get(&http, &format!("{url}/x"), Some(&tokens[0])).await;
-                if r.status() == 200 { ok += 1 } else { bad.push((r.status().as_u16(), kid_of(&tokens[0]))) }
+                if r.status() == 200 {
+                    ok += 1
+                } else {
+                    bad.push((r.status().as_u16(), kid_of(&tokens[0])))
+                }
                 i += 1;
             }
             (ok, bad)
@@ -574,33 +796,57 @@ async fn key_rotation_under_load_refuses_no_valid_token() {
     std::fs::write(&ring, format!("signing_kid = \"k2\"\n\n{k1_block}\n[[keys]]\nkid = \"k2\"\nalg = \"HS256\"\nsecret_hex = \"{k2_secret}\"\n")).unwrap();
     // SIGHUP asks for the reload at once (the file watch would find it
     // within a second anyway).
-    let hup = std::process::Command::new("kill").args(["-HUP", &a.proc.pid().to_string()]).status().unwrap();
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &a.proc.pid().to_string()])
+        .status()
+        .unwrap();
     assert!(hup.success());
-    eventually(Duration::from_secs(5), "new logins signed with k2", || async {
-        kid_of(&login(&c.http, &a.url, "carol", None).await.access) == "k2"
-    })
+    eventually(
+        Duration::from_secs(5),
+        "new logins signed with k2",
+        || async { kid_of(&login(&c.http, &a.url, "carol", None).await.access) == "k2" },
+    )
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let (ok, bad) = loader.await.unwrap();
-    assert!(bad.is_empty(), "valid tokens refused during rotation: {bad:?}");
+    assert!(
+        bad.is_empty(),
+        "valid tokens refused during rotation: {bad:?}"
+    );
     assert!(ok > 20, "the load ran ({ok} requests)");
     assert!(a.proc.is_running(), "SIGHUP reloads, it does not kill");
 
     // A broken file is ignored: the current keys stay.
     std::fs::write(&ring, "signing_kid = \"k9\"\n").unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(get(&c.http, &format!("{}/x", a.url), Some(&old.access)).await.status(), 200);
+    assert_eq!(
+        get(&c.http, &format!("{}/x", a.url), Some(&old.access))
+            .await
+            .status(),
+        200
+    );
 
     // Retiring k1: its tokens stop verifying, k2's keep working.
     let new = login(&c.http, &a.url, "dave", None).await;
     std::fs::write(&ring, format!("signing_kid = \"k2\"\n[[keys]]\nkid = \"k2\"\nalg = \"HS256\"\nsecret_hex = \"{k2_secret}\"\n")).unwrap();
     eventually(Duration::from_secs(5), "k1 retired", || async {
-        get(&c.http, &format!("{}/x", a.url), Some(&old.access)).await.status() == 401
+        get(&c.http, &format!("{}/x", a.url), Some(&old.access))
+            .await
+            .status()
+            == 401
     })
     .await;
-    assert_eq!(get(&c.http, &format!("{}/x", a.url), Some(&new.access)).await.status(), 200);
+    assert_eq!(
+        get(&c.http, &format!("{}/x", a.url), Some(&new.access))
+            .await
+            .status(),
+        200
+    );
     let m = a.metrics(&c.http).await;
-    assert!(metric(&m, "tether_proxy_keyring_reloads_total{result=\"reloaded\"").unwrap() >= 2.0, "{m}");
+    assert!(
+        metric(&m, "tether_proxy_keyring_reloads_total{result=\"reloaded\"").unwrap() >= 2.0,
+        "{m}"
+    );
     assert!(metric(&m, "tether_proxy_keyring_reloads_total{result=\"failed\"").unwrap() >= 1.0);
 }

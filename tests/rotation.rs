@@ -29,9 +29,20 @@ async fn concurrent_refreshes_get_one_successor_and_replay_revokes_everywhere() 
 
     // 50 concurrent refreshes of the same token, at both proxies.
     let calls = (0..50).map(|i| {
-        let url = if i % 2 == 0 { a.url.clone() } else { b.url.clone() };
+        let url = if i % 2 == 0 {
+            a.url.clone()
+        } else {
+            b.url.clone()
+        };
         let (http, token) = (c.http.clone(), l.refresh.clone());
-        tokio::spawn(async move { refresh(&http, &url, json!({"refreshToken": token, "closestServerId": "eu-1"})).await })
+        tokio::spawn(async move {
+            refresh(
+                &http,
+                &url,
+                json!({"refreshToken": token, "closestServerId": "eu-1"}),
+            )
+            .await
+        })
     });
     let results = futures::future::join_all(calls).await;
     let mut successors = std::collections::BTreeSet::new();
@@ -40,7 +51,11 @@ async fn concurrent_refreshes_get_one_successor_and_replay_revokes_everywhere() 
         assert_eq!(status, 200, "{v}");
         successors.insert(v["refreshToken"].as_str().unwrap().to_owned());
     }
-    assert_eq!(successors.len(), 1, "exactly one successor was issued: {successors:?}");
+    assert_eq!(
+        successors.len(),
+        1,
+        "exactly one successor was issued: {successors:?}"
+    );
     let successor = successors.into_iter().next().unwrap();
     assert_ne!(successor, l.refresh, "a new refresh token every refresh");
 
@@ -58,18 +73,26 @@ async fn concurrent_refreshes_get_one_successor_and_replay_revokes_everywhere() 
     assert_eq!(v["error"], "invalid_token");
     for p in [&a, &b] {
         let (s, _) = refresh(&c.http, &p.url, json!({"refreshToken": third})).await;
-        assert_eq!(s, 401, "the family's newest refresh token is refused at {}", p.id);
+        assert_eq!(
+            s, 401,
+            "the family's newest refresh token is refused at {}",
+            p.id
+        );
     }
     // Access tokens of the family: refused everywhere within a poll.
     let locked = if v["server"]["id"] == "us-1" { &b } else { &a };
-    eventually(Duration::from_secs(2), "access token of a revoked family refused", || async {
-        let mut all = true;
-        for p in [&a, &b] {
-            let r = get(&c.http, &format!("{}/x", p.url), Some(&access)).await;
-            all &= r.status() == 401;
-        }
-        all
-    })
+    eventually(
+        Duration::from_secs(2),
+        "access token of a revoked family refused",
+        || async {
+            let mut all = true;
+            for p in [&a, &b] {
+                let r = get(&c.http, &format!("{}/x", p.url), Some(&access)).await;
+                all &= r.status() == 401;
+            }
+            all
+        },
+    )
     .await;
     let _ = locked;
     let m = a.metrics(&c.http).await;
@@ -88,16 +111,31 @@ async fn logout_at_one_proxy_revokes_at_all() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(r.json::<serde_json::Value>().await.unwrap(), json!({"revoked": true}));
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap(),
+        json!({"revoked": true})
+    );
     let (s, _) = refresh(&c.http, &b.url, json!({"refreshToken": l.refresh})).await;
     assert_eq!(s, 401, "the other proxy refuses the logged-out family");
-    eventually(Duration::from_secs(2), "access token refused after logout", || async {
-        get(&c.http, &format!("{}/x", a.url), Some(&l.access)).await.status() == 401
-    })
+    eventually(
+        Duration::from_secs(2),
+        "access token refused after logout",
+        || async {
+            get(&c.http, &format!("{}/x", a.url), Some(&l.access))
+                .await
+                .status()
+                == 401
+        },
+    )
     .await;
     // Other users are untouched.
     let other = login(&c.http, &a.url, "carol", None).await;
-    assert_eq!(get(&c.http, &format!("{}/x", a.url), Some(&other.access)).await.status(), 200);
+    assert_eq!(
+        get(&c.http, &format!("{}/x", a.url), Some(&other.access))
+            .await
+            .status(),
+        200
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -121,15 +159,26 @@ async fn discovery_down_policy() {
     assert_eq!(s, 503, "{v}");
     assert_eq!(v["error"], "refresh_unavailable");
     // ...but access tokens already issued keep working.
-    assert_eq!(get(&c.http, &format!("{}/x", closed.url), Some(&lc.access)).await.status(), 200);
+    assert_eq!(
+        get(&c.http, &format!("{}/x", closed.url), Some(&lc.access))
+            .await
+            .status(),
+        200
+    );
     // Fail-open: refresh goes on, untracked.
     let (s, v) = refresh(&c.http, &open.url, json!({"refreshToken": lo.refresh})).await;
     assert_eq!(s, 200, "{v}");
     // A config with an unknown policy is refused, naming the key.
     let bad = open.config.with_file_name("bad.toml");
-    let text = std::fs::read_to_string(&open.config).unwrap().replace("fail_open", "fail_sideways");
+    let text = std::fs::read_to_string(&open.config)
+        .unwrap()
+        .replace("fail_open", "fail_sideways");
     std::fs::write(&bad, text).unwrap();
-    let out = std::process::Command::new(TETHER).arg("check").arg(&bad).output().unwrap();
+    let out = std::process::Command::new(TETHER)
+        .arg("check")
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("tokens.refresh_when_discovery_down"));
 }

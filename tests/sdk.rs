@@ -38,12 +38,21 @@ async fn world(timing: Timing) -> World {
     let mut c = Cluster::new(timing);
     c.start_discovery(0);
     let apps = tether_sampleapp::SampleCluster::start(
-        tether_sampleapp::ClusterConfig::new(["eu", "us"]).with_lag(Duration::from_millis(800), Duration::ZERO),
+        tether_sampleapp::ClusterConfig::new(["eu", "us"])
+            .with_lag(Duration::from_millis(800), Duration::ZERO),
     )
     .await
     .unwrap();
-    let eu = c.proxy("eu-1", "eu").upstream_addr(apps.addr("eu").unwrap()).start().await;
-    let us = c.proxy("us-1", "us").upstream_addr(apps.addr("us").unwrap()).start().await;
+    let eu = c
+        .proxy("eu-1", "eu")
+        .upstream_addr(apps.addr("eu").unwrap())
+        .start()
+        .await;
+    let us = c
+        .proxy("us-1", "us")
+        .upstream_addr(apps.addr("us").unwrap())
+        .start()
+        .await;
     eu.wait_sees(&c.http, &["eu-1", "us-1"]).await;
     us.wait_sees(&c.http, &["eu-1", "us-1"]).await;
     World { c, apps, eu, us }
@@ -62,19 +71,31 @@ fn client(global: &Global, routing: Routing) -> Client {
 }
 
 async fn workflow(client: &Client, user: &str) -> Result<(), String> {
-    let r = client.post("/orders", &json!({"userId": user})).await.map_err(|e| e.to_string())?;
+    let r = client
+        .post("/orders", &json!({"userId": user}))
+        .await
+        .map_err(|e| e.to_string())?;
     if r.status != 201 {
         return Err(format!("create: {}", r.status));
     }
-    let id = r.json::<serde_json::Value>().unwrap()["orderId"].as_str().unwrap().to_owned();
+    let id = r.json::<serde_json::Value>().unwrap()["orderId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let r = client
-        .post(&format!("/orders/{id}/items"), &json!({"sku": "book", "qty": 1}))
+        .post(
+            &format!("/orders/{id}/items"),
+            &json!({"sku": "book", "qty": 1}),
+        )
         .await
         .map_err(|e| e.to_string())?;
     if r.status != 200 {
         return Err(format!("add item: {}", r.status));
     }
-    let r = client.post(&format!("/orders/{id}/checkout"), &json!({})).await.map_err(|e| e.to_string())?;
+    let r = client
+        .post(&format!("/orders/{id}/checkout"), &json!({}))
+        .await
+        .map_err(|e| e.to_string())?;
     if r.status != 200 {
         return Err(format!("checkout: {}", r.status));
     }
@@ -87,35 +108,59 @@ async fn critical_task_keeps_the_server_across_refreshes() {
     let global = Global::new(&w.eu.url);
     let client = client(&global, Routing::Locked);
     let mut events = client.events();
-    let login = client.login(&json!({"username": "user-0000", "password": "demo"})).await.unwrap();
+    let login = client
+        .login(&json!({"username": "user-0000", "password": "demo"}))
+        .await
+        .unwrap();
     assert_eq!(login.server.id, "eu-1");
 
     // The client moves near us; mid-workflow it refreshes: kept.
     global.set(&w.us.url);
     {
         let _task = client.critical_task();
-        let r = client.post("/orders", &json!({"userId": "user-0000"})).await.unwrap();
+        let r = client
+            .post("/orders", &json!({"userId": "user-0000"}))
+            .await
+            .unwrap();
         assert_eq!(r.status, 201);
         for _ in 0..3 {
             let r = client.refresh().await.unwrap();
-            assert_eq!((r.server.id.as_str(), r.reason.as_str(), r.server_changed), ("eu-1", "critical_task", false));
+            assert_eq!(
+                (r.server.id.as_str(), r.reason.as_str(), r.server_changed),
+                ("eu-1", "critical_task", false)
+            );
         }
         // The workflow continues on the same server: the write is there.
-        let id = r.json::<serde_json::Value>().unwrap()["orderId"].as_str().unwrap().to_owned();
-        let r = client.post(&format!("/orders/{id}/items"), &json!({"sku": "a", "qty": 1})).await.unwrap();
+        let id = r.json::<serde_json::Value>().unwrap()["orderId"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let r = client
+            .post(
+                &format!("/orders/{id}/items"),
+                &json!({"sku": "a", "qty": 1}),
+            )
+            .await
+            .unwrap();
         assert_eq!(r.status, 200);
         assert_eq!(r.headers["x-app-region"], "eu");
     }
     // Task over: the next refresh moves the client to the closest region.
     let r = client.refresh().await.unwrap();
-    assert_eq!((r.server.id.as_str(), r.reason.as_str(), r.server_changed), ("us-1", "moved_region", true));
+    assert_eq!(
+        (r.server.id.as_str(), r.reason.as_str(), r.server_changed),
+        ("us-1", "moved_region", true)
+    );
     let mut changed = None;
     while let Ok(e) = events.try_recv() {
         if let Event::ServerChanged { from, to, reason } = e {
             changed = Some((from.id, to.id, reason));
         }
     }
-    assert_eq!(changed, Some(("eu-1".into(), "us-1".into(), "moved_region".into())));
+    assert_eq!(
+        changed,
+        Some(("eu-1".into(), "us-1".into(), "moved_region".into()))
+    );
     workflow(&client, "user-0000").await.unwrap();
     drop(w.apps);
 }
@@ -126,7 +171,10 @@ async fn home_region_user_is_locked_home_from_anywhere() {
     // user-0002's home is the second region, "us" (the app's seed).
     let global = Global::new(&w.eu.url);
     let client = client(&global, Routing::Locked);
-    let login = client.login(&json!({"username": "user-0002", "password": "demo"})).await.unwrap();
+    let login = client
+        .login(&json!({"username": "user-0002", "password": "demo"}))
+        .await
+        .unwrap();
     assert_eq!(login.server.id, "us-1");
     assert_eq!(login.server.url, w.us.url);
     let r = client.refresh().await.unwrap();
@@ -141,7 +189,10 @@ async fn global_routing_follows_relock_hints() {
     let w = world(Timing::default()).await;
     let global = Global::new(&w.eu.url);
     let client = client(&global, Routing::Global);
-    client.login(&json!({"username": "user-0000", "password": "demo"})).await.unwrap();
+    client
+        .login(&json!({"username": "user-0000", "password": "demo"}))
+        .await
+        .unwrap();
     // Geo DNS now answers with the other region: the proxy there hints
     // the relock and the SDK follows it, so the workflow sees its writes.
     global.set(&w.us.url);
@@ -156,7 +207,10 @@ async fn dead_server_fails_over_at_once_and_reconnects_when_all_is_dark() {
     let mut w = world(Timing::default()).await;
     let global = Global::new(&w.us.url);
     let client = client(&global, Routing::Locked);
-    client.login(&json!({"username": "user-0000", "password": "demo"})).await.unwrap();
+    client
+        .login(&json!({"username": "user-0000", "password": "demo"}))
+        .await
+        .unwrap();
     assert_eq!(client.server().unwrap().id, "us-1");
 
     // us-1 dies; the global URL still answers from eu.
@@ -165,10 +219,17 @@ async fn dead_server_fails_over_at_once_and_reconnects_when_all_is_dark() {
     let started = std::time::Instant::now();
     workflow(&client, "user-0000").await.unwrap();
     assert_eq!(client.server().unwrap().id, "eu-1");
-    assert!(started.elapsed() < Duration::from_secs(2), "failover took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "failover took {:?}",
+        started.elapsed()
+    );
     let stats = client.stats();
     assert_eq!(stats.failovers, 1, "{stats:?}");
-    assert_eq!(stats.reconnect_waits, 0, "no wait when the global URL answers: {stats:?}");
+    assert_eq!(
+        stats.reconnect_waits, 0,
+        "no wait when the global URL answers: {stats:?}"
+    );
 
     // Now the global URL is dark too: the client waits ("Reconnecting…")
     // and gets through once a proxy is back.
@@ -176,7 +237,9 @@ async fn dead_server_fails_over_at_once_and_reconnects_when_all_is_dark() {
     w.eu.proc.kill();
     let port = w.eu.addr.port();
     let restart = tokio::spawn({
-        let b = w.c.proxy("eu-1", "eu").upstream_addr(w.apps.addr("eu").unwrap());
+        let b =
+            w.c.proxy("eu-1", "eu")
+                .upstream_addr(w.apps.addr("eu").unwrap());
         let cfg = b.write_config(port, free_port());
         async move {
             tokio::time::sleep(Duration::from_millis(1200)).await;
@@ -195,9 +258,11 @@ async fn dead_server_fails_over_at_once_and_reconnects_when_all_is_dark() {
     let r = r.expect("the client got through after reconnecting");
     // The restarted proxy may not have health-checked its app yet.
     assert!(r.status == 404 || r.status == 503, "{}", r.status);
-    eventually(Duration::from_secs(5), "the restarted server serves", || async {
-        matches!(client.get("/orders/none").await, Ok(r) if r.status == 404)
-    })
+    eventually(
+        Duration::from_secs(5),
+        "the restarted server serves",
+        || async { matches!(client.get("/orders/none").await, Ok(r) if r.status == 404) },
+    )
     .await;
     let mut waited = 0;
     while let Ok(e) = events.try_recv() {
@@ -214,12 +279,26 @@ async fn dead_server_fails_over_at_once_and_reconnects_when_all_is_dark() {
 async fn bench_tool_runs_workflows_against_a_deployment() {
     let w = world(Timing::default()).await;
     let out = tokio::process::Command::new(TETHER)
-        .args(["bench", "--json", "--clients", "4", "--seconds", "2", "--routing", "global", "--global-url"])
+        .args([
+            "bench",
+            "--json",
+            "--clients",
+            "4",
+            "--seconds",
+            "2",
+            "--routing",
+            "global",
+            "--global-url",
+        ])
         .arg(&w.us.url)
         .output()
         .await
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(r["workflowsCompleted"].as_u64().unwrap() > 0, "{r}");
     assert_eq!(r["workflowsFailed"], 0, "{r}");
@@ -232,7 +311,13 @@ async fn bench_tool_runs_workflows_against_a_deployment() {
     assert!(r["relockHints"].as_u64().unwrap() > 0, "{r}");
     // A bad option is refused with a clear message.
     let out = tokio::process::Command::new(TETHER)
-        .args(["bench", "--routing", "sideways", "--global-url", "http://127.0.0.1:1"])
+        .args([
+            "bench",
+            "--routing",
+            "sideways",
+            "--global-url",
+            "http://127.0.0.1:1",
+        ])
         .output()
         .await
         .unwrap();

@@ -371,11 +371,19 @@ impl Client {
         self.refresh_retrying(RefreshCause::Unreachable, true).await
     }
 
-    async fn refresh_retrying(&self, cause: RefreshCause, unreachable: bool) -> Result<Refreshed, Error> {
+    async fn refresh_retrying(
+        &self,
+        cause: RefreshCause,
+        unreachable: bool,
+    ) -> Result<Refreshed, Error> {
         let _gate = self.inner.refresh_gate.lock().await;
         let mut spent = 0;
         loop {
-            let suspect = if unreachable { Some(self.current()?.server.id) } else { None };
+            let suspect = if unreachable {
+                Some(self.current()?.server.id)
+            } else {
+                None
+            };
             match self.refresh_locked(cause, suspect).await {
                 Err(e @ (Error::Connect { .. } | Error::Transport { .. })) => {
                     self.reconnect_wait(&mut spent, e).await?;

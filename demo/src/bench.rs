@@ -103,9 +103,14 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
 /// Runs the load and returns the report; a progress bar goes to stderr.
 pub fn run(opts: &BenchOptions) -> Result<BenchReport, crate::DemoError> {
     if opts.clients == 0 || opts.clients > 10_000 {
-        return Err(crate::DemoError::Options(format!("--clients {}: must be between 1 and 10000", opts.clients)));
+        return Err(crate::DemoError::Options(format!(
+            "--clients {}: must be between 1 and 10000",
+            opts.clients
+        )));
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(run_async(opts))
 }
 
@@ -162,7 +167,9 @@ async fn run_async(opts: &BenchOptions) -> Result<BenchReport, crate::DemoError>
             let counter = tokio::spawn(count_events(client.events(), shared.clone()));
             let user = format!("{}{i:04}", opts.user_prefix);
             let t = Instant::now();
-            let login = client.login(&json!({"username": user, "password": opts.password})).await;
+            let login = client
+                .login(&json!({"username": user, "password": opts.password}))
+                .await;
             shared.record("login", t.elapsed(), login.is_ok());
             if let Err(e) = login {
                 shared.fail(format!("login: {e}"));
@@ -182,7 +189,10 @@ async fn run_async(opts: &BenchOptions) -> Result<BenchReport, crate::DemoError>
                 for (step, name) in ["create", "add_item", "checkout"].into_iter().enumerate() {
                     let (path, body) = match step {
                         0 => ("/orders".to_owned(), json!({"userId": user})),
-                        1 => (format!("/orders/{order}/items"), json!({"sku": "bench", "qty": 1})),
+                        1 => (
+                            format!("/orders/{order}/items"),
+                            json!({"sku": "bench", "qty": 1}),
+                        ),
                         _ => (format!("/orders/{order}/checkout"), json!({})),
                     };
                     let t = Instant::now();
@@ -259,7 +269,9 @@ async fn run_async(opts: &BenchOptions) -> Result<BenchReport, crate::DemoError>
 async fn count_events(mut events: tokio::sync::broadcast::Receiver<Event>, shared: Arc<Shared>) {
     loop {
         match events.recv().await {
-            Ok(Event::ServerChanged { reason, .. }) => *lock(&shared.relocks).entry(reason).or_insert(0) += 1,
+            Ok(Event::ServerChanged { reason, .. }) => {
+                *lock(&shared.relocks).entry(reason).or_insert(0) += 1
+            }
             Ok(Event::Relocked { .. }) => {
                 shared.hints.fetch_add(1, Ordering::Relaxed);
             }
@@ -278,9 +290,19 @@ pub fn table(r: &BenchReport) -> String {
     let _ = writeln!(
         out,
         "{} clients, {:.1} s: {} requests ({:.0}/s), {} workflows completed ({:.1}/s), {} failed",
-        r.clients, r.seconds, r.requests, r.requests_per_second, r.workflows_completed, r.workflows_per_second, r.workflows_failed
+        r.clients,
+        r.seconds,
+        r.requests,
+        r.requests_per_second,
+        r.workflows_completed,
+        r.workflows_per_second,
+        r.workflows_failed
     );
-    let _ = writeln!(out, "\n{:<10} {:>8} {:>7} {:>9} {:>9} {:>9} {:>9}", "endpoint", "count", "errors", "p50 ms", "p90 ms", "p99 ms", "max ms");
+    let _ = writeln!(
+        out,
+        "\n{:<10} {:>8} {:>7} {:>9} {:>9} {:>9} {:>9}",
+        "endpoint", "count", "errors", "p50 ms", "p90 ms", "p99 ms", "max ms"
+    );
     for (name, e) in &r.endpoints {
         let _ = writeln!(
             out,
@@ -294,12 +316,19 @@ pub fn table(r: &BenchReport) -> String {
     let _ = writeln!(
         out,
         "lock changes: {}; 421 relock hints followed: {}",
-        if r.relocks.is_empty() { "none".to_owned() } else { join(&r.relocks) },
+        if r.relocks.is_empty() {
+            "none".to_owned()
+        } else {
+            join(&r.relocks)
+        },
         r.relock_hints
     );
     out
 }
 
 fn join(m: &BTreeMap<String, u64>) -> String {
-    m.iter().map(|(k, v)| format!("{k} ×{v}")).collect::<Vec<_>>().join(", ")
+    m.iter()
+        .map(|(k, v)| format!("{k} ×{v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -84,7 +84,13 @@ fn free_port() -> Result<u16, DemoError> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn spawn(bin: &Path, name: &str, args: &[&str], log: &Path, ready: &str) -> Result<(ChildProc, String), DemoError> {
+fn spawn(
+    bin: &Path,
+    name: &str,
+    args: &[&str],
+    log: &Path,
+    ready: &str,
+) -> Result<(ChildProc, String), DemoError> {
     let log_file = std::fs::File::create(log)?;
     let mut child = Command::new(bin)
         .args(args)
@@ -92,7 +98,10 @@ fn spawn(bin: &Path, name: &str, args: &[&str], log: &Path, ready: &str) -> Resu
         .stdout(Stdio::piped())
         .stderr(log_file)
         .env("TETHER_EXIT_WITH_PARENT", "1")
-        .env("TETHER_LOG", std::env::var("TETHER_LOG").unwrap_or_else(|_| "warn".into()))
+        .env(
+            "TETHER_LOG",
+            std::env::var("TETHER_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .spawn()
         .map_err(|e| DemoError::Start(format!("cannot start {} {name}: {e}", bin.display())))?;
     let stdout = child
@@ -121,7 +130,9 @@ fn spawn(bin: &Path, name: &str, args: &[&str], log: &Path, ready: &str) -> Resu
         Ok(rest) => Ok((proc, rest)),
         Err(_) => {
             let text = std::fs::read_to_string(log).unwrap_or_default();
-            Err(DemoError::Start(format!("{name} did not start; its log says:\n{text}")))
+            Err(DemoError::Start(format!(
+                "{name} did not start; its log says:\n{text}"
+            )))
         }
     }
 }
@@ -133,7 +144,8 @@ fn set(table: &mut toml::Table, section: &str, key: &str, value: impl Into<toml:
 }
 
 fn write_toml(path: &Path, table: &toml::Table) -> Result<(), DemoError> {
-    let text = toml::to_string(table).map_err(|e| DemoError::Start(format!("writing {}: {e}", path.display())))?;
+    let text = toml::to_string(table)
+        .map_err(|e| DemoError::Start(format!("writing {}: {e}", path.display())))?;
     std::fs::write(path, text)?;
     Ok(())
 }
@@ -159,9 +171,16 @@ impl Cluster {
         let dir = tempfile::Builder::new().prefix("tether-demo-").tempdir()?;
         let bin = &opts.tether_bin;
         let secrets = dir.path().join("secrets");
-        let out = Command::new(bin).arg("keygen").arg("--dir").arg(&secrets).output()?;
+        let out = Command::new(bin)
+            .arg("keygen")
+            .arg("--dir")
+            .arg(&secrets)
+            .output()?;
         if !out.status.success() {
-            return Err(DemoError::Start(format!("tether keygen failed: {}", String::from_utf8_lossy(&out.stderr))));
+            return Err(DemoError::Start(format!(
+                "tether keygen failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
         }
 
         let apps = tether_sampleapp::SampleCluster::start(
@@ -173,8 +192,18 @@ impl Cluster {
         // Discovery.
         let mut disc = parse_shipped("discovery.toml", DISCOVERY_CONF)?;
         set(&mut disc, "discovery", "listen", "127.0.0.1:0");
-        set(&mut disc, "discovery", "heartbeat_interval_ms", opts.heartbeat.as_millis() as i64);
-        set(&mut disc, "discovery", "ttl_ms", opts.ttl.as_millis() as i64);
+        set(
+            &mut disc,
+            "discovery",
+            "heartbeat_interval_ms",
+            opts.heartbeat.as_millis() as i64,
+        );
+        set(
+            &mut disc,
+            "discovery",
+            "ttl_ms",
+            opts.ttl.as_millis() as i64,
+        );
         // A brand-new registry has nothing to protect during warm-up.
         set(&mut disc, "discovery", "warmup_ms", 0i64);
         let disc_path = dir.path().join("discovery.toml");
@@ -203,12 +232,27 @@ impl Cluster {
                 .unwrap_or(code)
                 .to_owned();
             set(&mut conf, "server", "listen", format!("127.0.0.1:{port}"));
-            set(&mut conf, "server", "public_url", format!("http://127.0.0.1:{port}"));
-            set(&mut conf, "server", "admin_listen", format!("127.0.0.1:{admin}"));
+            set(
+                &mut conf,
+                "server",
+                "public_url",
+                format!("http://127.0.0.1:{port}"),
+            );
+            set(
+                &mut conf,
+                "server",
+                "admin_listen",
+                format!("127.0.0.1:{admin}"),
+            );
             set(&mut conf, "upstream", "addresses", vec![app.to_string()]);
             set(&mut conf, "upstream", "health_interval_ms", 250i64);
             set(&mut conf, "discovery", "url", discovery_url.clone());
-            set(&mut conf, "discovery", "heartbeat_interval_ms", opts.heartbeat.as_millis() as i64);
+            set(
+                &mut conf,
+                "discovery",
+                "heartbeat_interval_ms",
+                opts.heartbeat.as_millis() as i64,
+            );
             set(&mut conf, "discovery", "min_poll_interval_ms", 50i64);
             set(&mut conf, "routing", "fast_failover", opts.fast_failover);
             set(&mut conf, "routing", "probe_timeout_ms", 300i64);
@@ -255,10 +299,11 @@ impl Cluster {
             for r in &self.regions {
                 let ok = match http.get(format!("{}/registry", r.admin_url)).send().await {
                     Ok(resp) => match resp.json::<tether_protocol::wire::Snapshot>().await {
-                        Ok(snap) => self
-                            .regions
-                            .iter()
-                            .all(|o| snap.servers.iter().any(|s| s.id == o.server_id && s.healthy)),
+                        Ok(snap) => self.regions.iter().all(|o| {
+                            snap.servers
+                                .iter()
+                                .any(|s| s.id == o.server_id && s.healthy)
+                        }),
                         Err(_) => false,
                     },
                     Err(_) => false,

@@ -63,7 +63,11 @@ impl GeoDns {
         let pick = order
             .iter()
             .copied()
-            .find(|&i| self.healthy.get(i).is_some_and(|h| h.load(Ordering::Relaxed)))
+            .find(|&i| {
+                self.healthy
+                    .get(i)
+                    .is_some_and(|h| h.load(Ordering::Relaxed))
+            })
             .unwrap_or(order[0]);
         &self.urls[pick]
     }
@@ -117,7 +121,11 @@ mod tests {
         for h in &geo.healthy {
             h.store(false, Ordering::Relaxed);
         }
-        assert_eq!(geo.resolve(1), "us", "DNS still answers when nothing is healthy");
+        assert_eq!(
+            geo.resolve(1),
+            "us",
+            "DNS still answers when nothing is healthy"
+        );
     }
 
     #[test]

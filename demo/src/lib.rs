@@ -89,16 +89,29 @@ impl DemoOptions {
     pub fn validate(&self) -> Result<(), DemoError> {
         let bad = |m: String| Err(DemoError::Options(m));
         if !(1..=1000).contains(&self.clients) {
-            return bad(format!("--clients {}: must be between 1 and 1000", self.clients));
+            return bad(format!(
+                "--clients {}: must be between 1 and 1000",
+                self.clients
+            ));
         }
         if self.phase < Duration::from_secs(1) || self.phase > Duration::from_secs(600) {
-            return bad(format!("--phase-seconds {:?}: must be between 1 and 600", self.phase));
+            return bad(format!(
+                "--phase-seconds {:?}: must be between 1 and 600",
+                self.phase
+            ));
         }
         if !(0.0..=1.0).contains(&self.jump_probability) {
-            return bad(format!("--jump {}: must be between 0 and 1", self.jump_probability));
+            return bad(format!(
+                "--jump {}: must be between 0 and 1",
+                self.jump_probability
+            ));
         }
         if !cluster::REGIONS.contains(&self.kill_region.as_str()) {
-            return bad(format!("--kill-region {:?}: must be one of {:?}", self.kill_region, cluster::REGIONS));
+            return bad(format!(
+                "--kill-region {:?}: must be one of {:?}",
+                self.kill_region,
+                cluster::REGIONS
+            ));
         }
         if self.ttl < self.heartbeat {
             return bad("--ttl-ms must be at least --heartbeat-ms".into());
@@ -122,7 +135,10 @@ pub struct Summary {
 /// Runs the three phases and returns the summary. Progress goes to stderr.
 pub fn run(opts: &DemoOptions) -> Result<Summary, DemoError> {
     opts.validate()?;
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     rt.block_on(run_async(opts))
 }
 
@@ -133,19 +149,31 @@ async fn run_async(opts: &DemoOptions) -> Result<Summary, DemoError> {
     eprintln!(
         "  cluster up in {:.1}s: regions {}; replication lag {} ms (+ up to {} ms)",
         t0.elapsed().as_secs_f64(),
-        cluster.regions.iter().map(|r| r.code.as_str()).collect::<Vec<_>>().join(", "),
+        cluster
+            .regions
+            .iter()
+            .map(|r| r.code.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
         opts.lag.as_millis(),
         opts.jitter.as_millis()
     );
     let apps: Vec<String> = cluster.regions.iter().map(|r| r.app_url.clone()).collect();
-    let proxies: Vec<String> = cluster.regions.iter().map(|r| r.proxy_url.clone()).collect();
+    let proxies: Vec<String> = cluster
+        .regions
+        .iter()
+        .map(|r| r.proxy_url.clone())
+        .collect();
 
     eprintln!("phase 1/3: geo routing alone, straight to the apps");
     let p1 = load::direct(opts, apps, "geo routing alone").await;
     eprintln!("phase 2/3: through tether");
     let p2 = load::through_tether(opts, proxies.clone(), "through tether", None).await;
 
-    eprintln!("phase 3/3: through tether, killing the {} proxy mid-run", opts.kill_region);
+    eprintln!(
+        "phase 3/3: through tether, killing the {} proxy mid-run",
+        opts.kill_region
+    );
     let victim = cluster
         .regions
         .iter_mut()
@@ -171,7 +199,10 @@ async fn run_async(opts: &DemoOptions) -> Result<Summary, DemoError> {
         .map(|s| s.stale_events)
         .sum();
     drop(cluster);
-    eprintln!("  done in {:.1}s; everything the demo started is stopped", t0.elapsed().as_secs_f64());
+    eprintln!(
+        "  done in {:.1}s; everything the demo started is stopped",
+        t0.elapsed().as_secs_f64()
+    );
     Ok(Summary {
         phases: vec![p1, p2, p3],
         clients: opts.clients,
@@ -190,7 +221,11 @@ pub fn table(s: &Summary) -> String {
         if p.relocks.is_empty() {
             "-".to_owned()
         } else {
-            p.relocks.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
+            p.relocks
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         }
     };
     // Writing to a String cannot fail.
@@ -206,7 +241,11 @@ pub fn table(s: &Summary) -> String {
             (_, None, Some(_)) => "not all".to_owned(),
             _ => "-".to_owned(),
         };
-        let restarted = if i == 0 { "-".to_owned() } else { p.restarted.to_string() };
+        let restarted = if i == 0 {
+            "-".to_owned()
+        } else {
+            p.restarted.to_string()
+        };
         let _ = writeln!(
             out,
             "{:<30} {:>9} {:>7} {:>9}  {:<10} {}",
@@ -220,18 +259,35 @@ pub fn table(s: &Summary) -> String {
     }
     if let Some(p1) = s.phases.first() {
         if !p1.failure_causes.is_empty() {
-            let causes: Vec<String> = p1.failure_causes.iter().map(|(k, v)| format!("{k} ×{v}")).collect();
+            let causes: Vec<String> = p1
+                .failure_causes
+                .iter()
+                .map(|(k, v)| format!("{k} ×{v}"))
+                .collect();
             let _ = writeln!(out, "\nphase 1 failures: {}", causes.join(", "));
         }
     }
     for p in s.phases.iter().skip(1) {
         if !p.failure_causes.is_empty() {
-            let causes: Vec<String> = p.failure_causes.iter().map(|(k, v)| format!("{k} ×{v}")).collect();
+            let causes: Vec<String> = p
+                .failure_causes
+                .iter()
+                .map(|(k, v)| format!("{k} ×{v}"))
+                .collect();
             let _ = writeln!(out, "{} failures: {}", p.name, causes.join(", "));
         }
         if !p.other_errors.is_empty() {
-            let causes: Vec<String> = p.other_errors.iter().map(|(k, v)| format!("{k} ×{v}")).collect();
-            let _ = writeln!(out, "{} errors outside workflows: {}", p.name, causes.join(", "));
+            let causes: Vec<String> = p
+                .other_errors
+                .iter()
+                .map(|(k, v)| format!("{k} ×{v}"))
+                .collect();
+            let _ = writeln!(
+                out,
+                "{} errors outside workflows: {}",
+                p.name,
+                causes.join(", ")
+            );
         }
     }
     if let Some(p3) = s.phases.get(2) {
@@ -259,7 +315,10 @@ pub fn table(s: &Summary) -> String {
 /// wait for Ctrl-C, stop everything.
 pub fn serve(opts: &DemoOptions) -> Result<(), DemoError> {
     opts.validate()?;
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let cluster = cluster::Cluster::start(opts).await?;
         println!("tether demo cluster is up (Ctrl-C stops everything)\n");

@@ -135,7 +135,12 @@ fn user_of(i: usize) -> String {
 }
 
 /// Progress: one line on stderr per second.
-fn progress(label: String, started: Instant, length: Duration, tally: Arc<Tally>) -> tokio::task::JoinHandle<()> {
+fn progress(
+    label: String,
+    started: Instant,
+    length: Duration,
+    tally: Arc<Tally>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.tick().await;
@@ -183,7 +188,7 @@ pub async fn direct(opts: &DemoOptions, apps: Vec<String>, name: &str) -> PhaseR
             while Instant::now() < deadline {
                 let mut order = String::new();
                 let mut ok = true;
-                for step in 0..STEPS.len() {
+                for (step, step_name) in STEPS.iter().enumerate() {
                     if step > 0 {
                         think(&mut rng).await;
                         if rng.random_bool(jump) {
@@ -199,12 +204,12 @@ pub async fn direct(opts: &DemoOptions, apps: Vec<String>, name: &str) -> PhaseR
                             }
                         }
                         Ok(r) => {
-                            tally.fail(format!("{} {}", STEPS[step], r.status().as_u16()));
+                            tally.fail(format!("{} {}", step_name, r.status().as_u16()));
                             ok = false;
                             break;
                         }
                         Err(_) => {
-                            tally.fail(format!("{} no answer", STEPS[step]));
+                            tally.fail(format!("{} no answer", step_name));
                             ok = false;
                             break;
                         }
@@ -245,7 +250,12 @@ struct Recovery {
 
 /// Phases 2 and 3: the same clients through tether (the SDK), optionally
 /// killing one region's proxy mid-run.
-pub async fn through_tether(opts: &DemoOptions, proxies: Vec<String>, name: &str, kill: Option<Kill>) -> PhaseReport {
+pub async fn through_tether(
+    opts: &DemoOptions,
+    proxies: Vec<String>,
+    name: &str,
+    kill: Option<Kill>,
+) -> PhaseReport {
     let geo = GeoDns::new(proxies, "/healthz");
     let checks = geo.start_checks();
     let tally = Arc::new(Tally::default());
@@ -263,7 +273,13 @@ pub async fn through_tether(opts: &DemoOptions, proxies: Vec<String>, name: &str
 
     let mut tasks = Vec::new();
     for i in 0..opts.clients {
-        let (geo, tally, http, clients, recovery) = (geo.clone(), tally.clone(), http.clone(), clients.clone(), recovery.clone());
+        let (geo, tally, http, clients, recovery) = (
+            geo.clone(),
+            tally.clone(),
+            http.clone(),
+            clients.clone(),
+            recovery.clone(),
+        );
         let jump = opts.jump_probability;
         let seed = opts.seed.wrapping_add(1000 + i as u64);
         let reconnect_wait = opts.reconnect_wait;
@@ -293,7 +309,10 @@ pub async fn through_tether(opts: &DemoOptions, proxies: Vec<String>, name: &str
             let events = client.events();
             let relocks = tokio::spawn(count_relocks(events, tally.clone()));
             let user = user_of(i);
-            if let Err(e) = client.login(&json!({"username": user, "password": "demo"})).await {
+            if let Err(e) = client
+                .login(&json!({"username": user, "password": "demo"}))
+                .await
+            {
                 bump(&tally.errors, format!("login: {}", short(&e)));
                 relocks.abort();
                 return;
@@ -316,7 +335,7 @@ pub async fn through_tether(opts: &DemoOptions, proxies: Vec<String>, name: &str
                 let _critical = client.critical_task();
                 let home = client.server().map(|s| s.id).unwrap_or_default();
                 let mut order = String::new();
-                for step in 0..STEPS.len() {
+                for (step, step_name) in STEPS.iter().enumerate() {
                     if step > 0 {
                         think(&mut rng).await;
                         if rng.random_bool(jump) {
@@ -327,7 +346,11 @@ pub async fn through_tether(opts: &DemoOptions, proxies: Vec<String>, name: &str
                         break 'workflows;
                     }
                     let answer = client
-                        .request(tether_client::Method::POST, &step_path(step, &order), Some(&step_body(step, &user)))
+                        .request(
+                            tether_client::Method::POST,
+                            &step_path(step, &order),
+                            Some(&step_body(step, &user)),
+                        )
                         .await;
                     let now_on = client.server().map(|s| s.id).unwrap_or_default();
                     let rec = recovery.lock().ok().and_then(|r| r.clone());
@@ -354,7 +377,7 @@ pub async fn through_tether(opts: &DemoOptions, proxies: Vec<String>, name: &str
                             }
                         }
                         Ok(r) => {
-                            tally.fail(format!("{} {}", STEPS[step], r.status.as_u16()));
+                            tally.fail(format!("{} {}", step_name, r.status.as_u16()));
                             continue 'workflows;
                         }
                         Err(e) => {
@@ -362,11 +385,14 @@ pub async fn through_tether(opts: &DemoOptions, proxies: Vec<String>, name: &str
                             // the request in flight). Like a real app, ask
                             // for a fresh lock: if the server changed, the
                             // workflow restarts there; if not, it failed.
-                            let moved = client.refresh_unreachable().await.is_ok_and(|r| r.server.id != home);
+                            let moved = client
+                                .refresh_unreachable()
+                                .await
+                                .is_ok_and(|r| r.server.id != home);
                             if moved {
                                 tally.restarted.fetch_add(1, Ordering::Relaxed);
                             } else {
-                                tally.fail(format!("{} {}", STEPS[step], short(&e)));
+                                tally.fail(format!("{} {}", step_name, short(&e)));
                             }
                             continue 'workflows;
                         }
@@ -385,7 +411,11 @@ pub async fn through_tether(opts: &DemoOptions, proxies: Vec<String>, name: &str
             Ok(c) => c
                 .iter()
                 .enumerate()
-                .filter(|(_, c)| c.as_ref().and_then(|c| c.server()).is_some_and(|s| s.id == k.server_id))
+                .filter(|(_, c)| {
+                    c.as_ref()
+                        .and_then(|c| c.server())
+                        .is_some_and(|s| s.id == k.server_id)
+                })
                 .map(|(i, _)| (i, None))
                 .collect(),
             Err(_) => BTreeMap::new(),
@@ -423,7 +453,11 @@ pub async fn through_tether(opts: &DemoOptions, proxies: Vec<String>, name: &str
         let moved = match clients.lock() {
             Ok(c) => affected
                 .keys()
-                .filter(|&&i| c[i].as_ref().and_then(|c| c.server()).is_some_and(|s| s.id != rec.server_id))
+                .filter(|&&i| {
+                    c[i].as_ref()
+                        .and_then(|c| c.server())
+                        .is_some_and(|s| s.id != rec.server_id)
+                })
                 .count() as u64,
             Err(_) => 0,
         };
@@ -447,7 +481,11 @@ pub async fn through_tether(opts: &DemoOptions, proxies: Vec<String>, name: &str
 fn short(e: &tether_client::Error) -> String {
     match e {
         tether_client::Error::Status { status, body, .. } => {
-            format!("{} {}", status.as_u16(), body.as_ref().map(|b| b.error.as_str()).unwrap_or(""))
+            format!(
+                "{} {}",
+                status.as_u16(),
+                body.as_ref().map(|b| b.error.as_str()).unwrap_or("")
+            )
         }
         tether_client::Error::Connect { .. } => "cannot connect".into(),
         tether_client::Error::Transport { .. } => "transport failure".into(),

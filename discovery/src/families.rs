@@ -99,7 +99,10 @@ impl Families {
                     rgn: Some(req.rgn.clone()),
                 })
             }
-            Some(f) if f.previous.as_deref() == Some(req.presented.as_str()) && now.duration_since(f.rotated_at) <= grace => {
+            Some(f)
+                if f.previous.as_deref() == Some(req.presented.as_str())
+                    && now.duration_since(f.rotated_at) <= grace =>
+            {
                 Some(RotateResponse {
                     outcome: RotateOutcome::Grace,
                     iat: Some(f.iat),
@@ -109,7 +112,10 @@ impl Families {
             }
             Some(_) => {
                 // Reuse: revoke the whole family.
-                let until = g.live.remove(&req.family).map_or(req.expires_at, |f| f.expires_at.max(req.expires_at));
+                let until = g
+                    .live
+                    .remove(&req.family)
+                    .map_or(req.expires_at, |f| f.expires_at.max(req.expires_at));
                 g.revoked.insert(req.family.clone(), until);
                 return (revoked(), true);
             }
@@ -148,7 +154,10 @@ impl Families {
     /// Revokes a family (logout). Returns whether it was not revoked yet.
     pub fn revoke(&self, family: &str, expires_at: u64) -> bool {
         let mut g = self.lock();
-        let until = g.live.remove(family).map_or(expires_at, |f| f.expires_at.max(expires_at));
+        let until = g
+            .live
+            .remove(family)
+            .map_or(expires_at, |f| f.expires_at.max(expires_at));
         g.revoked.insert(family.to_owned(), until).is_none()
     }
 
@@ -203,18 +212,34 @@ mod tests {
         let f = Families::new(Duration::from_secs(10));
         let t0 = Instant::now();
         // Adopted on first use.
-        assert_eq!(f.rotate(&req('a', 'b', 1), t0).0.outcome, RotateOutcome::Rotated);
+        assert_eq!(
+            f.rotate(&req('a', 'b', 1), t0).0.outcome,
+            RotateOutcome::Rotated
+        );
         // Retry of the same token within the window: the same successor,
         // even if the retry proposes another one.
         let (r, changed) = f.rotate(&req('a', 'c', 2), t0 + Duration::from_secs(3));
-        assert_eq!((r.outcome, r.iat, changed), (RotateOutcome::Grace, Some(1), false));
+        assert_eq!(
+            (r.outcome, r.iat, changed),
+            (RotateOutcome::Grace, Some(1), false)
+        );
         // The successor rotates normally.
-        assert_eq!(f.rotate(&req('b', 'd', 5), t0 + Duration::from_secs(4)).0.outcome, RotateOutcome::Rotated);
+        assert_eq!(
+            f.rotate(&req('b', 'd', 5), t0 + Duration::from_secs(4))
+                .0
+                .outcome,
+            RotateOutcome::Rotated
+        );
         // 'a' is now two generations old: reuse, revoke.
         let (r, changed) = f.rotate(&req('a', 'e', 6), t0 + Duration::from_secs(5));
         assert_eq!((r.outcome, changed), (RotateOutcome::Revoked, true));
         // Everything of that family is refused from now on, even 'd'.
-        assert_eq!(f.rotate(&req('d', 'f', 7), t0 + Duration::from_secs(6)).0.outcome, RotateOutcome::Revoked);
+        assert_eq!(
+            f.rotate(&req('d', 'f', 7), t0 + Duration::from_secs(6))
+                .0
+                .outcome,
+            RotateOutcome::Revoked
+        );
         assert_eq!(f.revoked(), vec!["fam1".to_owned()]);
     }
 
@@ -235,7 +260,10 @@ mod tests {
         f.rotate(&req('a', 'b', 1), t0);
         assert!(f.revoke("fam1", unix_now() + 60));
         assert!(!f.revoke("fam1", unix_now() + 60));
-        assert_eq!(f.rotate(&req('b', 'c', 2), t0).0.outcome, RotateOutcome::Revoked);
+        assert_eq!(
+            f.rotate(&req('b', 'c', 2), t0).0.outcome,
+            RotateOutcome::Revoked
+        );
         assert_eq!(f.counts(), (0, 1));
         // Expired revocations are forgotten.
         assert!(f.revoke("old", unix_now() - 1));
@@ -250,13 +278,22 @@ mod tests {
         let handles: Vec<_> = (0..50)
             .map(|i| {
                 let f = f.clone();
-                std::thread::spawn(move || f.rotate(&req('b', if i % 2 == 0 { 'c' } else { 'd' }, 100 + i), t0).0)
+                std::thread::spawn(move || {
+                    f.rotate(&req('b', if i % 2 == 0 { 'c' } else { 'd' }, 100 + i), t0)
+                        .0
+                })
             })
             .collect();
         let results: Vec<RotateResponse> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-        let rotated: Vec<_> = results.iter().filter(|r| r.outcome == RotateOutcome::Rotated).collect();
+        let rotated: Vec<_> = results
+            .iter()
+            .filter(|r| r.outcome == RotateOutcome::Rotated)
+            .collect();
         assert_eq!(rotated.len(), 1);
         let iat = rotated[0].iat;
-        assert!(results.iter().all(|r| r.iat == iat), "every caller gets the one successor");
+        assert!(
+            results.iter().all(|r| r.iat == iat),
+            "every caller gets the one successor"
+        );
     }
 }

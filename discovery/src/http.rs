@@ -161,28 +161,41 @@ async fn family_body<T: serde::de::DeserializeOwned>(
     let authorized = bearer_matches(headers, &app.config.cluster_token)
         || (admin_too && bearer_matches(headers, &app.config.admin_token));
     if !authorized {
-        return Err(unauthorized(if admin_too { "cluster or admin token" } else { "cluster token" }));
+        return Err(unauthorized(if admin_too {
+            "cluster or admin token"
+        } else {
+            "cluster token"
+        }));
     }
     let bytes = match read_body(body, headers, app.config.max_body_bytes).await {
         Ok(b) => b,
         Err(BodyError::TooLarge) => {
             let body = ErrorBody {
                 field: Some("body".into()),
-                ..ErrorBody::new("payload_too_large").detail(format!("is larger than {} bytes", app.config.max_body_bytes))
+                ..ErrorBody::new("payload_too_large").detail(format!(
+                    "is larger than {} bytes",
+                    app.config.max_body_bytes
+                ))
             };
             return Err(error(StatusCode::PAYLOAD_TOO_LARGE, &body));
         }
-        Err(BodyError::Unreadable(e)) => return Err(invalid(&FieldError::new("body", format!("could not be read: {e}")))),
+        Err(BodyError::Unreadable(e)) => {
+            return Err(invalid(&FieldError::new(
+                "body",
+                format!("could not be read: {e}"),
+            )))
+        }
     };
     validate::parse_json::<T>(&bytes).map_err(|e| invalid(&e))
 }
 
 /// `POST /v1/families/rotate`: the refresh-token compare-and-set.
 async fn rotate_family(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
-    let req: tether_protocol::wire::RotateRequest = match family_body(&app, &headers, body, false).await {
-        Ok(r) => r,
-        Err(resp) => return resp,
-    };
+    let req: tether_protocol::wire::RotateRequest =
+        match family_body(&app, &headers, body, false).await {
+            Ok(r) => r,
+            Err(resp) => return resp,
+        };
     if let Err(e) = req.validate() {
         return invalid(&e);
     }
@@ -193,20 +206,25 @@ async fn rotate_family(State(app): State<Arc<App>>, headers: HeaderMap, body: Bo
         app.registry.set_revoked_families(app.families.revoked());
     }
     // Plain strings and integers: serialisation cannot fail.
-    json(StatusCode::OK, serde_json::to_vec(&answer).unwrap_or_default())
+    json(
+        StatusCode::OK,
+        serde_json::to_vec(&answer).unwrap_or_default(),
+    )
 }
 
 /// `POST /v1/families/revoke` (logout at a proxy, or an operator).
 async fn revoke_family(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
-    let req: tether_protocol::wire::RevokeRequest = match family_body(&app, &headers, body, true).await {
-        Ok(r) => r,
-        Err(resp) => return resp,
-    };
+    let req: tether_protocol::wire::RevokeRequest =
+        match family_body(&app, &headers, body, true).await {
+            Ok(r) => r,
+            Err(resp) => return resp,
+        };
     if let Err(e) = req.validate() {
         return invalid(&e);
     }
     app.families.revoke(&req.family, req.expires_at);
-    app.metrics.family_rotation(tether_protocol::wire::RotateOutcome::Revoked);
+    app.metrics
+        .family_rotation(tether_protocol::wire::RotateOutcome::Revoked);
     app.registry.set_revoked_families(app.families.revoked());
     json(StatusCode::OK, b"{\"revoked\":true}".to_vec())
 }

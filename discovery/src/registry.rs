@@ -366,7 +366,9 @@ impl Registry {
             body.extend_from_slice(b",\"revokedFamilies\":");
             // Family ids are [A-Za-z0-9_-] (checked on the way in), so
             // serialising them cannot fail.
-            body.extend_from_slice(&serde_json::to_vec(&inner.revoked_families).unwrap_or_else(|_| b"[]".to_vec()));
+            body.extend_from_slice(
+                &serde_json::to_vec(&inner.revoked_families).unwrap_or_else(|_| b"[]".to_vec()),
+            );
         }
         body.push(b'}');
         // Ages grow a digit now and then; a little slack avoids a regrowth.

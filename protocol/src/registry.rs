@@ -107,7 +107,10 @@ impl Registry {
     }
 
     /// The least-loaded eligible server anywhere that `skip` does not reject.
-    pub fn least_loaded_anywhere(&self, skip: impl Fn(&ServerEntry) -> bool) -> Option<&ServerEntry> {
+    pub fn least_loaded_anywhere(
+        &self,
+        skip: impl Fn(&ServerEntry) -> bool,
+    ) -> Option<&ServerEntry> {
         self.eligible
             .iter()
             .map(|&i| &self.servers[i])
@@ -219,7 +222,10 @@ mod tests {
         d.draining = true;
         let mut u = entry("b", "eu", 0.0);
         u.healthy = false;
-        let r = Registry::new(snap(1, vec![d, u, entry("c", "eu", 5.0), entry("d", "eu", 3.0)]));
+        let r = Registry::new(snap(
+            1,
+            vec![d, u, entry("c", "eu", 5.0), entry("d", "eu", 3.0)],
+        ));
         assert_eq!(r.least_loaded_in("eu", |_| false).unwrap().id, "d");
         assert_eq!(r.least_loaded_in("eu", |s| s.id == "d").unwrap().id, "c");
         assert!(r.least_loaded_in("us", |_| false).is_none());
@@ -243,7 +249,10 @@ mod tests {
         );
         assert!(matches!(
             check_snapshot(&cur, &snap(6, four[..1].to_vec())),
-            Err(SnapshotError::MassEviction { gone: 3, previous: 4 })
+            Err(SnapshotError::MassEviction {
+                gone: 3,
+                previous: 4
+            })
         ));
         assert!(check_snapshot(&cur, &snap(6, four[..2].to_vec())).is_ok());
         assert!(matches!(
@@ -252,7 +261,10 @@ mod tests {
         ));
         let mut dup = four.clone();
         dup.push(entry("s0", "us", 0.0));
-        assert!(matches!(check_snapshot(&cur, &snap(6, dup)), Err(SnapshotError::DuplicateId(_))));
+        assert!(matches!(
+            check_snapshot(&cur, &snap(6, dup)),
+            Err(SnapshotError::DuplicateId(_))
+        ));
         let mut bad = four.clone();
         bad[2].url = "gopher://x".into();
         assert!(matches!(

@@ -44,8 +44,15 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, FieldError> {
         };
         FieldError::new(field, message)
     })?;
-    de.end()
-        .map_err(|e| FieldError::new("body", format!("trailing data after the JSON value: {}", strip_position(&e.to_string()))))?;
+    de.end().map_err(|e| {
+        FieldError::new(
+            "body",
+            format!(
+                "trailing data after the JSON value: {}",
+                strip_position(&e.to_string())
+            ),
+        )
+    })?;
     Ok(value)
 }
 
@@ -74,10 +81,16 @@ fn strip_position(msg: &str) -> String {
 /// narrow alphabet keeps ids out of URLs, headers and log injection.
 fn token_like(field: &str, value: &str, max: usize, what: &str) -> Result<(), FieldError> {
     if value.is_empty() {
-        return Err(FieldError::new(field, format!("must not be empty: a {what} is 1-{max} characters of A-Z a-z 0-9 . _ -")));
+        return Err(FieldError::new(
+            field,
+            format!("must not be empty: a {what} is 1-{max} characters of A-Z a-z 0-9 . _ -"),
+        ));
     }
     if value.len() > max {
-        return Err(FieldError::new(field, format!("is {} characters; a {what} is at most {max}", value.len())));
+        return Err(FieldError::new(
+            field,
+            format!("is {} characters; a {what} is at most {max}", value.len()),
+        ));
     }
     if let Some(c) = value
         .chars()
@@ -103,18 +116,42 @@ pub fn region(field: &str, value: &str) -> Result<(), FieldError> {
 /// query, fragment or credentials): servers are addressed by base URL.
 pub fn server_url(field: &str, value: &str) -> Result<(), FieldError> {
     if value.len() > crate::wire::MAX_URL_LEN {
-        return Err(FieldError::new(field, format!("is {} bytes; at most {} allowed", value.len(), crate::wire::MAX_URL_LEN)));
+        return Err(FieldError::new(
+            field,
+            format!(
+                "is {} bytes; at most {} allowed",
+                value.len(),
+                crate::wire::MAX_URL_LEN
+            ),
+        ));
     }
-    let url = url::Url::parse(value)
-        .map_err(|e| FieldError::new(field, format!("{value:?} is not a URL ({e}); expected http://host:port")))?;
+    let url = url::Url::parse(value).map_err(|e| {
+        FieldError::new(
+            field,
+            format!("{value:?} is not a URL ({e}); expected http://host:port"),
+        )
+    })?;
     if url.scheme() != "http" && url.scheme() != "https" {
-        return Err(FieldError::new(field, format!("{value:?} has scheme {:?}; only http and https are allowed", url.scheme())));
+        return Err(FieldError::new(
+            field,
+            format!(
+                "{value:?} has scheme {:?}; only http and https are allowed",
+                url.scheme()
+            ),
+        ));
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(FieldError::new(field, format!("{value:?} has no host")));
     }
-    if !url.username().is_empty() || url.password().is_some() || url.query().is_some() || url.fragment().is_some() {
-        return Err(FieldError::new(field, format!("{value:?}: credentials, query and fragment are not allowed in a server URL")));
+    if !url.username().is_empty()
+        || url.password().is_some()
+        || url.query().is_some()
+        || url.fragment().is_some()
+    {
+        return Err(FieldError::new(
+            field,
+            format!("{value:?}: credentials, query and fragment are not allowed in a server URL"),
+        ));
     }
     Ok(())
 }
@@ -126,16 +163,23 @@ mod tests {
 
     #[test]
     fn names_missing_and_unknown_fields() {
-        let e = parse_json::<Heartbeat>(br#"{"id":"a","region":"eu","url":"http://h","healthy":true}"#).unwrap_err();
+        let e =
+            parse_json::<Heartbeat>(br#"{"id":"a","region":"eu","url":"http://h","healthy":true}"#)
+                .unwrap_err();
         assert_eq!(e.field, "load");
-        let e = parse_json::<Heartbeat>(br#"{"id":"a","region":"eu","url":"http://h","load":1,"healthy":true,"color":1}"#)
-            .unwrap_err();
+        let e = parse_json::<Heartbeat>(
+            br#"{"id":"a","region":"eu","url":"http://h","load":1,"healthy":true,"color":1}"#,
+        )
+        .unwrap_err();
         assert_eq!(e.field, "color");
     }
 
     #[test]
     fn names_wrong_typed_fields() {
-        let e = parse_json::<Heartbeat>(br#"{"id":"a","region":"eu","url":"http://h","load":"x","healthy":true}"#).unwrap_err();
+        let e = parse_json::<Heartbeat>(
+            br#"{"id":"a","region":"eu","url":"http://h","load":"x","healthy":true}"#,
+        )
+        .unwrap_err();
         assert_eq!(e.field, "load");
         assert!(e.message.contains("invalid type"), "{e}");
         let e = parse_json::<Heartbeat>(br#"[1,2]"#).unwrap_err();

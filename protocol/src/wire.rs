@@ -46,7 +46,10 @@ impl Heartbeat {
         if !self.load.is_finite() || self.load < 0.0 {
             return Err(FieldError::new(
                 "load",
-                format!("{} is not allowed: load must be a finite number >= 0", self.load),
+                format!(
+                    "{} is not allowed: load must be a finite number >= 0",
+                    self.load
+                ),
             ));
         }
         Ok(())
@@ -146,7 +149,10 @@ impl RefreshRequest {
         if self.refresh_token.len() > MAX_TOKEN_LEN {
             return Err(FieldError::new(
                 "refreshToken",
-                format!("is {} bytes; at most {MAX_TOKEN_LEN} allowed", self.refresh_token.len()),
+                format!(
+                    "is {} bytes; at most {MAX_TOKEN_LEN} allowed",
+                    self.refresh_token.len()
+                ),
             ));
         }
         if let Some(id) = &self.closest_server_id {
@@ -254,7 +260,11 @@ mod tests {
         )
         .unwrap();
         assert!(!hb.draining);
-        let ack = serde_json::to_value(HeartbeatAck { ttl_ms: 6000, registry_version: 3 }).unwrap();
+        let ack = serde_json::to_value(HeartbeatAck {
+            ttl_ms: 6000,
+            registry_version: 3,
+        })
+        .unwrap();
         assert_eq!(ack, serde_json::json!({"ttlMs":6000,"registryVersion":3}));
     }
 
@@ -265,7 +275,11 @@ mod tests {
             refresh_token: "r".into(),
             token_type: "Bearer".into(),
             expires_in: 120,
-            server: ServerSummary { id: "s".into(), url: "http://x".into(), region: "eu".into() },
+            server: ServerSummary {
+                id: "s".into(),
+                url: "http://x".into(),
+                region: "eu".into(),
+            },
             server_changed: true,
             previous_server_id: "p".into(),
             reason: "server_down".into(),
@@ -297,14 +311,62 @@ mod tests {
         };
         assert!(good.validate().is_ok());
         let cases: Vec<(&str, Heartbeat)> = vec![
-            ("id", Heartbeat { id: String::new(), ..good.clone() }),
-            ("region", Heartbeat { region: String::new(), ..good.clone() }),
-            ("url", Heartbeat { url: "ftp://x".into(), ..good.clone() }),
-            ("url", Heartbeat { url: "not a url".into(), ..good.clone() }),
-            ("load", Heartbeat { load: -1.0, ..good.clone() }),
-            ("load", Heartbeat { load: f64::NAN, ..good.clone() }),
-            ("load", Heartbeat { load: f64::INFINITY, ..good.clone() }),
-            ("id", Heartbeat { id: "a/b".into(), ..good.clone() }),
+            (
+                "id",
+                Heartbeat {
+                    id: String::new(),
+                    ..good.clone()
+                },
+            ),
+            (
+                "region",
+                Heartbeat {
+                    region: String::new(),
+                    ..good.clone()
+                },
+            ),
+            (
+                "url",
+                Heartbeat {
+                    url: "ftp://x".into(),
+                    ..good.clone()
+                },
+            ),
+            (
+                "url",
+                Heartbeat {
+                    url: "not a url".into(),
+                    ..good.clone()
+                },
+            ),
+            (
+                "load",
+                Heartbeat {
+                    load: -1.0,
+                    ..good.clone()
+                },
+            ),
+            (
+                "load",
+                Heartbeat {
+                    load: f64::NAN,
+                    ..good.clone()
+                },
+            ),
+            (
+                "load",
+                Heartbeat {
+                    load: f64::INFINITY,
+                    ..good.clone()
+                },
+            ),
+            (
+                "id",
+                Heartbeat {
+                    id: "a/b".into(),
+                    ..good.clone()
+                },
+            ),
         ];
         for (field, hb) in cases {
             assert_eq!(hb.validate().unwrap_err().field, field, "{hb:?}");
@@ -317,7 +379,8 @@ mod tests {
         assert!(r.validate().is_ok());
         assert!(!r.critical_task_in_progress);
         let r: RefreshRequest =
-            serde_json::from_str(r#"{"refreshToken":"x","closestServerId":"http://evil/"}"#).unwrap();
+            serde_json::from_str(r#"{"refreshToken":"x","closestServerId":"http://evil/"}"#)
+                .unwrap();
         assert_eq!(r.validate().unwrap_err().field, "closestServerId");
         let r: RefreshRequest = serde_json::from_str(r#"{"refreshToken":""}"#).unwrap();
         assert_eq!(r.validate().unwrap_err().field, "refreshToken");
@@ -386,16 +449,26 @@ fn hex_digest(field: &str, v: &str) -> Result<(), FieldError> {
     if v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()) {
         Ok(())
     } else {
-        Err(FieldError::new(field, "must be a hex SHA-256 digest (64 hex characters)"))
+        Err(FieldError::new(
+            field,
+            "must be a hex SHA-256 digest (64 hex characters)",
+        ))
     }
 }
 
 /// Family ids are 1–64 chars of `[A-Za-z0-9_-]`.
 pub fn validate_family(field: &str, v: &str) -> Result<(), FieldError> {
-    if !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+    if !v.is_empty()
+        && v.len() <= 64
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
         Ok(())
     } else {
-        Err(FieldError::new(field, "must be 1-64 characters of A-Z a-z 0-9 - _"))
+        Err(FieldError::new(
+            field,
+            "must be 1-64 characters of A-Z a-z 0-9 - _",
+        ))
     }
 }
 

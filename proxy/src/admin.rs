@@ -18,12 +18,14 @@ pub struct Admin {
 
 fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
     let mut r = Response::new(body);
-    *r.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    *r.status_mut() =
+        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
     if let Ok(v) = http::HeaderValue::from_str(content_type) {
         r.headers_mut().insert(http::header::CONTENT_TYPE, v);
     }
     let len = r.body().len();
-    r.headers_mut().insert(http::header::CONTENT_LENGTH, len.into());
+    r.headers_mut()
+        .insert(http::header::CONTENT_LENGTH, len.into());
     r
 }
 
@@ -33,14 +35,21 @@ impl ServeHttp for Admin {
         let state = &self.state;
         match session.req_header().uri.path() {
             "/metrics" => {
-                state.metrics.registry_staleness_ms.set(state.registry.staleness().as_millis() as i64);
+                state
+                    .metrics
+                    .registry_staleness_ms
+                    .set(state.registry.staleness().as_millis() as i64);
                 reply(200, "text/plain; version=0.0.4", state.metrics.render())
             }
             "/healthz" => {
                 if state.upstream_healthy() {
                     reply(200, "application/json", b"{\"status\":\"ok\"}".to_vec())
                 } else {
-                    reply(503, "application/json", b"{\"status\":\"unavailable\"}".to_vec())
+                    reply(
+                        503,
+                        "application/json",
+                        b"{\"status\":\"unavailable\"}".to_vec(),
+                    )
                 }
             }
             "/registry" => {
@@ -50,9 +59,17 @@ impl ServeHttp for Admin {
                     servers: view.registry.servers().to_vec(),
                     revoked_families: view.registry.revoked_families().iter().cloned().collect(),
                 };
-                reply(200, "application/json", serde_json::to_vec(&snap).unwrap_or_default())
+                reply(
+                    200,
+                    "application/json",
+                    serde_json::to_vec(&snap).unwrap_or_default(),
+                )
             }
-            _ => reply(404, "application/json", b"{\"error\":\"not_found\"}".to_vec()),
+            _ => reply(
+                404,
+                "application/json",
+                b"{\"error\":\"not_found\"}".to_vec(),
+            ),
         }
     }
 }

@@ -397,7 +397,12 @@ struct Validator<'a> {
 }
 
 impl Validator<'_> {
-    fn bad(&self, key: &'static str, value: impl std::fmt::Display, allowed: impl Into<String>) -> ConfigError {
+    fn bad(
+        &self,
+        key: &'static str,
+        value: impl std::fmt::Display,
+        allowed: impl Into<String>,
+    ) -> ConfigError {
         ConfigError::Invalid {
             path: self.path.clone(),
             key,
@@ -416,8 +421,13 @@ impl Validator<'_> {
     }
 
     fn addr(&self, key: &'static str, v: &str) -> Result<SocketAddr, ConfigError> {
-        v.parse()
-            .map_err(|_| self.bad(key, format!("{v:?}"), "must be IP:PORT, e.g. \"127.0.0.1:8081\""))
+        v.parse().map_err(|_| {
+            self.bad(
+                key,
+                format!("{v:?}"),
+                "must be IP:PORT, e.g. \"127.0.0.1:8081\"",
+            )
+        })
     }
 
     fn base_url(&self, key: &'static str, v: &str) -> Result<String, ConfigError> {
@@ -428,17 +438,31 @@ impl Validator<'_> {
 
     fn ms(&self, key: &'static str, v: u64, min: u64, max: u64) -> Result<Duration, ConfigError> {
         if v < min || v > max {
-            return Err(self.bad(key, v, format!("must be between {min} and {max} (milliseconds)")));
+            return Err(self.bad(
+                key,
+                v,
+                format!("must be between {min} and {max} (milliseconds)"),
+            ));
         }
         Ok(Duration::from_millis(v))
     }
 
-    fn secret(&self, file_key: &'static str, file: Option<&str>, env: Option<&str>) -> Result<String, ConfigError> {
+    fn secret(
+        &self,
+        file_key: &'static str,
+        file: Option<&str>,
+        env: Option<&str>,
+    ) -> Result<String, ConfigError> {
         let value = match (file, env) {
             (Some(f), None) => {
                 let p = self.resolve(f);
-                std::fs::read_to_string(&p)
-                    .map_err(|e| self.bad(file_key, format!("{f:?}"), format!("cannot read {}: {e}", p.display())))?
+                std::fs::read_to_string(&p).map_err(|e| {
+                    self.bad(
+                        file_key,
+                        format!("{f:?}"),
+                        format!("cannot read {}: {e}", p.display()),
+                    )
+                })?
             }
             (None, Some(var)) => std::env::var(var).map_err(|_| {
                 self.bad(
@@ -457,7 +481,11 @@ impl Validator<'_> {
         };
         let value = value.trim().to_owned();
         if value.len() < 16 {
-            return Err(self.bad(file_key, "(secret)", "the cluster token must be at least 16 characters"));
+            return Err(self.bad(
+                file_key,
+                "(secret)",
+                "the cluster token must be at least 16 characters",
+            ));
         }
         Ok(value)
     }
@@ -466,25 +494,42 @@ impl Validator<'_> {
         match (&s.json_pointer, &s.header) {
             (Some(p), None) => {
                 if !(p.is_empty() || p.starts_with('/')) {
-                    return Err(self.bad(key, format!("{p:?}"), "a JSON pointer is empty or starts with '/', e.g. \"/userId\""));
+                    return Err(self.bad(
+                        key,
+                        format!("{p:?}"),
+                        "a JSON pointer is empty or starts with '/', e.g. \"/userId\"",
+                    ));
                 }
                 Ok(Source::JsonPointer(p.clone()))
             }
             (None, Some(h)) => {
                 if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
-                    return Err(self.bad(key, format!("{h:?}"), "must be a valid HTTP header name"));
+                    return Err(self.bad(
+                        key,
+                        format!("{h:?}"),
+                        "must be a valid HTTP header name",
+                    ));
                 }
                 Ok(Source::Header(h.to_ascii_lowercase()))
             }
-            _ => Err(self.bad(key, "(both or neither)", "set exactly one of json_pointer and header")),
+            _ => Err(self.bad(
+                key,
+                "(both or neither)",
+                "set exactly one of json_pointer and header",
+            )),
         }
     }
 
     fn validate(self, f: FileConfig) -> Result<ProxyConfig, ConfigError> {
-        let check_field = |key: &'static str, r: Result<(), tether_protocol::validate::FieldError>, v: &str| {
-            r.map_err(|e| self.bad(key, format!("{v:?}"), e.message))
-        };
-        check_field("server.id", tether_protocol::validate::server_id("id", &f.server.id), &f.server.id)?;
+        let check_field =
+            |key: &'static str, r: Result<(), tether_protocol::validate::FieldError>, v: &str| {
+                r.map_err(|e| self.bad(key, format!("{v:?}"), e.message))
+            };
+        check_field(
+            "server.id",
+            tether_protocol::validate::server_id("id", &f.server.id),
+            &f.server.id,
+        )?;
         check_field(
             "server.region",
             tether_protocol::validate::region("region", &f.server.region),
@@ -494,14 +539,28 @@ impl Validator<'_> {
         let listen = self.addr("server.listen", &f.server.listen)?;
         let admin_listen = self.addr("server.admin_listen", &f.server.admin_listen)?;
         if listen == admin_listen && listen.port() != 0 {
-            return Err(self.bad("server.admin_listen", &f.server.admin_listen, "must differ from server.listen"));
+            return Err(self.bad(
+                "server.admin_listen",
+                &f.server.admin_listen,
+                "must differ from server.listen",
+            ));
         }
         let worker_threads = NonZeroUsize::new(f.server.worker_threads)
             .filter(|n| n.get() <= 256)
-            .ok_or_else(|| self.bad("server.worker_threads", f.server.worker_threads, "must be between 1 and 256"))?;
+            .ok_or_else(|| {
+                self.bad(
+                    "server.worker_threads",
+                    f.server.worker_threads,
+                    "must be between 1 and 256",
+                )
+            })?;
 
         if f.upstream.addresses.is_empty() {
-            return Err(self.bad("upstream.addresses", "[]", "list at least one upstream IP:PORT"));
+            return Err(self.bad(
+                "upstream.addresses",
+                "[]",
+                "list at least one upstream IP:PORT",
+            ));
         }
         let addresses = f
             .upstream
@@ -510,14 +569,33 @@ impl Validator<'_> {
             .map(|a| self.addr("upstream.addresses", a))
             .collect::<Result<Vec<_>, _>>()?;
         if !f.upstream.health_path.starts_with('/') {
-            return Err(self.bad("upstream.health_path", format!("{:?}", f.upstream.health_path), "must start with '/'"));
+            return Err(self.bad(
+                "upstream.health_path",
+                format!("{:?}", f.upstream.health_path),
+                "must start with '/'",
+            ));
         }
         let upstream = UpstreamConfig {
             addresses,
             health_path: f.upstream.health_path,
-            health_interval: self.ms("upstream.health_interval_ms", f.upstream.health_interval_ms, 100, 60_000)?,
-            connect_timeout: self.ms("upstream.connect_timeout_ms", f.upstream.connect_timeout_ms, 10, 60_000)?,
-            read_timeout: self.ms("upstream.read_timeout_ms", f.upstream.read_timeout_ms, 100, 600_000)?,
+            health_interval: self.ms(
+                "upstream.health_interval_ms",
+                f.upstream.health_interval_ms,
+                100,
+                60_000,
+            )?,
+            connect_timeout: self.ms(
+                "upstream.connect_timeout_ms",
+                f.upstream.connect_timeout_ms,
+                10,
+                60_000,
+            )?,
+            read_timeout: self.ms(
+                "upstream.read_timeout_ms",
+                f.upstream.read_timeout_ms,
+                100,
+                600_000,
+            )?,
         };
 
         let d = &f.discovery;
@@ -528,14 +606,28 @@ impl Validator<'_> {
                 d.cluster_token_file.as_deref(),
                 d.cluster_token_env.as_deref(),
             )?,
-            heartbeat_interval: self.ms("discovery.heartbeat_interval_ms", d.heartbeat_interval_ms, 100, 60_000)?,
+            heartbeat_interval: self.ms(
+                "discovery.heartbeat_interval_ms",
+                d.heartbeat_interval_ms,
+                100,
+                60_000,
+            )?,
             poll_wait: {
                 if d.poll_wait_seconds > 60 {
-                    return Err(self.bad("discovery.poll_wait_seconds", d.poll_wait_seconds, "must be between 0 and 60"));
+                    return Err(self.bad(
+                        "discovery.poll_wait_seconds",
+                        d.poll_wait_seconds,
+                        "must be between 0 and 60",
+                    ));
                 }
                 Duration::from_secs(d.poll_wait_seconds)
             },
-            min_poll_interval: self.ms("discovery.min_poll_interval_ms", d.min_poll_interval_ms, 10, 60_000)?,
+            min_poll_interval: self.ms(
+                "discovery.min_poll_interval_ms",
+                d.min_poll_interval_ms,
+                10,
+                60_000,
+            )?,
             implausible_accept_after: Duration::from_secs(d.implausible_accept_after_seconds),
         };
 
@@ -550,18 +642,28 @@ impl Validator<'_> {
             return Err(self.bad(
                 "tokens.access_ttl_seconds",
                 t.access_ttl_seconds,
-                format!("must be between {} and {} seconds", ACCESS_TTL_RANGE.0, ACCESS_TTL_RANGE.1),
+                format!(
+                    "must be between {} and {} seconds",
+                    ACCESS_TTL_RANGE.0, ACCESS_TTL_RANGE.1
+                ),
             ));
         }
         if !(REFRESH_TTL_RANGE.0..=REFRESH_TTL_RANGE.1).contains(&t.refresh_ttl_days) {
             return Err(self.bad(
                 "tokens.refresh_ttl_days",
                 t.refresh_ttl_days,
-                format!("must be between {} and {} days", REFRESH_TTL_RANGE.0, REFRESH_TTL_RANGE.1),
+                format!(
+                    "must be between {} and {} days",
+                    REFRESH_TTL_RANGE.0, REFRESH_TTL_RANGE.1
+                ),
             ));
         }
         if t.leeway_seconds > MAX_LEEWAY {
-            return Err(self.bad("tokens.leeway_seconds", t.leeway_seconds, format!("must be between 0 and {MAX_LEEWAY}")));
+            return Err(self.bad(
+                "tokens.leeway_seconds",
+                t.leeway_seconds,
+                format!("must be between 0 and {MAX_LEEWAY}"),
+            ));
         }
         let keyring_path = self.resolve(&t.keyring_file);
         let keyring = KeyRing::load(&keyring_path).map_err(|source| ConfigError::KeyRing {
@@ -593,7 +695,11 @@ impl Validator<'_> {
         };
 
         if !f.login.upstream_path.starts_with('/') {
-            return Err(self.bad("login.upstream_path", format!("{:?}", f.login.upstream_path), "must start with '/'"));
+            return Err(self.bad(
+                "login.upstream_path",
+                format!("{:?}", f.login.upstream_path),
+                "must start with '/'",
+            ));
         }
         let login = LoginConfig {
             upstream_path: f.login.upstream_path.clone(),
@@ -620,14 +726,26 @@ impl Validator<'_> {
             "redirect" => ForeignLock::Redirect,
             "forward" => ForeignLock::Forward,
             other => {
-                return Err(self.bad("routing.foreign_lock", format!("{other:?}"), "must be \"redirect\" or \"forward\""))
+                return Err(self.bad(
+                    "routing.foreign_lock",
+                    format!("{other:?}"),
+                    "must be \"redirect\" or \"forward\"",
+                ))
             }
         };
         if !(r.hysteresis_ratio.is_finite() && (0.0..=10.0).contains(&r.hysteresis_ratio)) {
-            return Err(self.bad("routing.hysteresis_ratio", r.hysteresis_ratio, "must be between 0 and 10"));
+            return Err(self.bad(
+                "routing.hysteresis_ratio",
+                r.hysteresis_ratio,
+                "must be between 0 and 10",
+            ));
         }
         if !(r.hysteresis_absolute.is_finite() && r.hysteresis_absolute >= 0.0) {
-            return Err(self.bad("routing.hysteresis_absolute", r.hysteresis_absolute, "must be a number >= 0"));
+            return Err(self.bad(
+                "routing.hysteresis_absolute",
+                r.hysteresis_absolute,
+                "must be a number >= 0",
+            ));
         }
         let routing = RoutingConfig {
             public_prefixes: r.public_prefixes.clone(),
@@ -643,11 +761,23 @@ impl Validator<'_> {
         let limits = Limits {
             reserved_body_bytes: match f.limits.reserved_body_bytes {
                 n @ 256..=1_048_576 => n,
-                n => return Err(self.bad("limits.reserved_body_bytes", n, "must be between 256 and 1048576")),
+                n => {
+                    return Err(self.bad(
+                        "limits.reserved_body_bytes",
+                        n,
+                        "must be between 256 and 1048576",
+                    ))
+                }
             },
             login_answer_bytes: match f.limits.login_answer_bytes {
                 n @ 1024..=16_777_216 => n,
-                n => return Err(self.bad("limits.login_answer_bytes", n, "must be between 1024 and 16777216")),
+                n => {
+                    return Err(self.bad(
+                        "limits.login_answer_bytes",
+                        n,
+                        "must be between 1024 and 16777216",
+                    ))
+                }
             },
         };
 

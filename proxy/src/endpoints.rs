@@ -47,11 +47,18 @@ pub async fn handle(ep: Endpoint, state: &State, session: &mut Session) -> Resul
     let method = session.req_header().method.clone();
     let allowed = match ep {
         Endpoint::Login | Endpoint::Refresh | Endpoint::Logout => method == http::Method::POST,
-        Endpoint::Closest | Endpoint::Health => method == http::Method::GET || method == http::Method::HEAD,
+        Endpoint::Closest | Endpoint::Health => {
+            method == http::Method::GET || method == http::Method::HEAD
+        }
     };
     if !allowed {
-        let allow = if matches!(ep, Endpoint::Closest | Endpoint::Health) { "GET, HEAD" } else { "POST" };
-        let body = ErrorBody::new("method_not_allowed").detail(format!("{method} is not allowed here; use {allow}"));
+        let allow = if matches!(ep, Endpoint::Closest | Endpoint::Health) {
+            "GET, HEAD"
+        } else {
+            "POST"
+        };
+        let body = ErrorBody::new("method_not_allowed")
+            .detail(format!("{method} is not allowed here; use {allow}"));
         return respond::error(session, 405, &body, &[("allow", allow)]).await;
     }
     match ep {
@@ -88,7 +95,8 @@ async fn read_body(session: &mut Session, limit: usize) -> Result<Option<Vec<u8>
 async fn too_large(session: &mut Session, limit: usize) -> Result<()> {
     let body = ErrorBody {
         field: Some("body".into()),
-        ..ErrorBody::new("payload_too_large").detail(format!("the request body is over {limit} bytes"))
+        ..ErrorBody::new("payload_too_large")
+            .detail(format!("the request body is over {limit} bytes"))
     };
     // The rest of an oversized body is not read: close the connection.
     session.set_keepalive(None);
@@ -127,7 +135,10 @@ fn is_tether_header(name: &str) -> bool {
 
 /// Request headers passed to the upstream login call.
 fn forward_request_header(name: &str) -> bool {
-    !(HOP_BY_HOP.contains(&name) || name == "host" || name == "content-length" || is_tether_header(name))
+    !(HOP_BY_HOP.contains(&name)
+        || name == "host"
+        || name == "content-length"
+        || is_tether_header(name))
 }
 
 /// Upstream login-answer headers passed back to the client.
@@ -137,9 +148,17 @@ fn pass_response_header(name: &str) -> bool {
 
 /// Pulls a login field from the upstream's answer. `Ok(None)` = absent or
 /// JSON null; strings are taken as they are, numbers in their JSON form.
-fn extract(source: &Source, headers: &HeaderMap, body: &[u8], parsed: &mut Option<serde_json::Value>) -> Option<String> {
+fn extract(
+    source: &Source,
+    headers: &HeaderMap,
+    body: &[u8],
+    parsed: &mut Option<serde_json::Value>,
+) -> Option<String> {
     match source {
-        Source::Header(name) => headers.get(name.as_str()).and_then(|v| v.to_str().ok()).map(str::to_owned),
+        Source::Header(name) => headers
+            .get(name.as_str())
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
         Source::JsonPointer(ptr) => {
             if parsed.is_none() {
                 *parsed = serde_json::from_slice(body).ok();
@@ -164,7 +183,11 @@ async fn login(state: &State, session: &mut Session) -> Result<()> {
         return too_large(session, limit).await;
     };
     let Some(backend) = crate::upstream::select(&state.upstream) else {
-        state.metrics.logins.with_label_values(&["upstream_unavailable"]).inc();
+        state
+            .metrics
+            .logins
+            .with_label_values(&["upstream_unavailable"])
+            .inc();
         return respond::upstream_unavailable(session).await;
     };
     let url = format!("http://{}{}", backend.addr, state.cfg.login.upstream_path);
@@ -181,7 +204,11 @@ async fn login(state: &State, session: &mut Session) -> Result<()> {
         Ok(a) => a,
         Err(e) => {
             tracing::warn!("login call to the upstream {url} failed: {e}");
-            state.metrics.logins.with_label_values(&["upstream_error"]).inc();
+            state
+                .metrics
+                .logins
+                .with_label_values(&["upstream_error"])
+                .inc();
             let body = ErrorBody::new("upstream_error").detail("the upstream login call failed");
             return respond::error(session, 502, &body, &[]).await;
         }
@@ -191,8 +218,13 @@ async fn login(state: &State, session: &mut Session) -> Result<()> {
     let bytes = match read_limited(answer, state.cfg.limits.login_answer_bytes).await {
         Some(b) => b,
         None => {
-            state.metrics.logins.with_label_values(&["upstream_error"]).inc();
-            let body = ErrorBody::new("upstream_error").detail("the upstream login answer was too large or broken");
+            state
+                .metrics
+                .logins
+                .with_label_values(&["upstream_error"])
+                .inc();
+            let body = ErrorBody::new("upstream_error")
+                .detail("the upstream login answer was too large or broken");
             return respond::error(session, 502, &body, &[]).await;
         }
     };
@@ -207,10 +239,17 @@ async fn login(state: &State, session: &mut Session) -> Result<()> {
 
     if (200..300).contains(&status) {
         let mut parsed = None;
-        let subject = extract(&state.cfg.login.subject, &headers, &bytes, &mut parsed).filter(|s| valid_subject(s));
+        let subject = extract(&state.cfg.login.subject, &headers, &bytes, &mut parsed)
+            .filter(|s| valid_subject(s));
         let Some(subject) = subject else {
-            tracing::error!("the upstream login answer has no usable subject where login.subject points");
-            state.metrics.logins.with_label_values(&["mapping_failed"]).inc();
+            tracing::error!(
+                "the upstream login answer has no usable subject where login.subject points"
+            );
+            state
+                .metrics
+                .logins
+                .with_label_values(&["mapping_failed"])
+                .inc();
             let body = ErrorBody::new("login_mapping_failed")
                 .detail("the upstream accepted the login but its answer has no subject where login.subject points");
             return respond::error(session, 502, &body, &[]).await;
@@ -224,7 +263,9 @@ async fn login(state: &State, session: &mut Session) -> Result<()> {
             .filter(|r| {
                 let ok = tether_protocol::validate::region("homeRegion", r).is_ok();
                 if !ok {
-                    tracing::warn!("ignoring an invalid home region from the upstream login answer");
+                    tracing::warn!(
+                        "ignoring an invalid home region from the upstream login answer"
+                    );
                 }
                 ok
             });
@@ -257,7 +298,9 @@ async fn login(state: &State, session: &mut Session) -> Result<()> {
         state.metrics.logins.with_label_values(&["rejected"]).inc();
     }
     session.write_response_header(Box::new(out), false).await?;
-    session.write_response_body(Some(Bytes::from(bytes)), true).await
+    session
+        .write_response_body(Some(Bytes::from(bytes)), true)
+        .await
 }
 
 async fn read_limited(mut answer: reqwest::Response, limit: usize) -> Option<Vec<u8>> {
@@ -286,7 +329,10 @@ fn login_target(state: &State, home: Option<&str>) -> ServerSummary {
         if let Some(s) = view.registry.least_loaded_in(home, |_| false) {
             return s.summary();
         }
-        tracing::info!(home, "home region has no eligible server; locking the login here");
+        tracing::info!(
+            home,
+            "home region has no eligible server; locking the login here"
+        );
     }
     summary(&me.id, &me.public_url, &me.region)
 }
@@ -296,24 +342,42 @@ fn login_target(state: &State, home: Option<&str>) -> ServerSummary {
 async fn refresh(state: &State, session: &mut Session) -> Result<()> {
     let limit = state.cfg.limits.reserved_body_bytes;
     let Some(body) = read_body(session, limit).await? else {
-        state.metrics.refresh_rejected.with_label_values(&["too_large"]).inc();
+        state
+            .metrics
+            .refresh_rejected
+            .with_label_values(&["too_large"])
+            .inc();
         return too_large(session, limit).await;
     };
-    let req: RefreshRequest = match parse_json(&body).and_then(|r: RefreshRequest| r.validate().map(|()| r)) {
-        Ok(r) => r,
-        Err(e) => {
-            state.metrics.refresh_rejected.with_label_values(&["bad_request"]).inc();
-            return bad_field(session, &e).await;
-        }
-    };
+    let req: RefreshRequest =
+        match parse_json(&body).and_then(|r: RefreshRequest| r.validate().map(|()| r)) {
+            Ok(r) => r,
+            Err(e) => {
+                state
+                    .metrics
+                    .refresh_rejected
+                    .with_label_values(&["bad_request"])
+                    .inc();
+                return bad_field(session, &e).await;
+            }
+        };
     let claims = match state.tokens.verify_refresh(&req.refresh_token) {
         Ok(c) if state.is_revoked(&c.fam) || state.registry.load().registry.is_revoked(&c.fam) => {
-            state.metrics.refresh_rejected.with_label_values(&["revoked"]).inc();
-            return respond::invalid_token(session, crate::tokens::TokenError::Revoked.detail()).await;
+            state
+                .metrics
+                .refresh_rejected
+                .with_label_values(&["revoked"])
+                .inc();
+            return respond::invalid_token(session, crate::tokens::TokenError::Revoked.detail())
+                .await;
         }
         Ok(c) => c,
         Err(e) => {
-            state.metrics.refresh_rejected.with_label_values(&["invalid_token"]).inc();
+            state
+                .metrics
+                .refresh_rejected
+                .with_label_values(&["invalid_token"])
+                .inc();
             return respond::invalid_token(session, e.detail()).await;
         }
     };
@@ -324,7 +388,10 @@ async fn refresh(state: &State, session: &mut Session) -> Result<()> {
     // Only servers in the registry are probed, at their registry URL.
     // Servers found dead by recent probes stay excluded until discovery
     // catches up.
-    let probe = req.unreachable_server_id.as_deref().filter(|_| state.cfg.routing.fast_failover);
+    let probe = req
+        .unreachable_server_id
+        .as_deref()
+        .filter(|_| state.cfg.routing.fast_failover);
     if let Some(unreachable) = probe {
         if unreachable != me.id {
             if let Some(entry) = view.registry.get(unreachable).filter(|s| s.is_live()) {
@@ -342,7 +409,11 @@ async fn refresh(state: &State, session: &mut Session) -> Result<()> {
     } else {
         Vec::new()
     };
-    let confirmed_dead: Vec<&str> = known_dead.iter().map(String::as_str).filter(|id| *id != me.id).collect();
+    let confirmed_dead: Vec<&str> = known_dead
+        .iter()
+        .map(String::as_str)
+        .filter(|id| *id != me.id)
+        .collect();
 
     let decision = placement::place(
         &view.registry,
@@ -360,8 +431,13 @@ async fn refresh(state: &State, session: &mut Session) -> Result<()> {
     let decision = match decision {
         Ok(d) => d,
         Err(PlacementError::NoServerAvailable) => {
-            state.metrics.refresh_rejected.with_label_values(&["no_server"]).inc();
-            let body = ErrorBody::new("no_server_available").detail("no live server can take this client right now");
+            state
+                .metrics
+                .refresh_rejected
+                .with_label_values(&["no_server"])
+                .inc();
+            let body = ErrorBody::new("no_server_available")
+                .detail("no live server can take this client right now");
             return respond::error(session, 503, &body, &[("retry-after", "5")]).await;
         }
     };
@@ -381,12 +457,24 @@ async fn refresh(state: &State, session: &mut Session) -> Result<()> {
                 refresh_id = Some((jti, iat));
             }
             Rotation::Reused => {
-                state.metrics.refresh_rejected.with_label_values(&["reused"]).inc();
+                state
+                    .metrics
+                    .refresh_rejected
+                    .with_label_values(&["reused"])
+                    .inc();
                 state.revoke(&claims.fam, claims.exp);
-                return respond::invalid_token(session, "refresh token reuse detected; the session is revoked").await;
+                return respond::invalid_token(
+                    session,
+                    "refresh token reuse detected; the session is revoked",
+                )
+                .await;
             }
             Rotation::Unavailable => {
-                state.metrics.refresh_rejected.with_label_values(&["discovery_down"]).inc();
+                state
+                    .metrics
+                    .refresh_rejected
+                    .with_label_values(&["discovery_down"])
+                    .inc();
                 let body = ErrorBody::new("refresh_unavailable")
                     .detail("refresh-token reuse detection is unavailable right now; access tokens keep working, retry shortly");
                 return respond::error(session, 503, &body, &[("retry-after", "5")]).await;
@@ -429,7 +517,12 @@ async fn refresh(state: &State, session: &mut Session) -> Result<()> {
 /// What the family store said about a refresh.
 enum Rotation {
     /// Issue the refresh token with this id, `iat` and lock.
-    Issue { jti: String, iat: u64, srv: String, rgn: String },
+    Issue {
+        jti: String,
+        iat: u64,
+        srv: String,
+        rgn: String,
+    },
     /// The presented token was reused: the family is revoked.
     Reused,
     /// Discovery could not be asked and the policy is fail-closed.
@@ -440,7 +533,11 @@ enum Rotation {
 }
 
 /// The compare-and-set at discovery (DESIGN.md §3, RFC 9700 §4.14.2).
-async fn rotate(state: &State, claims: &tether_protocol::claims::RefreshClaims, target: &ServerSummary) -> Rotation {
+async fn rotate(
+    state: &State,
+    claims: &tether_protocol::claims::RefreshClaims,
+    target: &ServerSummary,
+) -> Rotation {
     use tether_protocol::wire::{RotateOutcome, RotateRequest, RotateResponse};
     let jti = crate::tokens::successor_jti(&state.successor_key, &claims.fam, &claims.jti);
     let now = crate::tokens::unix_now();
@@ -474,8 +571,16 @@ async fn rotate(state: &State, claims: &tether_protocol::claims::RefreshClaims, 
         }
     };
     match parsed {
-        Some(RotateResponse { outcome: RotateOutcome::Revoked, .. }) => Rotation::Reused,
-        Some(RotateResponse { iat: Some(iat), srv: Some(srv), rgn: Some(rgn), .. }) => Rotation::Issue { jti, iat, srv, rgn },
+        Some(RotateResponse {
+            outcome: RotateOutcome::Revoked,
+            ..
+        }) => Rotation::Reused,
+        Some(RotateResponse {
+            iat: Some(iat),
+            srv: Some(srv),
+            rgn: Some(rgn),
+            ..
+        }) => Rotation::Issue { jti, iat, srv, rgn },
         _ => match state.cfg.tokens.when_discovery_down {
             crate::config::DownPolicy::FailClosed => Rotation::Unavailable,
             crate::config::DownPolicy::FailOpen => Rotation::Untracked,
@@ -512,9 +617,15 @@ async fn logout(state: &State, session: &mut Session) -> Result<()> {
                 .await
                 .is_ok_and(|r| r.status().is_success());
             if !central {
-                tracing::warn!("logout: discovery did not take the revocation; only this proxy knows of it");
+                tracing::warn!(
+                    "logout: discovery did not take the revocation; only this proxy knows of it"
+                );
             }
-            let body = if central { &b"{\"revoked\":true}"[..] } else { &b"{\"revoked\":true,\"everywhere\":false}"[..] };
+            let body = if central {
+                &b"{\"revoked\":true}"[..]
+            } else {
+                &b"{\"revoked\":true,\"everywhere\":false}"[..]
+            };
             respond::json(session, 200, body, &[]).await
         }
         Err(e) => respond::invalid_token(session, e.detail()).await,
@@ -553,7 +664,13 @@ async fn health(state: &State, session: &mut Session) -> Result<()> {
     if state.upstream_healthy() {
         respond::json(session, 200, &b"{\"status\":\"ok\"}"[..], &[]).await
     } else {
-        respond::json(session, 503, &b"{\"status\":\"unavailable\",\"error\":\"upstream_unavailable\"}"[..], &[]).await
+        respond::json(
+            session,
+            503,
+            &b"{\"status\":\"unavailable\",\"error\":\"upstream_unavailable\"}"[..],
+            &[],
+        )
+        .await
     }
 }
 
@@ -583,12 +700,27 @@ mod tests {
         let body = br#"{"user":{"id":"u-1","n":7},"home":null}"#;
         let hm = HeaderMap::new();
         let mut p = None;
-        assert_eq!(extract(&Source::JsonPointer("/user/id".into()), &hm, body, &mut p), Some("u-1".into()));
-        assert_eq!(extract(&Source::JsonPointer("/user/n".into()), &hm, body, &mut p), Some("7".into()));
-        assert_eq!(extract(&Source::JsonPointer("/home".into()), &hm, body, &mut p), None);
-        assert_eq!(extract(&Source::JsonPointer("/nope".into()), &hm, body, &mut p), None);
+        assert_eq!(
+            extract(&Source::JsonPointer("/user/id".into()), &hm, body, &mut p),
+            Some("u-1".into())
+        );
+        assert_eq!(
+            extract(&Source::JsonPointer("/user/n".into()), &hm, body, &mut p),
+            Some("7".into())
+        );
+        assert_eq!(
+            extract(&Source::JsonPointer("/home".into()), &hm, body, &mut p),
+            None
+        );
+        assert_eq!(
+            extract(&Source::JsonPointer("/nope".into()), &hm, body, &mut p),
+            None
+        );
         let mut hm = HeaderMap::new();
         hm.insert("x-user", "bob".parse().unwrap());
-        assert_eq!(extract(&Source::Header("x-user".into()), &hm, b"", &mut None), Some("bob".into()));
+        assert_eq!(
+            extract(&Source::Header("x-user".into()), &hm, b"", &mut None),
+            Some("bob".into())
+        );
     }
 }

@@ -47,11 +47,21 @@ impl HopKey {
     }
 
     /// Checks a marker; returns the sender id.
-    pub fn verify<'a>(&self, marker: &'a str, method: &str, path: &str, now: u64) -> Result<&'a str, HopError> {
+    pub fn verify<'a>(
+        &self,
+        marker: &'a str,
+        method: &str,
+        path: &str,
+        now: u64,
+    ) -> Result<&'a str, HopError> {
         let mut parts = marker.split('.');
-        let (Some("v1"), Some(from), Some(ts), Some(tag), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        let (Some("v1"), Some(from), Some(ts), Some(tag), None) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
             return Err(HopError::Malformed);
         };
         let ts: u64 = ts.parse().map_err(|_| HopError::Malformed)?;
@@ -95,13 +105,28 @@ mod tests {
         let k = HopKey::derive("cluster-token-for-tests");
         let m = k.sign("GET", "/orders/1?x=1", 1000, "eu-1");
         assert_eq!(k.verify(&m, "GET", "/orders/1?x=1", 1010), Ok("eu-1"));
-        assert_eq!(k.verify(&m, "POST", "/orders/1?x=1", 1010), Err(HopError::BadSignature));
-        assert_eq!(k.verify(&m, "GET", "/orders/2?x=1", 1010), Err(HopError::BadSignature));
-        assert_eq!(k.verify(&m, "GET", "/orders/1?x=1", 1000 + MAX_SKEW + 1), Err(HopError::Stale));
+        assert_eq!(
+            k.verify(&m, "POST", "/orders/1?x=1", 1010),
+            Err(HopError::BadSignature)
+        );
+        assert_eq!(
+            k.verify(&m, "GET", "/orders/2?x=1", 1010),
+            Err(HopError::BadSignature)
+        );
+        assert_eq!(
+            k.verify(&m, "GET", "/orders/1?x=1", 1000 + MAX_SKEW + 1),
+            Err(HopError::Stale)
+        );
         let other = HopKey::derive("another-cluster-token");
-        assert_eq!(other.verify(&m, "GET", "/orders/1?x=1", 1000), Err(HopError::BadSignature));
+        assert_eq!(
+            other.verify(&m, "GET", "/orders/1?x=1", 1000),
+            Err(HopError::BadSignature)
+        );
         let forged = m.replacen("eu-1", "us-1", 1);
-        assert_eq!(k.verify(&forged, "GET", "/orders/1?x=1", 1000), Err(HopError::BadSignature));
+        assert_eq!(
+            k.verify(&forged, "GET", "/orders/1?x=1", 1000),
+            Err(HopError::BadSignature)
+        );
         assert_eq!(k.verify("v1.a.b", "GET", "/", 0), Err(HopError::Malformed));
         assert_eq!(k.verify("garbage", "GET", "/", 0), Err(HopError::Malformed));
     }

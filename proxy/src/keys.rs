@@ -69,7 +69,9 @@ impl TokenStore {
         family: Option<&str>,
         refresh_id: Option<(&str, u64)>,
     ) -> Result<Minted, jsonwebtoken::errors::Error> {
-        self.current.load().mint_with(subject, target, home, family, refresh_id)
+        self.current
+            .load()
+            .mint_with(subject, target, home, family, refresh_id)
     }
 
     /// Re-reads the key-ring file; swaps in a new ring when its text

@@ -39,8 +39,8 @@ use std::sync::{Arc, Mutex};
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::Server;
 use pingora_core::services::background::background_service;
-use pingora_load_balancing::LoadBalancer;
 use pingora_load_balancing::selection::RoundRobin;
+use pingora_load_balancing::LoadBalancer;
 
 use crate::config::ProxyConfig;
 
@@ -75,7 +75,10 @@ pub struct State {
 }
 
 impl State {
-    pub fn new(cfg: ProxyConfig, upstream: Arc<LoadBalancer<RoundRobin>>) -> Result<Arc<State>, Error> {
+    pub fn new(
+        cfg: ProxyConfig,
+        upstream: Arc<LoadBalancer<RoundRobin>>,
+    ) -> Result<Arc<State>, Error> {
         let discovery_http = reqwest::Client::builder()
             .connect_timeout(std::time::Duration::from_secs(2))
             .redirect(reqwest::redirect::Policy::none())
@@ -157,18 +160,27 @@ pub fn run(cfg: ProxyConfig) -> Result<(), Error> {
     let initial = sync::build_view(&state, Default::default(), false);
     state.registry.store_initial(initial);
 
-    let sync_service = background_service("registry sync", sync::SyncService { state: state.clone() });
+    let sync_service = background_service(
+        "registry sync",
+        sync::SyncService {
+            state: state.clone(),
+        },
+    );
 
     let mut proxy = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,
-        service::TetherProxy { state: state.clone() },
+        service::TetherProxy {
+            state: state.clone(),
+        },
         "tether proxy",
     );
     proxy.add_tcp(&listen);
 
     let mut admin = pingora_core::services::listening::Service::new(
         "tether admin".to_owned(),
-        admin::Admin { state: state.clone() },
+        admin::Admin {
+            state: state.clone(),
+        },
     );
     admin.add_tcp(&admin_listen);
 
@@ -183,6 +195,9 @@ pub fn run(cfg: ProxyConfig) -> Result<(), Error> {
         admin = %admin_listen,
         "tether proxy starting"
     );
-    println!("tether proxy {} listening on http://{listen} admin http://{admin_listen}", state.cfg.server.id);
+    println!(
+        "tether proxy {} listening on http://{listen} admin http://{admin_listen}",
+        state.cfg.server.id
+    );
     server.run_forever();
 }

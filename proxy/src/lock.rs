@@ -25,12 +25,19 @@ pub enum Route<'v> {
 /// `known_dead` reports servers a fast-failover probe found dead that the
 /// registry still lists; their clients are told to refresh rather than
 /// sent to a corpse.
-pub fn decide<'v>(view: &'v RegistryView, self_id: &str, srv: &str, known_dead: impl Fn(&str) -> bool) -> Route<'v> {
+pub fn decide<'v>(
+    view: &'v RegistryView,
+    self_id: &str,
+    srv: &str,
+    known_dead: impl Fn(&str) -> bool,
+) -> Route<'v> {
     if srv == self_id {
         return Route::Local;
     }
     match view.registry.get(srv) {
-        Some(entry) if entry.is_live() && !known_dead(srv) => Route::Foreign(entry, view.peers.get(srv).copied()),
+        Some(entry) if entry.is_live() && !known_dead(srv) => {
+            Route::Foreign(entry, view.peers.get(srv).copied())
+        }
         _ => Route::Unavailable,
     }
 }
@@ -76,7 +83,14 @@ mod tests {
         assert!(matches!(decide(&view, "a", "d"), Route::Foreign(e, None) if e.id == "d"));
         assert_eq!(decide(&view, "a", "c"), Route::Unavailable);
         assert_eq!(decide(&view, "a", "zz"), Route::Unavailable);
-        assert_eq!(decide(&view, "a", "dead"), Route::Unavailable, "probe-dead beats the registry");
-        assert_eq!(decide(&view, "a", "http://127.0.0.1:9/"), Route::Unavailable);
+        assert_eq!(
+            decide(&view, "a", "dead"),
+            Route::Unavailable,
+            "probe-dead beats the registry"
+        );
+        assert_eq!(
+            decide(&view, "a", "http://127.0.0.1:9/"),
+            Route::Unavailable
+        );
     }
 }

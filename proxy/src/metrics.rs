@@ -4,8 +4,8 @@
 //! the request path increments an atomic, with no label lookup.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use tether_protocol::placement::Reason;
 
@@ -76,8 +76,11 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new(server_id: &str) -> Metrics {
-        let registry = Registry::new_custom(Some("tether_proxy".into()), Some([("server".to_owned(), server_id.to_owned())].into()))
-            .unwrap_or_default();
+        let registry = Registry::new_custom(
+            Some("tether_proxy".into()),
+            Some([("server".to_owned(), server_id.to_owned())].into()),
+        )
+        .unwrap_or_default();
         // Registering fresh metrics with distinct names in a fresh registry
         // cannot fail; if it ever did, the metric would only be missing
         // from /metrics, never break the proxy.
@@ -89,27 +92,52 @@ impl Metrics {
         }
         let requests = reg(
             &registry,
-            IntCounterVec::new(Opts::new("requests_total", "Client requests by outcome"), &["outcome"]).expect("static metric"),
+            IntCounterVec::new(
+                Opts::new("requests_total", "Client requests by outcome"),
+                &["outcome"],
+            )
+            .expect("static metric"),
         );
-        let outcomes = Outcome::ALL.iter().map(|o| requests.with_label_values(&[o.label()])).collect();
+        let outcomes = Outcome::ALL
+            .iter()
+            .map(|o| requests.with_label_values(&[o.label()]))
+            .collect();
         let tokens = reg(
             &registry,
-            IntCounterVec::new(Opts::new("token_verifications_total", "Access-token verifications by result"), &["result"])
-                .expect("static metric"),
+            IntCounterVec::new(
+                Opts::new(
+                    "token_verifications_total",
+                    "Access-token verifications by result",
+                ),
+                &["result"],
+            )
+            .expect("static metric"),
         );
         let decisions_vec = reg(
             &registry,
-            IntCounterVec::new(Opts::new("refresh_decisions_total", "Refresh placements by reason"), &["reason"])
-                .expect("static metric"),
+            IntCounterVec::new(
+                Opts::new("refresh_decisions_total", "Refresh placements by reason"),
+                &["reason"],
+            )
+            .expect("static metric"),
         );
-        let decisions = Reason::ALL.iter().map(|r| decisions_vec.with_label_values(&[r.as_str()])).collect();
+        let decisions = Reason::ALL
+            .iter()
+            .map(|r| decisions_vec.with_label_values(&[r.as_str()]))
+            .collect();
         Metrics {
             outcomes,
             upstream_seconds: reg(
                 &registry,
                 Histogram::with_opts(
-                    HistogramOpts::new("upstream_seconds", "Time from choosing an upstream to its response header")
-                        .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+                    HistogramOpts::new(
+                        "upstream_seconds",
+                        "Time from choosing an upstream to its response header",
+                    )
+                    .buckets(vec![
+                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                        5.0, 10.0,
+                    ]),
                 )
                 .expect("static metric"),
             ),
@@ -118,16 +146,24 @@ impl Metrics {
             decisions,
             refresh_rejected: reg(
                 &registry,
-                IntCounterVec::new(Opts::new("refresh_rejected_total", "Refreshes refused, by cause"), &["cause"])
-                    .expect("static metric"),
+                IntCounterVec::new(
+                    Opts::new("refresh_rejected_total", "Refreshes refused, by cause"),
+                    &["cause"],
+                )
+                .expect("static metric"),
             ),
             logins: reg(
                 &registry,
-                IntCounterVec::new(Opts::new("logins_total", "Logins by outcome"), &["outcome"]).expect("static metric"),
+                IntCounterVec::new(Opts::new("logins_total", "Logins by outcome"), &["outcome"])
+                    .expect("static metric"),
             ),
             registry_version: reg(
                 &registry,
-                IntGauge::new("registry_version", "Version of the registry snapshot in use").expect("static metric"),
+                IntGauge::new(
+                    "registry_version",
+                    "Version of the registry snapshot in use",
+                )
+                .expect("static metric"),
             ),
             registry_staleness_ms: reg(
                 &registry,
@@ -139,39 +175,61 @@ impl Metrics {
             ),
             heartbeat_failures: reg(
                 &registry,
-                IntCounter::new("heartbeat_failures_total", "Heartbeats that discovery did not accept").expect("static metric"),
+                IntCounter::new(
+                    "heartbeat_failures_total",
+                    "Heartbeats that discovery did not accept",
+                )
+                .expect("static metric"),
             ),
             heartbeats_sent: reg(
                 &registry,
-                IntCounter::new("heartbeats_total", "Heartbeats accepted by discovery").expect("static metric"),
+                IntCounter::new("heartbeats_total", "Heartbeats accepted by discovery")
+                    .expect("static metric"),
             ),
             poll_failures: reg(
                 &registry,
-                IntCounter::new("registry_poll_failures_total", "Registry polls that failed").expect("static metric"),
+                IntCounter::new("registry_poll_failures_total", "Registry polls that failed")
+                    .expect("static metric"),
             ),
             snapshots_rejected: reg(
                 &registry,
                 IntCounterVec::new(
-                    Opts::new("snapshots_rejected_total", "Snapshots refused as implausible, by reason"),
+                    Opts::new(
+                        "snapshots_rejected_total",
+                        "Snapshots refused as implausible, by reason",
+                    ),
                     &["reason"],
                 )
                 .expect("static metric"),
             ),
             live_servers: reg(
                 &registry,
-                IntGaugeVec::new(Opts::new("live_servers", "Live servers in the snapshot, by region"), &["region"])
-                    .expect("static metric"),
+                IntGaugeVec::new(
+                    Opts::new("live_servers", "Live servers in the snapshot, by region"),
+                    &["region"],
+                )
+                .expect("static metric"),
             ),
             probes: reg(
                 &registry,
-                IntCounterVec::new(Opts::new("failover_probes_total", "Fast-failover probes by result"), &["result"])
+                IntCounterVec::new(
+                    Opts::new("failover_probes_total", "Fast-failover probes by result"),
+                    &["result"],
+                )
+                .expect("static metric"),
+            ),
+            load: reg(
+                &registry,
+                prometheus::Gauge::new("load", "Load reported in heartbeats")
                     .expect("static metric"),
             ),
-            load: reg(&registry, prometheus::Gauge::new("load", "Load reported in heartbeats").expect("static metric")),
             keyring_reloads: reg(
                 &registry,
-                IntCounterVec::new(Opts::new("keyring_reloads_total", "Key-ring reloads by result"), &["result"])
-                    .expect("static metric"),
+                IntCounterVec::new(
+                    Opts::new("keyring_reloads_total", "Key-ring reloads by result"),
+                    &["result"],
+                )
+                .expect("static metric"),
             ),
             registry,
         }

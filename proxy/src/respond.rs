@@ -47,7 +47,8 @@ pub async fn invalid_token(session: &mut Session, detail: &str) -> pingora_error
 
 /// `503 upstream_unavailable`: this server's own upstream pool is down.
 pub async fn upstream_unavailable(session: &mut Session) -> pingora_error::Result<()> {
-    let body = ErrorBody::new("upstream_unavailable").detail("no healthy upstream behind this server");
+    let body =
+        ErrorBody::new("upstream_unavailable").detail("no healthy upstream behind this server");
     error(session, 503, &body, &[("retry-after", "30")]).await
 }
 
@@ -55,14 +56,18 @@ pub async fn upstream_unavailable(session: &mut Session) -> pingora_error::Resul
 pub async fn server_unavailable(session: &mut Session) -> pingora_error::Result<()> {
     let body = ErrorBody {
         action: Some("refresh".into()),
-        ..ErrorBody::new("server_unavailable").detail("the locked server is not available; refresh to get a new lock")
+        ..ErrorBody::new("server_unavailable")
+            .detail("the locked server is not available; refresh to get a new lock")
     };
     error(
         session,
         503,
         &body,
         &[
-            (tether_protocol::headers::RELOCK, tether_protocol::headers::RELOCK_REFRESH),
+            (
+                tether_protocol::headers::RELOCK,
+                tether_protocol::headers::RELOCK_REFRESH,
+            ),
             ("retry-after", "0"),
         ],
     )

@@ -74,22 +74,39 @@ pub fn strip_internal_request_headers(req: &mut RequestHeader) {
 /// Removes `Tether-*` headers from the local app's response: the app must
 /// not be able to speak the lock protocol to clients.
 pub fn strip_lock_response_headers(resp: &mut ResponseHeader) {
-    while let Some(name) = resp.headers.keys().find(|k| k.as_str().starts_with("tether-")).cloned() {
+    while let Some(name) = resp
+        .headers
+        .keys()
+        .find(|k| k.as_str().starts_with("tether-"))
+        .cloned()
+    {
         resp.remove_header(&name);
     }
 }
 
 impl TetherProxy {
     fn is_public(&self, path: &str) -> bool {
-        self.state.cfg.routing.public_prefixes.iter().any(|p| path.starts_with(p.as_str()))
+        self.state
+            .cfg
+            .routing
+            .public_prefixes
+            .iter()
+            .any(|p| path.starts_with(p.as_str()))
     }
 
     /// Picks a healthy local upstream or answers 503 (returns `None`).
-    async fn local_target(&self, session: &mut Session, ctx: &mut Ctx) -> pingora_error::Result<Option<Target>> {
+    async fn local_target(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+    ) -> pingora_error::Result<Option<Target>> {
         match crate::upstream::select(&self.state.upstream) {
             Some(b) => match b.addr.as_inet() {
                 Some(addr) => Ok(Some(Target::Local(*addr))),
-                None => Err(Error::explain(ErrorType::InternalError, "upstream is not an inet address")),
+                None => Err(Error::explain(
+                    ErrorType::InternalError,
+                    "upstream is not an inet address",
+                )),
             },
             None => {
                 ctx.outcome = Outcome::UpstreamUnavailable;
@@ -115,7 +132,11 @@ impl ProxyHttp for TetherProxy {
         }
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora_error::Result<bool> {
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+    ) -> pingora_error::Result<bool> {
         let state = &self.state;
         let path = session.req_header().uri.path();
         if let Some(ep) = crate::endpoints::reserved(path) {
@@ -151,7 +172,12 @@ impl ProxyHttp for TetherProxy {
             let checked = marker
                 .to_str()
                 .map_err(|_| crate::hop::HopError::Malformed)
-                .and_then(|m| state.hop_key.verify(m, req.method.as_str(), pq, crate::tokens::unix_now()).map(|_| ()));
+                .and_then(|m| {
+                    state
+                        .hop_key
+                        .verify(m, req.method.as_str(), pq, crate::tokens::unix_now())
+                        .map(|_| ())
+                });
             if let Err(e) = checked {
                 ctx.outcome = Outcome::Refused;
                 let body = ErrorBody::new("invalid_hop").detail(e.to_string());
@@ -171,7 +197,9 @@ impl ProxyHttp for TetherProxy {
             respond::invalid_token(session, TokenError::Revoked.detail()).await?;
             return Ok(true);
         }
-        match lock::decide(&view, &state.cfg.server.id, &claims.srv, |id| state.prober.is_known_dead(id)) {
+        match lock::decide(&view, &state.cfg.server.id, &claims.srv, |id| {
+            state.prober.is_known_dead(id)
+        }) {
             Route::Local => {
                 drop(view);
                 let Some(target) = self.local_target(session, ctx).await? else {
@@ -185,7 +213,8 @@ impl ProxyHttp for TetherProxy {
                     // Never a second hop: the sender thought we hold the lock.
                     drop(view);
                     ctx.outcome = Outcome::Refused;
-                    let body = ErrorBody::new("forward_loop").detail("this request was already forwarded once");
+                    let body = ErrorBody::new("forward_loop")
+                        .detail("this request was already forwarded once");
                     respond::error(session, 508, &body, &[]).await?;
                     return Ok(true);
                 }
@@ -219,10 +248,19 @@ impl ProxyHttp for TetherProxy {
         Ok(false)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> pingora_error::Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Ctx,
+    ) -> pingora_error::Result<Box<HttpPeer>> {
         let addr = match ctx.target {
             Target::Local(a) | Target::Foreign(a) => a,
-            Target::None => return Err(Error::explain(ErrorType::InternalError, "no target decided")),
+            Target::None => {
+                return Err(Error::explain(
+                    ErrorType::InternalError,
+                    "no target decided",
+                ))
+            }
         };
         let up = &self.state.cfg.upstream;
         let mut peer = HttpPeer::new(addr, false, String::new());
@@ -272,7 +310,10 @@ impl ProxyHttp for TetherProxy {
         ctx: &mut Ctx,
     ) -> pingora_error::Result<()> {
         if let Some(t) = ctx.upstream_started.take() {
-            self.state.metrics.upstream_seconds.observe(t.elapsed().as_secs_f64());
+            self.state
+                .metrics
+                .upstream_seconds
+                .observe(t.elapsed().as_secs_f64());
         }
         // The app must not be able to speak the lock protocol to clients;
         // a peer proxy (forward mode) may.

@@ -143,7 +143,11 @@ struct Backoff {
 
 impl Backoff {
     fn new(min: Duration, max: Duration) -> Self {
-        Backoff { min, max, current: min }
+        Backoff {
+            min,
+            max,
+            current: min,
+        }
     }
 
     fn reset(&mut self) {
@@ -204,19 +208,31 @@ async fn keyring_loop(state: &State) {
         match state.tokens.reload() {
             Ok(crate::keys::Reload::Reloaded) => {
                 tracing::info!(trigger, "key ring reloaded");
-                state.metrics.keyring_reloads.with_label_values(&["reloaded"]).inc();
+                state
+                    .metrics
+                    .keyring_reloads
+                    .with_label_values(&["reloaded"])
+                    .inc();
             }
             Ok(crate::keys::Reload::Unchanged) => {}
             Err(e) => {
-                tracing::error!(trigger, "key ring not reloaded, keeping the current keys: {e}");
-                state.metrics.keyring_reloads.with_label_values(&["failed"]).inc();
+                tracing::error!(
+                    trigger,
+                    "key ring not reloaded, keeping the current keys: {e}"
+                );
+                state
+                    .metrics
+                    .keyring_reloads
+                    .with_label_values(&["failed"])
+                    .inc();
             }
         }
     }
 }
 
 async fn sample_loop(state: &State) {
-    let alpha = crate::load::SAMPLE_EVERY.as_secs_f64() / state.cfg.discovery.heartbeat_interval.as_secs_f64();
+    let alpha = crate::load::SAMPLE_EVERY.as_secs_f64()
+        / state.cfg.discovery.heartbeat_interval.as_secs_f64();
     let mut tick = tokio::time::interval(crate::load::SAMPLE_EVERY);
     loop {
         tick.tick().await;
@@ -260,7 +276,8 @@ async fn heartbeat_loop(state: &State) {
                 state.metrics.heartbeats_sent.inc();
                 backoff.reset();
                 // ±10% so proxies started together drift apart.
-                d.heartbeat_interval.mul_f64(0.9 + 0.2 * rand::random::<f64>())
+                d.heartbeat_interval
+                    .mul_f64(0.9 + 0.2 * rand::random::<f64>())
             }
             Ok(r) => {
                 state.metrics.heartbeat_failures.inc();
@@ -293,7 +310,11 @@ async fn poll_loop(state: &State) {
     let resolve = state.cfg.routing.foreign_lock == crate::config::ForeignLock::Forward;
     loop {
         let started = Instant::now();
-        let wait = if etag.is_some() { d.poll_wait.as_secs() } else { 0 };
+        let wait = if etag.is_some() {
+            d.poll_wait.as_secs()
+        } else {
+            0
+        };
         let url = format!("{}/v1/servers?wait={wait}", d.url);
         let mut req = state
             .discovery_http
@@ -313,23 +334,33 @@ async fn poll_loop(state: &State) {
                     .get("etag")
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_owned);
-                match r.bytes().await.map(|b| serde_json::from_slice::<Snapshot>(&b)) {
-                    Ok(Ok(snapshot)) => match offer(state, snapshot, &mut implausible_since, resolve) {
-                        Offer::Accepted => {
-                            etag = tag;
-                            state.registry.mark_contact();
-                            false
+                match r
+                    .bytes()
+                    .await
+                    .map(|b| serde_json::from_slice::<Snapshot>(&b))
+                {
+                    Ok(Ok(snapshot)) => {
+                        match offer(state, snapshot, &mut implausible_since, resolve) {
+                            Offer::Accepted => {
+                                etag = tag;
+                                state.registry.mark_contact();
+                                false
+                            }
+                            Offer::Rejected(e) => {
+                                tracing::warn!("keeping the last good registry: discovery sent an implausible snapshot: {e}");
+                                // Ask again without the ETag next time, after a pause.
+                                etag = None;
+                                true
+                            }
                         }
-                        Offer::Rejected(e) => {
-                            tracing::warn!("keeping the last good registry: discovery sent an implausible snapshot: {e}");
-                            // Ask again without the ETag next time, after a pause.
-                            etag = None;
-                            true
-                        }
-                    },
+                    }
                     Ok(Err(e)) => {
                         tracing::warn!("discovery sent a snapshot that is not valid JSON: {e}");
-                        state.metrics.snapshots_rejected.with_label_values(&["malformed"]).inc();
+                        state
+                            .metrics
+                            .snapshots_rejected
+                            .with_label_values(&["malformed"])
+                            .inc();
                         true
                     }
                     Err(e) => {
@@ -358,7 +389,12 @@ async fn poll_loop(state: &State) {
     }
 }
 
-fn offer(state: &State, snapshot: Snapshot, implausible_since: &mut Option<Instant>, resolve: bool) -> Offer {
+fn offer(
+    state: &State,
+    snapshot: Snapshot,
+    implausible_since: &mut Option<Instant>,
+    resolve: bool,
+) -> Offer {
     let current = state.registry.load_full();
     if let Err(e) = check_snapshot(&current.registry, &snapshot) {
         let label = match &e {
@@ -368,19 +404,28 @@ fn offer(state: &State, snapshot: Snapshot, implausible_since: &mut Option<Insta
             SnapshotError::Empty { .. } => "empty",
             SnapshotError::MassEviction { .. } => "mass_eviction",
         };
-        state.metrics.snapshots_rejected.with_label_values(&[label]).inc();
+        state
+            .metrics
+            .snapshots_rejected
+            .with_label_values(&[label])
+            .inc();
         // Malformed entries are never believed. An implausible but
         // well-formed registry that discovery keeps reporting for long
         // enough is the truth (a real mass outage, a discovery restart).
         let persistent = matches!(
             e,
-            SnapshotError::Empty { .. } | SnapshotError::MassEviction { .. } | SnapshotError::VersionWentBack { .. }
+            SnapshotError::Empty { .. }
+                | SnapshotError::MassEviction { .. }
+                | SnapshotError::VersionWentBack { .. }
         );
         let since = *implausible_since.get_or_insert_with(Instant::now);
         if !(persistent && since.elapsed() >= state.cfg.discovery.implausible_accept_after) {
             return Offer::Rejected(e);
         }
-        tracing::warn!("accepting a registry change discovery has reported for {:?}: {e}", since.elapsed());
+        tracing::warn!(
+            "accepting a registry change discovery has reported for {:?}: {e}",
+            since.elapsed()
+        );
     }
     *implausible_since = None;
     let version = snapshot.version;
@@ -388,7 +433,11 @@ fn offer(state: &State, snapshot: Snapshot, implausible_since: &mut Option<Insta
     state.metrics.registry_version.set(version as i64);
     state.metrics.live_servers.reset();
     for (region, n) in view.registry.live_by_region() {
-        state.metrics.live_servers.with_label_values(&[region]).set(n as i64);
+        state
+            .metrics
+            .live_servers
+            .with_label_values(&[region])
+            .set(n as i64);
     }
     state.registry.store(view);
     Offer::Accepted

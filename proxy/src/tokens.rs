@@ -25,11 +25,18 @@ pub const MIN_HS256_SECRET: usize = 32;
 #[derive(Debug, thiserror::Error)]
 pub enum KeyRingError {
     #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Parse { path: String, message: String },
     #[error("{path}: key {kid:?}: {message}")]
-    Key { path: String, kid: String, message: String },
+    Key {
+        path: String,
+        kid: String,
+        message: String,
+    },
     #[error("{path}: signing_kid {kid:?} names no key in the ring")]
     NoSigningKey { path: String, kid: String },
 }
@@ -100,14 +107,25 @@ impl KeyRing {
                 kid: k.kid.clone(),
                 message,
             };
-            if k.kid.is_empty() || k.kid.len() > 64 || !k.kid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            if k.kid.is_empty()
+                || k.kid.len() > 64
+                || !k
+                    .kid
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
                 return Err(bad("kid must be 1-64 characters of A-Z a-z 0-9 - _".into()));
             }
             let alg = match k.alg.as_str() {
                 "HS256" => Algorithm::HS256,
-                other => return Err(bad(format!("alg {other:?} is not allowed; allowed: \"HS256\""))),
+                other => {
+                    return Err(bad(format!(
+                        "alg {other:?} is not allowed; allowed: \"HS256\""
+                    )))
+                }
             };
-            let secret = decode_hex(&k.secret_hex).ok_or_else(|| bad("secret_hex is not valid hex".into()))?;
+            let secret = decode_hex(&k.secret_hex)
+                .ok_or_else(|| bad("secret_hex is not valid hex".into()))?;
             if secret.len() < MIN_HS256_SECRET {
                 return Err(bad(format!(
                     "secret is {} bytes; HS256 needs at least {MIN_HS256_SECRET} random bytes (64 hex characters)",
@@ -116,7 +134,14 @@ impl KeyRing {
             }
             let mac = Hmac::<Sha256>::new_from_slice(&secret).ok();
             if verifying
-                .insert(k.kid.clone(), VerifyingKey { alg, key: DecodingKey::from_secret(&secret), mac })
+                .insert(
+                    k.kid.clone(),
+                    VerifyingKey {
+                        alg,
+                        key: DecodingKey::from_secret(&secret),
+                        mac,
+                    },
+                )
                 .is_some()
             {
                 return Err(bad("kid is listed twice".into()));
@@ -295,7 +320,8 @@ impl Tokens {
     /// path, which gives the precise error. So a token passes here only if
     /// it passes there, with the same claims (the tests check that).
     fn fast_access(&self, token: &str, now: u64) -> Option<AccessClaims> {
-        const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        const B64: base64::engine::GeneralPurpose =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD;
         if token.len() > MAX_TOKEN_LEN {
             return None;
         }
@@ -357,7 +383,9 @@ impl Tokens {
         if header.alg != key.alg {
             return Err(TokenError::AlgorithmNotAllowed);
         }
-        let validation = validations.get(&key.alg).ok_or(TokenError::AlgorithmNotAllowed)?;
+        let validation = validations
+            .get(&key.alg)
+            .ok_or(TokenError::AlgorithmNotAllowed)?;
         jsonwebtoken::decode::<T>(token, &key.key, validation)
             .map(|d| d.claims)
             .map_err(map_jwt_error)
@@ -424,7 +452,11 @@ impl Tokens {
         })
     }
 
-    fn sign<T: serde::Serialize>(&self, typ: &str, claims: &T) -> Result<String, jsonwebtoken::errors::Error> {
+    fn sign<T: serde::Serialize>(
+        &self,
+        typ: &str,
+        claims: &T,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
         let mut header = Header::new(self.ring.signing_alg);
         header.typ = Some(typ.to_owned());
         header.kid = Some(self.ring.signing_kid.clone());
@@ -500,7 +532,9 @@ fn map_jwt_error(e: jsonwebtoken::errors::Error) -> TokenError {
 pub fn inspect(token: &str) -> Result<serde_json::Value, TokenError> {
     use base64::Engine;
     let mut parts = token.split('.');
-    let (Some(h), Some(c), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+    let (Some(h), Some(c), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return Err(TokenError::Malformed);
     };
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;

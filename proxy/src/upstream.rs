@@ -11,7 +11,8 @@ use pingora_load_balancing::{Backend, LoadBalancer};
 use crate::config::UpstreamConfig;
 
 pub fn build(cfg: &UpstreamConfig) -> std::io::Result<LoadBalancer<RoundRobin>> {
-    let mut lb = LoadBalancer::<RoundRobin>::try_from_iter(cfg.addresses.iter().map(|a| a.to_string()))?;
+    let mut lb =
+        LoadBalancer::<RoundRobin>::try_from_iter(cfg.addresses.iter().map(|a| a.to_string()))?;
     let mut hc = HttpHealthCheck::new("localhost", false);
     let mut req = RequestHeader::build("GET", cfg.health_path.as_bytes(), None)
         .map_err(|e| std::io::Error::other(e.to_string()))?;

@@ -70,7 +70,13 @@ impl Drop for Proc {
 
 /// Spawns `tether <args>`, stderr to `log`, and returns once a stdout line
 /// contains `ready` (the text after it is returned) or panics after 20 s.
-fn spawn(name: &str, args: &[&str], log: &Path, ready: &str, env: &[(&str, &str)]) -> (Proc, String) {
+fn spawn(
+    name: &str,
+    args: &[&str],
+    log: &Path,
+    ready: &str,
+    env: &[(&str, &str)],
+) -> (Proc, String) {
     let log_file = std::fs::File::create(log).expect("log file");
     let mut cmd = Command::new(TETHER);
     cmd.args(args)
@@ -201,11 +207,17 @@ impl Cluster {
     }
 
     pub fn cluster_token(&self) -> String {
-        std::fs::read_to_string(self.path("cluster.token")).expect("token").trim().to_owned()
+        std::fs::read_to_string(self.path("cluster.token"))
+            .expect("token")
+            .trim()
+            .to_owned()
     }
 
     pub fn admin_token(&self) -> String {
-        std::fs::read_to_string(self.path("admin.token")).expect("token").trim().to_owned()
+        std::fs::read_to_string(self.path("admin.token"))
+            .expect("token")
+            .trim()
+            .to_owned()
     }
 
     /// Starts (or restarts, on `port`) the discovery process.
@@ -225,13 +237,20 @@ impl Cluster {
             "tether discovery listening on ",
             &[],
         );
-        let addr: SocketAddr = url.trim_start_matches("http://").parse().expect("discovery address");
+        let addr: SocketAddr = url
+            .trim_start_matches("http://")
+            .parse()
+            .expect("discovery address");
         self.discovery = Some(Discovery { proc, url, addr });
         self.discovery.as_ref().expect("just set")
     }
 
     pub fn discovery_url(&self) -> String {
-        self.discovery.as_ref().expect("discovery started").url.clone()
+        self.discovery
+            .as_ref()
+            .expect("discovery started")
+            .url
+            .clone()
     }
 
     pub fn proxy(&self, id: &str, region: &str) -> ProxyBuilder<'_> {
@@ -334,7 +353,11 @@ impl ProxyBuilder<'_> {
     pub fn write_config(&self, port: u16, admin_port: u16) -> PathBuf {
         let t = self.cluster.timing;
         let upstreams: Vec<String> = self.upstreams.iter().map(|a| format!("\"{a}\"")).collect();
-        let prefixes: Vec<String> = self.public_prefixes.iter().map(|p| format!("\"{p}\"")).collect();
+        let prefixes: Vec<String> = self
+            .public_prefixes
+            .iter()
+            .map(|p| format!("\"{p}\""))
+            .collect();
         let conf = format!(
             r#"[server]
 id = "{id}"
@@ -449,24 +472,37 @@ impl Proxy {
 
     /// Waits until this proxy's registry lists every id in `ids` as healthy.
     pub async fn wait_sees(&self, http: &reqwest::Client, ids: &[&str]) {
-        eventually(Duration::from_secs(10), &format!("{} sees {ids:?}", self.id), || async {
-            let reg = self.registry(http).await;
-            let servers = reg["servers"].as_array().cloned().unwrap_or_default();
-            ids.iter().all(|id| {
-                servers
-                    .iter()
-                    .any(|s| s["id"] == *id && s["healthy"] == true)
-            })
-        })
+        eventually(
+            Duration::from_secs(10),
+            &format!("{} sees {ids:?}", self.id),
+            || async {
+                let reg = self.registry(http).await;
+                let servers = reg["servers"].as_array().cloned().unwrap_or_default();
+                ids.iter().all(|id| {
+                    servers
+                        .iter()
+                        .any(|s| s["id"] == *id && s["healthy"] == true)
+                })
+            },
+        )
         .await;
     }
 
     /// Waits until this proxy's registry no longer lists `id`.
     pub async fn wait_gone(&self, http: &reqwest::Client, id: &str) {
-        eventually(Duration::from_secs(10), &format!("{} forgets {id}", self.id), || async {
-            let reg = self.registry(http).await;
-            !reg["servers"].as_array().cloned().unwrap_or_default().iter().any(|s| s["id"] == id)
-        })
+        eventually(
+            Duration::from_secs(10),
+            &format!("{} forgets {id}", self.id),
+            || async {
+                let reg = self.registry(http).await;
+                !reg["servers"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|s| s["id"] == id)
+            },
+        )
         .await;
     }
 
@@ -533,7 +569,13 @@ impl Upstream {
             count: Arc<AtomicUsize>,
         }
 
-        async fn any(AxState(st): AxState<St>, method: Method, uri: Uri, headers: HeaderMap, body: axum::body::Bytes) -> axum::response::Response {
+        async fn any(
+            AxState(st): AxState<St>,
+            method: Method,
+            uri: Uri,
+            headers: HeaderMap,
+            body: axum::body::Bytes,
+        ) -> axum::response::Response {
             let path = uri.path().to_owned();
             if path == "/health" {
                 return if st.healthy.load(Ordering::SeqCst) {
@@ -558,7 +600,12 @@ impl Upstream {
                 let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
                 let user = v["username"].as_str().unwrap_or("");
                 if user.is_empty() || user == "nobody" {
-                    return (StatusCode::UNAUTHORIZED, extra, axum::Json(serde_json::json!({"error":"bad_credentials"}))).into_response();
+                    return (
+                        StatusCode::UNAUTHORIZED,
+                        extra,
+                        axum::Json(serde_json::json!({"error":"bad_credentials"})),
+                    )
+                        .into_response();
                 }
                 extra.insert("set-cookie", "app=1".parse().unwrap());
                 // An app trying to speak the lock protocol must be ignored.
@@ -590,7 +637,9 @@ impl Upstream {
             count: Arc::new(AtomicUsize::new(0)),
         };
         let app = axum::Router::new().fallback(any).with_state(st.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -628,7 +677,12 @@ pub struct Login {
     pub body: serde_json::Value,
 }
 
-pub async fn login(http: &reqwest::Client, proxy_url: &str, user: &str, home: Option<&str>) -> Login {
+pub async fn login(
+    http: &reqwest::Client,
+    proxy_url: &str,
+    user: &str,
+    home: Option<&str>,
+) -> Login {
     let mut body = serde_json::json!({"username": user, "password": "pw"});
     if let Some(h) = home {
         body["home"] = h.into();
@@ -663,7 +717,11 @@ pub async fn login(http: &reqwest::Client, proxy_url: &str, user: &str, home: Op
     }
 }
 
-pub async fn refresh(http: &reqwest::Client, proxy_url: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+pub async fn refresh(
+    http: &reqwest::Client,
+    proxy_url: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
     let r = http
         .post(format!("{proxy_url}/auth/refresh"))
         .json(&body)
@@ -690,7 +748,11 @@ pub fn mint(config: &Path, sub: &str, srv: &str, region: &str) -> (String, Strin
         .args(["--sub", sub, "--srv", srv, "--region", region])
         .output()
         .expect("tether token mint");
-    assert!(out.status.success(), "mint failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "mint failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("mint json");
     (
         v["accessToken"].as_str().unwrap().to_owned(),

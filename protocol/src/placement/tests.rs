@@ -72,7 +72,15 @@ fn dead_current_moves_to_closest() {
     let mut w = world();
     w.retain(|e| e.id != "us-1");
     let r = reg(w);
-    expect(&r, Request { closest: Some("eu-2"), ..req("us-1") }, "eu-2", Reason::ServerDown);
+    expect(
+        &r,
+        Request {
+            closest: Some("eu-2"),
+            ..req("us-1")
+        },
+        "eu-2",
+        Reason::ServerDown,
+    );
 }
 
 #[test]
@@ -82,7 +90,11 @@ fn dead_current_moves_even_with_critical_task() {
     let r = reg(w);
     expect(
         &r,
-        Request { closest: Some("us-2"), critical_task: true, ..req("us-1") },
+        Request {
+            closest: Some("us-2"),
+            critical_task: true,
+            ..req("us-1")
+        },
         "us-2",
         Reason::ServerDown,
     );
@@ -93,20 +105,36 @@ fn unhealthy_current_counts_as_dead() {
     let mut w = world();
     w[2] = unhealthy(w[2].clone());
     let r = reg(w);
-    expect(&r, Request { closest: Some("us-1"), ..req("us-1") }, "us-2", Reason::ServerDown);
+    expect(
+        &r,
+        Request {
+            closest: Some("us-1"),
+            ..req("us-1")
+        },
+        "us-2",
+        Reason::ServerDown,
+    );
 }
 
 #[test]
 fn probe_confirmed_dead_overrides_registry() {
     let r = reg(world());
-    let q = Request { closest: Some("us-1"), confirmed_dead: &["us-1"], ..req("us-1") };
+    let q = Request {
+        closest: Some("us-1"),
+        confirmed_dead: &["us-1"],
+        ..req("us-1")
+    };
     expect(&r, q, "us-2", Reason::ServerDown);
 }
 
 #[test]
 fn probe_of_another_server_does_not_move_a_live_lock() {
     let r = reg(world());
-    let q = Request { closest: Some("eu-1"), confirmed_dead: &["us-2"], ..req("eu-1") };
+    let q = Request {
+        closest: Some("eu-1"),
+        confirmed_dead: &["us-2"],
+        ..req("eu-1")
+    };
     expect(&r, q, "eu-1", Reason::Kept);
 }
 
@@ -118,7 +146,15 @@ fn dead_current_with_draining_closest_takes_least_loaded_of_its_region() {
     w.push(s("eu-3", "eu", 4.0));
     w.push(s("eu-4", "eu", 1.0));
     let r = reg(w);
-    expect(&r, Request { closest: Some("eu-2"), ..req("eu-1") }, "eu-4", Reason::ServerDown);
+    expect(
+        &r,
+        Request {
+            closest: Some("eu-2"),
+            ..req("eu-1")
+        },
+        "eu-4",
+        Reason::ServerDown,
+    );
 }
 
 #[test]
@@ -129,23 +165,46 @@ fn dead_current_falls_back_to_answering_region_then_anywhere() {
     let ap = w.iter_mut().find(|e| e.id == "ap-1").unwrap();
     ap.draining = true;
     let r = reg(w.clone());
-    let (id, why, _) = run(&r, Request { closest: Some("ap-1"), ..req("us-1") });
+    let (id, why, _) = run(
+        &r,
+        Request {
+            closest: Some("ap-1"),
+            ..req("us-1")
+        },
+    );
     assert_eq!(why, Reason::ServerDown);
-    assert!(id == "eu-1" || id == "eu-2", "answering region first, got {id}");
+    assert!(
+        id == "eu-1" || id == "eu-2",
+        "answering region first, got {id}"
+    );
 
     // Neither closest nor answering region has anyone: anywhere.
     let only_us = reg(vec![s("us-2", "us", 3.0), draining(s("ap-1", "ap", 0.0))]);
-    expect(&only_us, Request { closest: Some("ap-1"), ..req("us-1") }, "us-2", Reason::ServerDown);
+    expect(
+        &only_us,
+        Request {
+            closest: Some("ap-1"),
+            ..req("us-1")
+        },
+        "us-2",
+        Reason::ServerDown,
+    );
 }
 
 #[test]
 fn dead_current_with_no_server_at_all_is_an_error() {
-    let r = reg(vec![draining(s("eu-1", "eu", 0.0)), unhealthy(s("eu-2", "eu", 0.0))]);
+    let r = reg(vec![
+        draining(s("eu-1", "eu", 0.0)),
+        unhealthy(s("eu-2", "eu", 0.0)),
+    ]);
     assert_eq!(
         place(&r, &req("us-1"), &Hysteresis::default()),
         Err(PlacementError::NoServerAvailable)
     );
-    assert_eq!(place(&reg(vec![]), &req("us-1"), &Hysteresis::default()), Err(PlacementError::NoServerAvailable));
+    assert_eq!(
+        place(&reg(vec![]), &req("us-1"), &Hysteresis::default()),
+        Err(PlacementError::NoServerAvailable)
+    );
 }
 
 #[test]
@@ -153,7 +212,11 @@ fn dead_current_prefers_home_region() {
     let mut w = world();
     w.retain(|e| e.id != "eu-1");
     let r = reg(w);
-    let q = Request { closest: Some("eu-2"), home_region: Some("us"), ..req("eu-1") };
+    let q = Request {
+        closest: Some("eu-2"),
+        home_region: Some("us"),
+        ..req("eu-1")
+    };
     let (id, why, changed) = run(&r, q);
     assert!(id.starts_with("us-"), "{id}");
     assert_eq!(why, Reason::ServerDown);
@@ -165,7 +228,11 @@ fn dead_closest_is_not_chosen() {
     let mut w = world();
     w.retain(|e| e.id != "us-1");
     let r = reg(w);
-    let q = Request { closest: Some("us-2"), confirmed_dead: &["us-2"], ..req("us-1") };
+    let q = Request {
+        closest: Some("us-2"),
+        confirmed_dead: &["us-2"],
+        ..req("us-1")
+    };
     // us-1 gone from the registry, us-2 probe-dead: region us is empty, so
     // the answering region takes over.
     let (id, why, _) = run(&r, q);
@@ -180,7 +247,11 @@ fn critical_task_keeps_lock_when_closest_is_elsewhere() {
     let r = reg(world());
     expect(
         &r,
-        Request { closest: Some("us-1"), critical_task: true, ..req("eu-1") },
+        Request {
+            closest: Some("us-1"),
+            critical_task: true,
+            ..req("eu-1")
+        },
         "eu-1",
         Reason::CriticalTask,
     );
@@ -191,13 +262,25 @@ fn critical_task_keeps_a_draining_server() {
     let mut w = world();
     w[0] = draining(w[0].clone());
     let r = reg(w);
-    expect(&r, Request { critical_task: true, ..req("eu-1") }, "eu-1", Reason::CriticalTask);
+    expect(
+        &r,
+        Request {
+            critical_task: true,
+            ..req("eu-1")
+        },
+        "eu-1",
+        Reason::CriticalTask,
+    );
 }
 
 #[test]
 fn critical_task_beats_home_region() {
     let r = reg(world());
-    let q = Request { critical_task: true, home_region: Some("us"), ..req("eu-1") };
+    let q = Request {
+        critical_task: true,
+        home_region: Some("us"),
+        ..req("eu-1")
+    };
     expect(&r, q, "eu-1", Reason::CriticalTask);
 }
 
@@ -206,14 +289,22 @@ fn critical_task_beats_home_region() {
 #[test]
 fn home_user_in_home_region_stays() {
     let r = reg(world());
-    let q = Request { closest: Some("ap-1"), home_region: Some("eu"), ..req("eu-2") };
+    let q = Request {
+        closest: Some("ap-1"),
+        home_region: Some("eu"),
+        ..req("eu-2")
+    };
     expect(&r, q, "eu-2", Reason::Kept);
 }
 
 #[test]
 fn home_user_elsewhere_moves_home() {
     let r = reg(world());
-    let q = Request { closest: Some("eu-1"), home_region: Some("us"), ..req("eu-1") };
+    let q = Request {
+        closest: Some("eu-1"),
+        home_region: Some("us"),
+        ..req("eu-1")
+    };
     let (id, why, changed) = run(&r, q);
     assert_eq!(why, Reason::HomeRegion);
     assert!(id.starts_with("us-") && changed, "{id}");
@@ -221,31 +312,60 @@ fn home_user_elsewhere_moves_home() {
 
 #[test]
 fn home_user_on_busy_home_server_moves_to_least_loaded_home_server() {
-    let r = reg(vec![s("us-1", "us", 50.0), s("us-2", "us", 3.0), s("eu-1", "eu", 0.0)]);
-    let q = Request { home_region: Some("us"), ..req("us-1") };
+    let r = reg(vec![
+        s("us-1", "us", 50.0),
+        s("us-2", "us", 3.0),
+        s("eu-1", "eu", 0.0),
+    ]);
+    let q = Request {
+        home_region: Some("us"),
+        ..req("us-1")
+    };
     expect(&r, q, "us-2", Reason::HomeRegion);
 }
 
 #[test]
 fn home_user_on_slightly_busier_home_server_stays() {
-    let r = reg(vec![s("us-1", "us", 4.0), s("us-2", "us", 3.0), s("eu-1", "eu", 0.0)]);
-    let q = Request { home_region: Some("us"), ..req("us-1") };
+    let r = reg(vec![
+        s("us-1", "us", 4.0),
+        s("us-2", "us", 3.0),
+        s("eu-1", "eu", 0.0),
+    ]);
+    let q = Request {
+        home_region: Some("us"),
+        ..req("us-1")
+    };
     expect(&r, q, "us-1", Reason::Kept);
 }
 
 #[test]
 fn home_user_on_draining_home_server_moves() {
-    let r = reg(vec![draining(s("us-1", "us", 0.0)), s("us-2", "us", 9.0), s("eu-1", "eu", 0.0)]);
-    let q = Request { home_region: Some("us"), ..req("us-1") };
+    let r = reg(vec![
+        draining(s("us-1", "us", 0.0)),
+        s("us-2", "us", 9.0),
+        s("eu-1", "eu", 0.0),
+    ]);
+    let q = Request {
+        home_region: Some("us"),
+        ..req("us-1")
+    };
     expect(&r, q, "us-2", Reason::HomeRegion);
 }
 
 #[test]
 fn home_region_without_servers_is_ignored() {
     let r = reg(world());
-    let q = Request { closest: Some("eu-1"), home_region: Some("sa"), ..req("eu-2") };
+    let q = Request {
+        closest: Some("eu-1"),
+        home_region: Some("sa"),
+        ..req("eu-2")
+    };
     expect(&r, q, "eu-2", Reason::Kept);
-    let q = Request { closest: Some("us-1"), home_region: Some("sa"), ..req("eu-2") };
+    let q = Request {
+        closest: Some("us-1"),
+        home_region: Some("sa"),
+        ..req("eu-2")
+    };
     expect(&r, q, "us-1", Reason::MovedRegion);
 }
 
@@ -254,7 +374,15 @@ fn home_region_without_servers_is_ignored() {
 #[test]
 fn same_region_equal_loads_keep() {
     let r = reg(world());
-    expect(&r, Request { closest: Some("eu-1"), ..req("eu-2") }, "eu-2", Reason::Kept);
+    expect(
+        &r,
+        Request {
+            closest: Some("eu-1"),
+            ..req("eu-2")
+        },
+        "eu-2",
+        Reason::Kept,
+    );
 }
 
 #[test]
@@ -268,8 +396,20 @@ fn same_region_hysteresis_boundary() {
 
 #[test]
 fn same_region_busy_current_moves_to_least_loaded() {
-    let r = reg(vec![s("eu-1", "eu", 3.0), s("eu-2", "eu", 40.0), s("eu-3", "eu", 1.0)]);
-    expect(&r, Request { closest: Some("eu-1"), ..req("eu-2") }, "eu-3", Reason::SameRegionLeastLoad);
+    let r = reg(vec![
+        s("eu-1", "eu", 3.0),
+        s("eu-2", "eu", 40.0),
+        s("eu-3", "eu", 1.0),
+    ]);
+    expect(
+        &r,
+        Request {
+            closest: Some("eu-1"),
+            ..req("eu-2")
+        },
+        "eu-3",
+        Reason::SameRegionLeastLoad,
+    );
 }
 
 #[test]
@@ -298,8 +438,24 @@ fn default_closest_is_the_answering_server() {
 #[test]
 fn unknown_closest_id_falls_back_to_answering_server() {
     let r = reg(world());
-    expect(&r, Request { closest: Some("nope"), ..req("eu-2") }, "eu-2", Reason::Kept);
-    expect(&r, Request { closest: Some("nope"), ..req("ap-1") }, "eu-1", Reason::MovedRegion);
+    expect(
+        &r,
+        Request {
+            closest: Some("nope"),
+            ..req("eu-2")
+        },
+        "eu-2",
+        Reason::Kept,
+    );
+    expect(
+        &r,
+        Request {
+            closest: Some("nope"),
+            ..req("ap-1")
+        },
+        "eu-1",
+        Reason::MovedRegion,
+    );
 }
 
 // ---- rule 5: another region ----
@@ -307,27 +463,75 @@ fn unknown_closest_id_falls_back_to_answering_server() {
 #[test]
 fn other_region_moves_to_closest() {
     let r = reg(world());
-    expect(&r, Request { closest: Some("us-2"), ..req("eu-1") }, "us-2", Reason::MovedRegion);
+    expect(
+        &r,
+        Request {
+            closest: Some("us-2"),
+            ..req("eu-1")
+        },
+        "us-2",
+        Reason::MovedRegion,
+    );
 }
 
 #[test]
 fn other_region_overloaded_closest_yields_least_loaded_there() {
-    let r = reg(vec![s("eu-1", "eu", 0.0), s("us-1", "us", 100.0), s("us-2", "us", 5.0)]);
-    expect(&r, Request { closest: Some("us-1"), ..req("eu-1") }, "us-2", Reason::MovedRegion);
+    let r = reg(vec![
+        s("eu-1", "eu", 0.0),
+        s("us-1", "us", 100.0),
+        s("us-2", "us", 5.0),
+    ]);
+    expect(
+        &r,
+        Request {
+            closest: Some("us-1"),
+            ..req("eu-1")
+        },
+        "us-2",
+        Reason::MovedRegion,
+    );
 }
 
 #[test]
 fn other_region_draining_closest_yields_least_loaded_there() {
-    let r = reg(vec![s("eu-1", "eu", 0.0), draining(s("us-1", "us", 0.0)), s("us-2", "us", 50.0)]);
-    expect(&r, Request { closest: Some("us-1"), ..req("eu-1") }, "us-2", Reason::MovedRegion);
+    let r = reg(vec![
+        s("eu-1", "eu", 0.0),
+        draining(s("us-1", "us", 0.0)),
+        s("us-2", "us", 50.0),
+    ]);
+    expect(
+        &r,
+        Request {
+            closest: Some("us-1"),
+            ..req("eu-1")
+        },
+        "us-2",
+        Reason::MovedRegion,
+    );
 }
 
 #[test]
 fn other_region_with_nobody_eligible_keeps_current() {
     let r = reg(vec![s("eu-1", "eu", 0.0), draining(s("us-1", "us", 0.0))]);
-    expect(&r, Request { closest: Some("us-1"), ..req("eu-1") }, "eu-1", Reason::Kept);
+    expect(
+        &r,
+        Request {
+            closest: Some("us-1"),
+            ..req("eu-1")
+        },
+        "eu-1",
+        Reason::Kept,
+    );
     let r = reg(vec![s("eu-1", "eu", 0.0), unhealthy(s("us-1", "us", 0.0))]);
-    expect(&r, Request { closest: Some("us-1"), ..req("eu-1") }, "eu-1", Reason::Kept);
+    expect(
+        &r,
+        Request {
+            closest: Some("us-1"),
+            ..req("eu-1")
+        },
+        "eu-1",
+        Reason::Kept,
+    );
 }
 
 // ---- properties ----
@@ -375,7 +579,8 @@ fn exhaustive_small_worlds_never_choose_ineligible_servers() {
                             };
                             let Ok(d) = place(&r, &q, &Hysteresis::default()) else {
                                 assert!(
-                                    r.least_loaded_anywhere(|e| Some(e.id.as_str()) == dead).is_none(),
+                                    r.least_loaded_anywhere(|e| Some(e.id.as_str()) == dead)
+                                        .is_none(),
                                     "no placement although an eligible server exists: {q:?}"
                                 );
                                 continue;
@@ -383,13 +588,23 @@ fn exhaustive_small_worlds_never_choose_ineligible_servers() {
                             seen.insert(d.reason);
                             assert_eq!(d.changed, d.server.id != current);
                             assert!(d.server.is_live(), "placed on an unhealthy server: {q:?}");
-                            assert_ne!(Some(d.server.id.as_str()), dead, "placed on a dead server: {q:?}");
-                            let cur = r.get(current).filter(|c| c.is_live() && dead != Some(current));
+                            assert_ne!(
+                                Some(d.server.id.as_str()),
+                                dead,
+                                "placed on a dead server: {q:?}"
+                            );
+                            let cur = r
+                                .get(current)
+                                .filter(|c| c.is_live() && dead != Some(current));
                             if cur.is_none() {
                                 assert_eq!(d.reason, Reason::ServerDown, "{q:?}");
                             }
                             if critical && cur.is_some() {
-                                assert_eq!((d.reason, d.changed), (Reason::CriticalTask, false), "{q:?}");
+                                assert_eq!(
+                                    (d.reason, d.changed),
+                                    (Reason::CriticalTask, false),
+                                    "{q:?}"
+                                );
                             }
                             if d.server.draining {
                                 // Only ever the client's own server, kept.
@@ -432,10 +647,17 @@ fn ten_thousand_servers() {
     // srv-7 has load 1, the idle one 0: within hysteresis, so the closest itself.
     expect(&r, q, "srv-7", Reason::MovedRegion);
     // A busy closest hands over to the region's least-loaded server.
-    let q = Request { closest: Some("srv-9957"), ..q };
+    let q = Request {
+        closest: Some("srv-9957"),
+        ..q
+    };
     expect(&r, q, "idle-7", Reason::MovedRegion);
     // Removing the current server sends the client to the closest.
-    let q = Request { confirmed_dead: &["srv-3"], closest: Some("srv-7"), ..q };
+    let q = Request {
+        confirmed_dead: &["srv-3"],
+        closest: Some("srv-7"),
+        ..q
+    };
     expect(&r, q, "srv-7", Reason::ServerDown);
 }
 
@@ -444,6 +666,13 @@ fn reasons_have_stable_wire_names() {
     let names: Vec<_> = Reason::ALL.iter().map(|r| r.as_str()).collect();
     assert_eq!(
         names,
-        ["server_down", "critical_task", "home_region", "kept", "same_region_least_load", "moved_region"]
+        [
+            "server_down",
+            "critical_task",
+            "home_region",
+            "kept",
+            "same_region_least_load",
+            "moved_region"
+        ]
     );
 }

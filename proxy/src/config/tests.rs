@@ -59,7 +59,10 @@ fn good_config_with_defaults() {
 }
 
 fn expect_err(f: &Fixture, text: &str, key: &str) -> String {
-    let e = f.parse(text).expect_err("config should be refused").to_string();
+    let e = f
+        .parse(text)
+        .expect_err("config should be refused")
+        .to_string();
     assert!(e.contains(key), "error {e:?} should name {key:?}");
     e
 }
@@ -72,25 +75,103 @@ fn bad_values_name_the_key() {
         GOOD.replace(from, to)
     };
     let cases = [
-        (swap("keyring_file = \"keyring.toml\"", "keyring_file = \"keyring.toml\"\naccess_ttl_seconds = 30"), "tokens.access_ttl_seconds"),
-        (swap("keyring_file = \"keyring.toml\"", "keyring_file = \"keyring.toml\"\naccess_ttl_seconds = 301"), "tokens.access_ttl_seconds"),
-        (swap("keyring_file = \"keyring.toml\"", "keyring_file = \"keyring.toml\"\nrefresh_ttl_days = 6"), "tokens.refresh_ttl_days"),
-        (swap("keyring_file = \"keyring.toml\"", "keyring_file = \"keyring.toml\"\nrefresh_ttl_days = 31"), "tokens.refresh_ttl_days"),
-        (swap("keyring_file = \"keyring.toml\"", "keyring_file = \"keyring.toml\"\nleeway_seconds = 31"), "tokens.leeway_seconds"),
-        (swap("keyring_file = \"keyring.toml\"", "keyring_file = \"missing.toml\""), "tokens.keyring_file"),
+        (
+            swap(
+                "keyring_file = \"keyring.toml\"",
+                "keyring_file = \"keyring.toml\"\naccess_ttl_seconds = 30",
+            ),
+            "tokens.access_ttl_seconds",
+        ),
+        (
+            swap(
+                "keyring_file = \"keyring.toml\"",
+                "keyring_file = \"keyring.toml\"\naccess_ttl_seconds = 301",
+            ),
+            "tokens.access_ttl_seconds",
+        ),
+        (
+            swap(
+                "keyring_file = \"keyring.toml\"",
+                "keyring_file = \"keyring.toml\"\nrefresh_ttl_days = 6",
+            ),
+            "tokens.refresh_ttl_days",
+        ),
+        (
+            swap(
+                "keyring_file = \"keyring.toml\"",
+                "keyring_file = \"keyring.toml\"\nrefresh_ttl_days = 31",
+            ),
+            "tokens.refresh_ttl_days",
+        ),
+        (
+            swap(
+                "keyring_file = \"keyring.toml\"",
+                "keyring_file = \"keyring.toml\"\nleeway_seconds = 31",
+            ),
+            "tokens.leeway_seconds",
+        ),
+        (
+            swap(
+                "keyring_file = \"keyring.toml\"",
+                "keyring_file = \"missing.toml\"",
+            ),
+            "tokens.keyring_file",
+        ),
         (swap("id = \"eu-1\"", "id = \"eu 1\""), "server.id"),
         (swap("region = \"eu\"", "region = \"\""), "server.region"),
-        (swap("public_url = \"http://127.0.0.1:8081/\"", "public_url = \"ftp://x\""), "server.public_url"),
-        (swap("listen = \"127.0.0.1:8081\"", "listen = \"localhost\""), "server.listen"),
-        (swap("addresses = [\"127.0.0.1:3001\"]", "addresses = []"), "upstream.addresses"),
-        (swap("addresses = [\"127.0.0.1:3001\"]", "addresses = [\"nope\"]"), "upstream.addresses"),
-        (swap("cluster_token_file = \"cluster.token\"", "cluster_token_env = \"TETHER_TEST_SURELY_UNSET_VAR\""), "discovery.cluster_token_file"),
-        (swap("cluster_token_file = \"cluster.token\"", ""), "discovery.cluster_token_file"),
-        (swap("subject = { json_pointer = \"/userId\" }", "subject = { json_pointer = \"userId\" }"), "login.subject"),
-        (swap("subject = { json_pointer = \"/userId\" }", "subject = { }"), "login.subject"),
-        (format!("{GOOD}\n[routing]\nforeign_lock = \"teleport\"\n"), "routing.foreign_lock"),
-        (format!("{GOOD}\n[routing]\npublic_prefixes = [\"/auth/x\"]\n"), "routing.public_prefixes"),
-        (swap("[server]", "[server]\nworker_threads = 0"), "server.worker_threads"),
+        (
+            swap(
+                "public_url = \"http://127.0.0.1:8081/\"",
+                "public_url = \"ftp://x\"",
+            ),
+            "server.public_url",
+        ),
+        (
+            swap("listen = \"127.0.0.1:8081\"", "listen = \"localhost\""),
+            "server.listen",
+        ),
+        (
+            swap("addresses = [\"127.0.0.1:3001\"]", "addresses = []"),
+            "upstream.addresses",
+        ),
+        (
+            swap("addresses = [\"127.0.0.1:3001\"]", "addresses = [\"nope\"]"),
+            "upstream.addresses",
+        ),
+        (
+            swap(
+                "cluster_token_file = \"cluster.token\"",
+                "cluster_token_env = \"TETHER_TEST_SURELY_UNSET_VAR\"",
+            ),
+            "discovery.cluster_token_file",
+        ),
+        (
+            swap("cluster_token_file = \"cluster.token\"", ""),
+            "discovery.cluster_token_file",
+        ),
+        (
+            swap(
+                "subject = { json_pointer = \"/userId\" }",
+                "subject = { json_pointer = \"userId\" }",
+            ),
+            "login.subject",
+        ),
+        (
+            swap("subject = { json_pointer = \"/userId\" }", "subject = { }"),
+            "login.subject",
+        ),
+        (
+            format!("{GOOD}\n[routing]\nforeign_lock = \"teleport\"\n"),
+            "routing.foreign_lock",
+        ),
+        (
+            format!("{GOOD}\n[routing]\npublic_prefixes = [\"/auth/x\"]\n"),
+            "routing.public_prefixes",
+        ),
+        (
+            swap("[server]", "[server]\nworker_threads = 0"),
+            "server.worker_threads",
+        ),
     ];
     for (text, key) in cases {
         expect_err(&f, &text, key);
@@ -100,7 +181,11 @@ fn bad_values_name_the_key() {
 #[test]
 fn unknown_keys_and_missing_tables_are_refused() {
     let f = Fixture::new();
-    let e = expect_err(&f, &GOOD.replace("[server]", "[server]\ncolour = 1"), "colour");
+    let e = expect_err(
+        &f,
+        &GOOD.replace("[server]", "[server]\ncolour = 1"),
+        "colour",
+    );
     assert!(e.contains("proxy.toml"), "{e}");
     expect_err(&f, &GOOD.replace("[login]", "[login2]"), "login");
 }
@@ -109,5 +194,9 @@ fn unknown_keys_and_missing_tables_are_refused() {
 fn short_cluster_token_is_refused() {
     let f = Fixture::new();
     std::fs::write(f.dir.path().join("short.token"), "abc").unwrap();
-    expect_err(&f, &GOOD.replace("cluster.token", "short.token"), "at least 16");
+    expect_err(
+        &f,
+        &GOOD.replace("cluster.token", "short.token"),
+        "at least 16",
+    );
 }

@@ -30,7 +30,10 @@ fn tokens() -> Tokens {
 }
 
 fn target() -> LockTarget<'static> {
-    LockTarget { server_id: "eu-1", region: "eu" }
+    LockTarget {
+        server_id: "eu-1",
+        region: "eu",
+    }
 }
 
 /// Signs arbitrary claims with an arbitrary header, for hostile cases.
@@ -61,7 +64,10 @@ fn mint_and_verify_round_trip() {
     let t = tokens();
     let m = t.mint("alice", target(), Some("us"), None).unwrap();
     let a = t.verify_access(&m.access).unwrap();
-    assert_eq!((a.sub.as_str(), a.srv.as_str(), a.rgn.as_str()), ("alice", "eu-1", "eu"));
+    assert_eq!(
+        (a.sub.as_str(), a.srv.as_str(), a.rgn.as_str()),
+        ("alice", "eu-1", "eu")
+    );
     assert_eq!(a.home.as_deref(), Some("us"));
     assert_eq!(a.exp - a.iat, 120);
     let r = t.verify_refresh(&m.refresh).unwrap();
@@ -94,67 +100,119 @@ fn hostile_tokens_are_refused() {
         ("four segments", format!("{good}.x"), TokenError::Malformed),
         ("empty", String::new(), TokenError::Malformed),
         ("huge", "a".repeat(MAX_TOKEN_LEN + 1), TokenError::TooLarge),
-        ("wrong key", forge(&access_header(), &claims(now), &[7u8; 32]), TokenError::BadSignature),
-        ("unknown kid", {
-            let mut h = access_header();
-            h.kid = Some("k9".into());
-            forge(&h, &claims(now), &secret())
-        }, TokenError::UnknownKey),
-        ("no kid", {
-            let mut h = access_header();
-            h.kid = None;
-            forge(&h, &claims(now), &secret())
-        }, TokenError::UnknownKey),
-        ("kid traversal", {
-            let mut h = access_header();
-            h.kid = Some("../../etc/passwd".into());
-            forge(&h, &claims(now), &secret())
-        }, TokenError::UnknownKey),
-        ("no typ", {
-            let mut h = access_header();
-            h.typ = None;
-            forge(&h, &claims(now), &secret())
-        }, TokenError::WrongType),
-        ("HS384 on an HS256 key", {
-            let mut h = access_header();
-            h.alg = Algorithm::HS384;
-            forge(&h, &claims(now), &secret())
-        }, TokenError::AlgorithmNotAllowed),
-        ("expired beyond leeway", {
-            let mut c = claims(now);
-            c["exp"] = (now - 60).into();
-            forge(&access_header(), &c, &secret())
-        }, TokenError::Expired),
-        ("future nbf", {
-            let mut c = claims(now);
-            c["nbf"] = (now + 60).into();
-            forge(&access_header(), &c, &secret())
-        }, TokenError::NotYetValid),
-        ("wrong iss", {
-            let mut c = claims(now);
-            c["iss"] = "evil".into();
-            forge(&access_header(), &c, &secret())
-        }, TokenError::WrongIssuer),
-        ("wrong aud", {
-            let mut c = claims(now);
-            c["aud"] = "other".into();
-            forge(&access_header(), &c, &secret())
-        }, TokenError::WrongAudience),
-        ("missing srv", {
-            let mut c = claims(now);
-            c.as_object_mut().unwrap().remove("srv");
-            forge(&access_header(), &c, &secret())
-        }, TokenError::BadClaims),
-        ("missing nbf", {
-            let mut c = claims(now);
-            c.as_object_mut().unwrap().remove("nbf");
-            forge(&access_header(), &c, &secret())
-        }, TokenError::BadClaims),
-        ("string exp", {
-            let mut c = claims(now);
-            c["exp"] = (now + 100).to_string().into();
-            forge(&access_header(), &c, &secret())
-        }, TokenError::BadClaims),
+        (
+            "wrong key",
+            forge(&access_header(), &claims(now), &[7u8; 32]),
+            TokenError::BadSignature,
+        ),
+        (
+            "unknown kid",
+            {
+                let mut h = access_header();
+                h.kid = Some("k9".into());
+                forge(&h, &claims(now), &secret())
+            },
+            TokenError::UnknownKey,
+        ),
+        (
+            "no kid",
+            {
+                let mut h = access_header();
+                h.kid = None;
+                forge(&h, &claims(now), &secret())
+            },
+            TokenError::UnknownKey,
+        ),
+        (
+            "kid traversal",
+            {
+                let mut h = access_header();
+                h.kid = Some("../../etc/passwd".into());
+                forge(&h, &claims(now), &secret())
+            },
+            TokenError::UnknownKey,
+        ),
+        (
+            "no typ",
+            {
+                let mut h = access_header();
+                h.typ = None;
+                forge(&h, &claims(now), &secret())
+            },
+            TokenError::WrongType,
+        ),
+        (
+            "HS384 on an HS256 key",
+            {
+                let mut h = access_header();
+                h.alg = Algorithm::HS384;
+                forge(&h, &claims(now), &secret())
+            },
+            TokenError::AlgorithmNotAllowed,
+        ),
+        (
+            "expired beyond leeway",
+            {
+                let mut c = claims(now);
+                c["exp"] = (now - 60).into();
+                forge(&access_header(), &c, &secret())
+            },
+            TokenError::Expired,
+        ),
+        (
+            "future nbf",
+            {
+                let mut c = claims(now);
+                c["nbf"] = (now + 60).into();
+                forge(&access_header(), &c, &secret())
+            },
+            TokenError::NotYetValid,
+        ),
+        (
+            "wrong iss",
+            {
+                let mut c = claims(now);
+                c["iss"] = "evil".into();
+                forge(&access_header(), &c, &secret())
+            },
+            TokenError::WrongIssuer,
+        ),
+        (
+            "wrong aud",
+            {
+                let mut c = claims(now);
+                c["aud"] = "other".into();
+                forge(&access_header(), &c, &secret())
+            },
+            TokenError::WrongAudience,
+        ),
+        (
+            "missing srv",
+            {
+                let mut c = claims(now);
+                c.as_object_mut().unwrap().remove("srv");
+                forge(&access_header(), &c, &secret())
+            },
+            TokenError::BadClaims,
+        ),
+        (
+            "missing nbf",
+            {
+                let mut c = claims(now);
+                c.as_object_mut().unwrap().remove("nbf");
+                forge(&access_header(), &c, &secret())
+            },
+            TokenError::BadClaims,
+        ),
+        (
+            "string exp",
+            {
+                let mut c = claims(now);
+                c["exp"] = (now + 100).to_string().into();
+                forge(&access_header(), &c, &secret())
+            },
+            TokenError::BadClaims,
+        ),
     ];
     for (name, token, want) in cases {
         assert_eq!(t.verify_access(&token), Err(want), "case {name}");
@@ -179,7 +237,9 @@ fn leeway_is_applied() {
     let now = unix_now();
     let mut c = claims(now);
     c["exp"] = (now - 2).into(); // within the 5 s leeway
-    assert!(t.verify_access(&forge(&access_header(), &c, &secret())).is_ok());
+    assert!(t
+        .verify_access(&forge(&access_header(), &c, &secret()))
+        .is_ok());
 }
 
 #[test]
@@ -196,15 +256,27 @@ fn rotation_verifies_old_and_new_keys() {
     )
     .unwrap();
     let new = Tokens::new(&cfg(rotated));
-    assert!(new.verify_access(&m.access).is_ok(), "old tokens stay valid");
+    assert!(
+        new.verify_access(&m.access).is_ok(),
+        "old tokens stay valid"
+    );
     let m2 = new.mint("alice", target(), None, None).unwrap();
-    assert_eq!(jsonwebtoken::decode_header(&m2.access).unwrap().kid.as_deref(), Some("k2"));
+    assert_eq!(
+        jsonwebtoken::decode_header(&m2.access)
+            .unwrap()
+            .kid
+            .as_deref(),
+        Some("k2")
+    );
     assert_eq!(old.verify_access(&m2.access), Err(TokenError::UnknownKey));
 }
 
 #[test]
 fn key_ring_errors_name_the_problem() {
-    let short = KeyRing::parse("signing_kid = \"k\"\n[[keys]]\nkid = \"k\"\nalg = \"HS256\"\nsecret_hex = \"abcd\"\n", "f");
+    let short = KeyRing::parse(
+        "signing_kid = \"k\"\n[[keys]]\nkid = \"k\"\nalg = \"HS256\"\nsecret_hex = \"abcd\"\n",
+        "f",
+    );
     assert!(short.unwrap_err().to_string().contains("at least 32"));
     let alg = KeyRing::parse(
         &format!("signing_kid = \"k\"\n[[keys]]\nkid = \"k\"\nalg = \"none\"\nsecret_hex = \"{SECRET_HEX}\"\n"),
@@ -228,7 +300,9 @@ fn fast_path_agrees_with_the_general_path() {
     let m = t.mint("alice", target(), Some("us"), None).unwrap();
     let good = forge(&access_header(), &claims(now), &secret());
     for token in [&m.access, &good] {
-        let fast = t.fast_access(token, now).expect("fast path takes a plain valid token");
+        let fast = t
+            .fast_access(token, now)
+            .expect("fast path takes a plain valid token");
         assert_eq!(Ok(fast), slow(token));
     }
 
@@ -239,31 +313,55 @@ fn fast_path_agrees_with_the_general_path() {
     let (h, rest) = good.split_once('.').unwrap();
     let (p, s) = rest.split_once('.').unwrap();
     let mut declined: Vec<(&str, String)> = vec![
-        ("bad signature", format!("{h}.{p}.{}", b64("x".repeat(32).as_str()))),
+        (
+            "bad signature",
+            format!("{h}.{p}.{}", b64("x".repeat(32).as_str())),
+        ),
         ("short signature", format!("{h}.{p}.AAAA")),
         ("four segments", format!("{good}.x")),
         ("padded header", format!("{h}=.{p}.{s}")),
         ("refresh token", m.refresh.clone()),
-        ("escaped string", forge(&access_header(), &{
-            let mut c = claims(now);
-            c["sub"] = "al\"ice".into();
-            c
-        }, &secret())),
+        (
+            "escaped string",
+            forge(
+                &access_header(),
+                &{
+                    let mut c = claims(now);
+                    c["sub"] = "al\"ice".into();
+                    c
+                },
+                &secret(),
+            ),
+        ),
         ("extra header field", {
             let mut hd = access_header();
             hd.cty = Some("x".into());
             forge(&hd, &claims(now), &secret())
         }),
-        ("aud array", forge(&access_header(), &{
-            let mut c = claims(now);
-            c["aud"] = serde_json::json!(["app"]);
-            c
-        }, &secret())),
-        ("home null", forge(&access_header(), &{
-            let mut c = claims(now);
-            c["home"] = serde_json::Value::Null;
-            c
-        }, &secret())),
+        (
+            "aud array",
+            forge(
+                &access_header(),
+                &{
+                    let mut c = claims(now);
+                    c["aud"] = serde_json::json!(["app"]);
+                    c
+                },
+                &secret(),
+            ),
+        ),
+        (
+            "home null",
+            forge(
+                &access_header(),
+                &{
+                    let mut c = claims(now);
+                    c["home"] = serde_json::Value::Null;
+                    c
+                },
+                &secret(),
+            ),
+        ),
     ];
     for (field, value) in [("exp", now - 60), ("nbf", now + 60)] {
         let mut c = claims(now);
