@@ -176,6 +176,21 @@ async fn foreign_lock_gets_relock_hint_or_one_forwarded_hop() {
         "forward_loop"
     );
 
+    // A genuine marker is accepted once at the locked server; replayed, it
+    // is refused.
+    let marker = key.sign("GET", "/orders/11", now, "us-2");
+    for (attempt, want) in [(1, 200), (2, 403)] {
+        let r = c
+            .http
+            .get(format!("{}/orders/11", a.url))
+            .bearer_auth(&l.access)
+            .header("x-tether-hop", &marker)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), want, "attempt {attempt} with the same marker");
+    }
+
     // Forged, stale or replayed-on-another-path markers are refused.
     let forged = tether_proxy::hop::HopKey::derive("not-the-cluster-token").sign(
         "GET",
@@ -849,4 +864,94 @@ async fn key_rotation_under_load_refuses_no_valid_token() {
         "{m}"
     );
     assert!(metric(&m, "tether_proxy_keyring_reloads_total{result=\"failed\"").unwrap() >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_limits_forwarded_headers_and_slowloris() {
+    use tokio::io::AsyncWriteExt;
+    let mut c = Cluster::new(Timing::default());
+    c.start_discovery(0);
+    let app = Upstream::start("app").await;
+    let a = c.proxy("eu-1", "eu").upstream(&app).start().await;
+    let trusting = c
+        .proxy("eu-2", "eu")
+        .upstream(&app)
+        .routing_extra("trusted_proxies = [\"127.0.0.0/8\"]")
+        .start()
+        .await;
+    let l = login(&c.http, &a.url, "alice", None).await;
+    let before = app.requests();
+
+    // Too many header fields, or too many bytes of them: 431, not forwarded.
+    let mut many = c.http.get(format!("{}/x", a.url)).bearer_auth(&l.access);
+    for i in 0..150 {
+        many = many.header(format!("x-filler-{i}"), "1");
+    }
+    assert_eq!(many.send().await.unwrap().status(), 431);
+    let r = c
+        .http
+        .get(format!("{}/x", a.url))
+        .bearer_auth(&l.access)
+        .header("x-big", "a".repeat(20 * 1024))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 431);
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["error"], "request_header_fields_too_large");
+    assert_eq!(app.requests(), before, "nothing over the limits was forwarded");
+
+    // A client cannot forge its address; a trusted peer's list is extended.
+    for (proxy, want_xff, want_fwd) in [
+        (&a, "127.0.0.1", "for=127.0.0.1;proto=http"),
+        (&trusting, "203.0.113.7, 127.0.0.1", "for=203.0.113.7, for=127.0.0.1;proto=http"),
+    ] {
+        let l = login(&c.http, &proxy.url, "bob", None).await;
+        let r = c
+            .http
+            .get(format!("{}/x", proxy.url))
+            .bearer_auth(&l.access)
+            .header("x-forwarded-for", "203.0.113.7")
+            .header("forwarded", "for=203.0.113.7")
+            .header("proxy-authorization", "Basic c2VjcmV0")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let seen = app.last().unwrap();
+        assert_eq!(seen.headers["x-forwarded-for"], want_xff, "at {}", proxy.id);
+        assert_eq!(seen.headers["forwarded"], want_fwd, "at {}", proxy.id);
+        assert_eq!(seen.headers["x-forwarded-proto"], "http");
+        assert!(!seen.headers.contains_key("proxy-authorization"));
+    }
+
+    // Slowloris: 500 connections dripping a request header a byte a second
+    // while a normal client keeps working. Bounded: about 3 seconds.
+    let mut drips = Vec::new();
+    for _ in 0..500 {
+        let addr = a.addr;
+        drips.push(tokio::spawn(async move {
+            let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else { return };
+            if s.write_all(b"GET /x HTTP/1.1\r\nHost: x\r\n").await.is_err() {
+                return;
+            }
+            for _ in 0..3 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if s.write_all(b"X").await.is_err() {
+                    return;
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let mut ok = 0;
+    while started.elapsed() < Duration::from_secs(2) {
+        let r = get(&c.http, &format!("{}/x", a.url), Some(&l.access)).await;
+        assert_eq!(r.status(), 200, "a normal client is served during the drip");
+        ok += 1;
+    }
+    assert!(ok >= 10, "only {ok} requests in 2 s");
+    for d in drips {
+        d.abort();
+    }
 }

@@ -196,6 +196,8 @@ struct FileRouting {
     probe_timeout_ms: u64,
     #[serde(default = "default_true")]
     fast_failover: bool,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
 }
 
 fn default_true() -> bool {
@@ -211,6 +213,7 @@ impl Default for FileRouting {
             hysteresis_absolute: default_absolute(),
             probe_timeout_ms: default_probe_timeout(),
             fast_failover: true,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -235,6 +238,17 @@ struct FileLimits {
     reserved_body_bytes: usize,
     #[serde(default = "default_login_answer")]
     login_answer_bytes: usize,
+    #[serde(default = "default_header_bytes")]
+    max_request_header_bytes: usize,
+    #[serde(default = "default_header_count")]
+    max_request_headers: usize,
+}
+
+fn default_header_bytes() -> usize {
+    16 * 1024
+}
+fn default_header_count() -> usize {
+    100
 }
 
 impl Default for FileLimits {
@@ -242,6 +256,8 @@ impl Default for FileLimits {
         FileLimits {
             reserved_body_bytes: default_body_limit(),
             login_answer_bytes: default_login_answer(),
+            max_request_header_bytes: default_header_bytes(),
+            max_request_headers: default_header_count(),
         }
     }
 }
@@ -360,6 +376,9 @@ pub struct RoutingConfig {
     /// Probe servers a client reports unreachable (DESIGN.md §5). When
     /// off, a dead server is only replaced once discovery evicts it.
     pub fast_failover: bool,
+    /// Peers (load balancers, CDNs) whose `X-Forwarded-For`/`Forwarded`
+    /// the proxy extends instead of replacing.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Clone)]
@@ -368,6 +387,10 @@ pub struct Limits {
     pub reserved_body_bytes: usize,
     /// Largest upstream login answer the proxy buffers (bytes).
     pub login_answer_bytes: usize,
+    /// Request headers, total bytes (names + values) and count; over
+    /// either is `431`.
+    pub max_request_header_bytes: usize,
+    pub max_request_headers: usize,
 }
 
 /// Reads and validates a proxy config file.
@@ -756,6 +779,15 @@ impl Validator<'_> {
             },
             probe_timeout: self.ms("routing.probe_timeout_ms", r.probe_timeout_ms, 10, 10_000)?,
             fast_failover: r.fast_failover,
+            trusted_proxies: r
+                .trusted_proxies
+                .iter()
+                .map(|n| {
+                    n.parse::<ipnet::IpNet>()
+                        .or_else(|_| n.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                        .map_err(|_| self.bad("routing.trusted_proxies", format!("{n:?}"), "each entry is an IP or a CIDR network, e.g. \"10.0.0.0/8\""))
+                })
+                .collect::<Result<_, _>>()?,
         };
 
         let limits = Limits {
@@ -778,6 +810,14 @@ impl Validator<'_> {
                         "must be between 1024 and 16777216",
                     ))
                 }
+            },
+            max_request_header_bytes: match f.limits.max_request_header_bytes {
+                n @ 1024..=1_048_576 => n,
+                n => return Err(self.bad("limits.max_request_header_bytes", n, "must be between 1024 and 1048576")),
+            },
+            max_request_headers: match f.limits.max_request_headers {
+                n @ 8..=256 => n,
+                n => return Err(self.bad("limits.max_request_headers", n, "must be between 8 and 256 (Pingora reads at most 256)")),
             },
         };
 

@@ -84,6 +84,54 @@ pub fn strip_lock_response_headers(resp: &mut ResponseHeader) {
     }
 }
 
+/// Whether a request's headers exceed the configured count or total size.
+fn headers_over_limits(req: &RequestHeader, limits: &crate::config::Limits) -> bool {
+    if req.headers.len() > limits.max_request_headers {
+        return true;
+    }
+    let mut bytes = 0;
+    for (name, value) in req.headers.iter() {
+        bytes += name.as_str().len() + value.len() + 4;
+    }
+    bytes > limits.max_request_header_bytes
+}
+
+/// `X-Forwarded-For`, `X-Forwarded-Proto` and `Forwarded` (RFC 7239) for
+/// the upstream: the client's address is appended to what a trusted peer
+/// (a load balancer in `routing.trusted_proxies`) sent, and replaces
+/// whatever anyone else sent, so a client cannot forge its address.
+/// Proxy-only hop-by-hop headers are dropped too.
+fn set_forwarded(session: &Session, upstream: &mut RequestHeader, trusted: &[ipnet::IpNet]) -> pingora_error::Result<()> {
+    for name in ["proxy-connection", "keep-alive", "proxy-authorization"] {
+        upstream.remove_header(name);
+    }
+    let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) else {
+        return Ok(());
+    };
+    let from_trusted = trusted.iter().any(|n| n.contains(&ip));
+    let node = if ip.is_ipv6() { format!("\"[{ip}]\"") } else { ip.to_string() };
+    let prior = |name: &str| {
+        upstream
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| from_trusted && !v.is_empty())
+            .map(str::to_owned)
+    };
+    let xff = match prior("x-forwarded-for") {
+        Some(p) => format!("{p}, {ip}"),
+        None => ip.to_string(),
+    };
+    let fwd = match prior("forwarded") {
+        Some(p) => format!("{p}, for={node};proto=http"),
+        None => format!("for={node};proto=http"),
+    };
+    upstream.insert_header("x-forwarded-for", xff)?;
+    upstream.insert_header("x-forwarded-proto", "http")?;
+    upstream.insert_header("forwarded", fwd)?;
+    Ok(())
+}
+
 impl TetherProxy {
     fn is_public(&self, path: &str) -> bool {
         self.state
@@ -138,6 +186,16 @@ impl ProxyHttp for TetherProxy {
         ctx: &mut Ctx,
     ) -> pingora_error::Result<bool> {
         let state = &self.state;
+        if headers_over_limits(session.req_header(), &state.cfg.limits) {
+            ctx.outcome = Outcome::Refused;
+            let body = ErrorBody::new("request_header_fields_too_large").detail(format!(
+                "request headers are limited to {} fields and {} bytes",
+                state.cfg.limits.max_request_headers, state.cfg.limits.max_request_header_bytes
+            ));
+            session.set_keepalive(None);
+            respond::error(session, 431, &body, &[]).await?;
+            return Ok(true);
+        }
         let path = session.req_header().uri.path();
         if let Some(ep) = crate::endpoints::reserved(path) {
             ctx.outcome = Outcome::Reserved;
@@ -282,6 +340,7 @@ impl ProxyHttp for TetherProxy {
         ctx: &mut Ctx,
     ) -> pingora_error::Result<()> {
         strip_internal_request_headers(upstream);
+        set_forwarded(session, upstream, &self.state.cfg.routing.trusted_proxies)?;
         match ctx.target {
             Target::Local(_) if ctx.outcome == Outcome::Forwarded => {
                 upstream.insert_header(h::SUBJECT, ctx.subject.as_str())?;

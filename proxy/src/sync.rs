@@ -205,6 +205,7 @@ async fn keyring_loop(state: &State) {
                 "file check"
             }
         };
+        state.hop_key.prune(crate::tokens::unix_now());
         match state.tokens.reload() {
             Ok(crate::keys::Reload::Reloaded) => {
                 tracing::info!(trigger, "key ring reloaded");
