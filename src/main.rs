@@ -8,6 +8,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+// mimalloc: fewer instructions per allocation than glibc malloc on the
+// proxy's request path, where Pingora allocates tens of times per request
+// (docs/benchmarks.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "tether",
@@ -53,6 +59,9 @@ enum Command {
         /// Overwrite existing files.
         #[arg(long)]
         force: bool,
+        /// Key-ring algorithm: "hs256" (shared secret) or "eddsa" (Ed25519).
+        #[arg(long, default_value = "hs256")]
+        alg: String,
     },
     /// Mint or inspect tokens (for operators).
     #[command(subcommand)]
@@ -173,7 +182,7 @@ fn main() -> ExitCode {
         Command::SampleApp(args) => tether_sampleapp::cli::run(args).map_err(anyhow::Error::from),
         Command::Demo(args) => demo(args),
         Command::Bench(args) => bench(args),
-        Command::Keygen { dir, force } => keygen(&dir, force),
+        Command::Keygen { dir, force, alg } => keygen(&dir, force, &alg),
         Command::Token(cmd) => token(cmd),
     };
     match result {
@@ -237,8 +246,13 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn keygen(dir: &std::path::Path, force: bool) -> anyhow::Result<()> {
-    let written = tether_proxy::secrets::generate(dir, force)?;
+fn keygen(dir: &std::path::Path, force: bool, alg: &str) -> anyhow::Result<()> {
+    let alg = match alg {
+        "hs256" => tether_proxy::secrets::KeyAlg::Hs256,
+        "eddsa" => tether_proxy::secrets::KeyAlg::EdDsa,
+        other => anyhow::bail!("--alg {other:?}: must be \"hs256\" or \"eddsa\""),
+    };
+    let written = tether_proxy::secrets::generate_with(dir, force, alg)?;
     if written.is_empty() {
         println!(
             "{}: secrets already exist (use --force to replace them)",

@@ -955,3 +955,53 @@ async fn header_limits_forwarded_headers_and_slowloris() {
         d.abort();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eddsa_key_ring_with_jwks_and_cached_verification() {
+    let mut c = Cluster::new(Timing::default());
+    // Replace the cluster's HS256 ring with an Ed25519 one.
+    let out = std::process::Command::new(TETHER)
+        .args(["keygen", "--alg", "eddsa", "--force", "--dir"])
+        .arg(c.path("eddsa"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    std::fs::copy(c.path("eddsa/keyring.toml"), c.path("keyring.toml")).unwrap();
+    c.start_discovery(0);
+    let app = Upstream::start("app").await;
+    let a = c.proxy("eu-1", "eu").upstream(&app).start().await;
+
+    let l = login(&c.http, &a.url, "alice", None).await;
+    assert_eq!(jsonwebtoken::decode_header(&l.access).unwrap().alg, jsonwebtoken::Algorithm::EdDSA);
+    for _ in 0..3 {
+        assert_eq!(get(&c.http, &format!("{}/x", a.url), Some(&l.access)).await.status(), 200);
+    }
+    let jwks: serde_json::Value = get(&c.http, &format!("{}/.well-known/jwks.json", a.url), None).await.json().await.unwrap();
+    assert_eq!(jwks["keys"][0]["kid"], "k1");
+    assert_eq!(jwks["keys"][0]["kty"], "OKP");
+    assert_eq!(jwks["keys"][0]["alg"], "EdDSA");
+
+    // Key confusion: an HS256 token whose "secret" is the published key.
+    use base64::Engine;
+    let x = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(jwks["keys"][0]["x"].as_str().unwrap())
+        .unwrap();
+    let now = tether_proxy::tokens::unix_now();
+    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    h.typ = Some("at+jwt".into());
+    h.kid = Some("k1".into());
+    let forged = jsonwebtoken::encode(
+        &h,
+        &json!({"iss": "tether-test", "aud": "tether-tests", "sub": "mallory", "iat": now, "nbf": now,
+                "exp": now + 100, "jti": "j", "srv": "eu-1", "rgn": "eu", "fam": "f"}),
+        &jsonwebtoken::EncodingKey::from_secret(&x),
+    )
+    .unwrap();
+    let before = app.requests();
+    let r = get(&c.http, &format!("{}/x", a.url), Some(&forged)).await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(app.requests(), before);
+    // Refresh works with EdDSA tokens too.
+    let (s, v) = refresh(&c.http, &a.url, json!({"refreshToken": l.refresh})).await;
+    assert_eq!(s, 200, "{v}");
+}

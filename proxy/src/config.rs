@@ -149,6 +149,12 @@ struct FileTokens {
     refresh_rotation: bool,
     #[serde(default = "default_down_policy")]
     refresh_when_discovery_down: String,
+    #[serde(default = "default_cache_entries")]
+    verified_cache_entries: usize,
+}
+
+fn default_cache_entries() -> usize {
+    10_000
 }
 
 fn default_down_policy() -> String {
@@ -331,6 +337,8 @@ pub struct TokenConfig {
     pub refresh_rotation: bool,
     /// What a refresh does when discovery cannot be asked about the family.
     pub when_discovery_down: DownPolicy,
+    /// Size of the verified-token cache for EdDSA access tokens (0: off).
+    pub verified_cache_entries: usize,
 }
 
 /// Refresh-token rotation when discovery is unreachable. Access tokens
@@ -705,7 +713,11 @@ impl Validator<'_> {
                 ))
             }
         };
+        if t.verified_cache_entries > 1_000_000 {
+            return Err(self.bad("tokens.verified_cache_entries", t.verified_cache_entries, "must be between 0 and 1000000"));
+        }
         let tokens = TokenConfig {
+            verified_cache_entries: t.verified_cache_entries,
             refresh_rotation: t.refresh_rotation,
             when_discovery_down,
             issuer: t.issuer.clone(),

@@ -30,6 +30,7 @@ pub enum Endpoint {
     Logout,
     Closest,
     Health,
+    Jwks,
 }
 
 pub fn reserved(path: &str) -> Option<Endpoint> {
@@ -39,6 +40,7 @@ pub fn reserved(path: &str) -> Option<Endpoint> {
         "/auth/logout" => Some(Endpoint::Logout),
         "/closestToMe" => Some(Endpoint::Closest),
         "/healthz" => Some(Endpoint::Health),
+        "/.well-known/jwks.json" => Some(Endpoint::Jwks),
         _ => None,
     }
 }
@@ -47,12 +49,12 @@ pub async fn handle(ep: Endpoint, state: &State, session: &mut Session) -> Resul
     let method = session.req_header().method.clone();
     let allowed = match ep {
         Endpoint::Login | Endpoint::Refresh | Endpoint::Logout => method == http::Method::POST,
-        Endpoint::Closest | Endpoint::Health => {
+        Endpoint::Closest | Endpoint::Health | Endpoint::Jwks => {
             method == http::Method::GET || method == http::Method::HEAD
         }
     };
     if !allowed {
-        let allow = if matches!(ep, Endpoint::Closest | Endpoint::Health) {
+        let allow = if matches!(ep, Endpoint::Closest | Endpoint::Health | Endpoint::Jwks) {
             "GET, HEAD"
         } else {
             "POST"
@@ -67,6 +69,7 @@ pub async fn handle(ep: Endpoint, state: &State, session: &mut Session) -> Resul
         Endpoint::Logout => logout(state, session).await,
         Endpoint::Closest => closest(state, session).await,
         Endpoint::Health => health(state, session).await,
+        Endpoint::Jwks => respond::json(session, 200, state.tokens.jwks_json(), &[]).await,
     }
 }
 

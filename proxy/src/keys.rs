@@ -74,6 +74,15 @@ impl TokenStore {
             .mint_with(subject, target, home, family, refresh_id)
     }
 
+    /// `/.well-known/jwks.json`: the current ring's Ed25519 public keys.
+    pub fn jwks_json(&self) -> String {
+        self.current.load().jwks_json()
+    }
+
+    pub fn cached_tokens(&self) -> usize {
+        self.current.load().cached_tokens()
+    }
+
     /// Re-reads the key-ring file; swaps in a new ring when its text
     /// changed and parses. On error the current ring stays.
     pub fn reload(&self) -> Result<Reload, KeyRingError> {

@@ -53,7 +53,23 @@ struct KeyRingFile {
 struct KeyFile {
     kid: String,
     alg: String,
-    secret_hex: String,
+    /// HS256: the shared secret.
+    secret_hex: Option<String>,
+    /// EdDSA: the 32-byte Ed25519 seed (only the signing proxy needs it).
+    private_key_hex: Option<String>,
+    /// EdDSA: the 32-byte public key (derived from the seed when absent).
+    public_key_hex: Option<String>,
+}
+
+/// PKCS#8 v1 DER prefix of an Ed25519 private key; the 32-byte seed
+/// follows (RFC 8410 §7).
+const ED25519_PKCS8_PREFIX: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+
+fn decode_32(what: &str, hex: &str) -> Result<[u8; 32], String> {
+    let bytes = decode_hex(hex).ok_or_else(|| format!("{what} is not valid hex"))?;
+    <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| format!("{what} must be 32 bytes (64 hex characters), not {}", bytes.len()))
 }
 
 #[derive(Clone)]
@@ -72,6 +88,8 @@ pub struct KeyRing {
     signing_alg: Algorithm,
     signing: EncodingKey,
     verifying: HashMap<String, VerifyingKey>,
+    /// Ed25519 public keys by kid, for `/.well-known/jwks.json`.
+    public: Vec<(String, [u8; 32])>,
 }
 
 impl std::fmt::Debug for KeyRing {
@@ -101,6 +119,7 @@ impl KeyRing {
         })?;
         let mut verifying = HashMap::new();
         let mut signing = None;
+        let mut public_keys = Vec::new();
         for k in &file.keys {
             let bad = |message: String| KeyRingError::Key {
                 path: shown.to_owned(),
@@ -116,29 +135,66 @@ impl KeyRing {
             {
                 return Err(bad("kid must be 1-64 characters of A-Z a-z 0-9 - _".into()));
             }
-            let alg = match k.alg.as_str() {
-                "HS256" => Algorithm::HS256,
+            let (alg, decoding, mac, encoding) = match k.alg.as_str() {
+                "HS256" => {
+                    if k.private_key_hex.is_some() || k.public_key_hex.is_some() {
+                        return Err(bad("an HS256 key has secret_hex only".into()));
+                    }
+                    let secret = decode_hex(k.secret_hex.as_deref().unwrap_or(""))
+                        .ok_or_else(|| bad("secret_hex is not valid hex".into()))?;
+                    if secret.len() < MIN_HS256_SECRET {
+                        return Err(bad(format!(
+                            "secret is {} bytes; HS256 needs at least {MIN_HS256_SECRET} random bytes (64 hex characters)",
+                            secret.len()
+                        )));
+                    }
+                    (
+                        Algorithm::HS256,
+                        DecodingKey::from_secret(&secret),
+                        Hmac::<Sha256>::new_from_slice(&secret).ok(),
+                        Some(EncodingKey::from_secret(&secret)),
+                    )
+                }
+                "EdDSA" => {
+                    if k.secret_hex.is_some() {
+                        return Err(bad("an EdDSA key has private_key_hex and/or public_key_hex, not secret_hex".into()));
+                    }
+                    let seed = k.private_key_hex.as_deref().map(|h| decode_32("private_key_hex", h)).transpose().map_err(bad)?;
+                    let derived = seed.map(|s| ed25519_dalek::SigningKey::from_bytes(&s).verifying_key().to_bytes());
+                    let public = match (k.public_key_hex.as_deref(), derived) {
+                        (Some(h), d) => {
+                            let p = decode_32("public_key_hex", h).map_err(bad)?;
+                            if d.is_some_and(|d| d != p) {
+                                return Err(bad("public_key_hex does not match private_key_hex".into()));
+                            }
+                            p
+                        }
+                        (None, Some(d)) => d,
+                        (None, None) => return Err(bad("an EdDSA key needs public_key_hex (and private_key_hex to sign)".into())),
+                    };
+                    if ed25519_dalek::VerifyingKey::from_bytes(&public).is_err() {
+                        return Err(bad("public_key_hex is not a valid Ed25519 point".into()));
+                    }
+                    public_keys.push((k.kid.clone(), public));
+                    let encoding = seed.map(|s| {
+                        let mut der = ED25519_PKCS8_PREFIX.to_vec();
+                        der.extend_from_slice(&s);
+                        EncodingKey::from_ed_der(&der)
+                    });
+                    (Algorithm::EdDSA, DecodingKey::from_ed_der(&public), None, encoding)
+                }
                 other => {
                     return Err(bad(format!(
-                        "alg {other:?} is not allowed; allowed: \"HS256\""
+                        "alg {other:?} is not allowed; allowed: \"HS256\", \"EdDSA\""
                     )))
                 }
             };
-            let secret = decode_hex(&k.secret_hex)
-                .ok_or_else(|| bad("secret_hex is not valid hex".into()))?;
-            if secret.len() < MIN_HS256_SECRET {
-                return Err(bad(format!(
-                    "secret is {} bytes; HS256 needs at least {MIN_HS256_SECRET} random bytes (64 hex characters)",
-                    secret.len()
-                )));
-            }
-            let mac = Hmac::<Sha256>::new_from_slice(&secret).ok();
             if verifying
                 .insert(
                     k.kid.clone(),
                     VerifyingKey {
                         alg,
-                        key: DecodingKey::from_secret(&secret),
+                        key: decoding,
                         mac,
                     },
                 )
@@ -147,7 +203,8 @@ impl KeyRing {
                 return Err(bad("kid is listed twice".into()));
             }
             if k.kid == file.signing_kid {
-                signing = Some((alg, EncodingKey::from_secret(&secret)));
+                let encoding = encoding.ok_or_else(|| bad("the signing key needs its private key".into()))?;
+                signing = Some((alg, encoding));
             }
         }
         let (signing_alg, signing) = signing.ok_or_else(|| KeyRingError::NoSigningKey {
@@ -159,7 +216,26 @@ impl KeyRing {
             signing_alg,
             signing,
             verifying,
+            public: public_keys,
         })
+    }
+
+    /// The JWKS document for `/.well-known/jwks.json`: the Ed25519 public
+    /// keys (HS256 secrets are never published).
+    pub fn jwks_json(&self) -> String {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let keys: Vec<serde_json::Value> = self
+            .public
+            .iter()
+            .map(|(kid, x)| {
+                serde_json::json!({
+                    "kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig",
+                    "kid": kid, "x": b64.encode(x),
+                })
+            })
+            .collect();
+        serde_json::json!({ "keys": keys }).to_string()
     }
 }
 
@@ -251,6 +327,20 @@ pub struct Tokens {
     refresh_ttl: Duration,
     access_validation: HashMap<Algorithm, Validation>,
     refresh_validation: HashMap<Algorithm, Validation>,
+    /// Access tokens whose signature was checked (EdDSA only: an Ed25519
+    /// check costs more than the whole proxy hop), by SHA-256 of the token.
+    /// Bounded; a new `Tokens` (key reload) starts empty, so a key change
+    /// flushes it. `exp`/`nbf` are re-checked on every hit.
+    verified: Option<VerifiedCache>,
+    leeway: u64,
+}
+
+/// A bounded map of verified access tokens. When full it is cleared: the
+/// simplest bound that never serves a stale entry and costs one re-verify
+/// per live token.
+struct VerifiedCache {
+    entries: std::sync::Mutex<HashMap<[u8; 32], AccessClaims>>,
+    capacity: usize,
 }
 
 impl Tokens {
@@ -269,8 +359,14 @@ impl Tokens {
             }
             v
         };
-        let algs = [Algorithm::HS256];
+        let algs = [Algorithm::HS256, Algorithm::EdDSA];
+        let has_eddsa = cfg.keyring.verifying.values().any(|k| k.alg == Algorithm::EdDSA);
         Tokens {
+            verified: (has_eddsa && cfg.verified_cache_entries > 0).then(|| VerifiedCache {
+                entries: std::sync::Mutex::new(HashMap::new()),
+                capacity: cfg.verified_cache_entries,
+            }),
+            leeway: cfg.leeway.as_secs(),
             ring: cfg.keyring.clone(),
             issuer: cfg.issuer.clone(),
             audience: cfg.audience.clone(),
@@ -290,14 +386,55 @@ impl Tokens {
     /// A `srv` that is not a well-formed server id (a URL, say) is refused
     /// here, so no token can ever name an address.
     pub fn verify_access(&self, token: &str) -> Result<AccessClaims, TokenError> {
-        let claims = match self.fast_access(token, unix_now()) {
+        let now = unix_now();
+        let claims = match self.fast_access(token, now) {
             Some(c) => c,
-            None => self.verify(token, typ::ACCESS, &self.access_validation)?,
+            None => match &self.verified {
+                Some(cache) => self.verify_cached(cache, token, now)?,
+                None => self.verify(token, typ::ACCESS, &self.access_validation)?,
+            },
         };
         if tether_protocol::validate::server_id("srv", &claims.srv).is_err() {
             return Err(TokenError::BadClaims);
         }
         Ok(claims)
+    }
+
+    /// The cache in front of the full check. A hit re-checks the times.
+    fn verify_cached(&self, cache: &VerifiedCache, token: &str, now: u64) -> Result<AccessClaims, TokenError> {
+        use sha2::Digest;
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(TokenError::TooLarge);
+        }
+        let key: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        let hit = cache.entries.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned();
+        if let Some(c) = hit {
+            if c.exp < now.saturating_sub(self.leeway) {
+                return Err(TokenError::Expired);
+            }
+            if c.nbf > now + self.leeway {
+                return Err(TokenError::NotYetValid);
+            }
+            return Ok(c);
+        }
+        let claims: AccessClaims = self.verify(token, typ::ACCESS, &self.access_validation)?;
+        let mut entries = cache.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= cache.capacity {
+            entries.clear();
+        }
+        entries.insert(key, claims.clone());
+        Ok(claims)
+    }
+
+    /// Entries in the verified-token cache (for tests and metrics).
+    pub fn cached_tokens(&self) -> usize {
+        self.verified
+            .as_ref()
+            .map_or(0, |c| c.entries.lock().unwrap_or_else(|p| p.into_inner()).len())
+    }
+
+    pub fn jwks_json(&self) -> String {
+        self.ring.jwks_json()
     }
 
     /// Verifies a refresh token (`typ: rt+jwt`).

@@ -22,6 +22,7 @@ fn cfg(ring: KeyRing) -> TokenConfig {
         keyring: ring,
         refresh_rotation: true,
         when_discovery_down: crate::config::DownPolicy::FailClosed,
+        verified_cache_entries: 100,
     }
 }
 
@@ -385,4 +386,123 @@ fn fast_path_agrees_with_the_general_path() {
     c["exp"] = (now - 2).into();
     let token = forge(&access_header(), &c, &secret());
     assert_eq!(Ok(t.fast_access(&token, now).unwrap()), slow(&token));
+}
+
+const SEED_HEX: &str = "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60";
+
+fn eddsa_ring() -> KeyRing {
+    KeyRing::parse(
+        &format!(
+            "signing_kid = \"ed1\"\n[[keys]]\nkid = \"ed1\"\nalg = \"EdDSA\"\nprivate_key_hex = \"{SEED_HEX}\"\n\
+             [[keys]]\nkid = \"k1\"\nalg = \"HS256\"\nsecret_hex = \"{SECRET_HEX}\"\n"
+        ),
+        "test",
+    )
+    .unwrap()
+}
+
+#[test]
+fn eddsa_mint_verify_and_cache() {
+    let t = Tokens::new(&cfg(eddsa_ring()));
+    let m = t.mint("alice", target(), None, None).unwrap();
+    let h = jsonwebtoken::decode_header(&m.access).unwrap();
+    assert_eq!((h.alg, h.kid.as_deref()), (Algorithm::EdDSA, Some("ed1")));
+    assert_eq!(t.cached_tokens(), 0);
+    let first = t.verify_access(&m.access).unwrap();
+    assert_eq!(t.cached_tokens(), 1);
+    let second = t.verify_access(&m.access).unwrap();
+    assert_eq!(first, second);
+    assert_eq!(t.cached_tokens(), 1, "the second check was a cache hit");
+    assert!(t.verify_refresh(&m.refresh).is_ok());
+    // A tampered token misses the cache and fails the signature.
+    let mut bad = m.access.clone();
+    bad.pop();
+    bad.push(if m.access.ends_with('A') { 'B' } else { 'A' });
+    assert!(t.verify_access(&bad).is_err());
+    // HS256 tokens of the same ring still verify.
+    let hs = forge(&access_header(), &claims(unix_now()), &secret());
+    assert!(t.verify_access(&hs).is_ok());
+}
+
+#[test]
+fn cached_tokens_are_still_checked_for_expiry() {
+    let mut c = cfg(eddsa_ring());
+    c.leeway = Duration::from_secs(0);
+    let t = Tokens::new(&c);
+    // Sign an EdDSA token that expires in one second.
+    let now = unix_now();
+    let mut claims = claims(now);
+    claims["exp"] = (now + 1).into();
+    let mut h = Header::new(Algorithm::EdDSA);
+    h.typ = Some("at+jwt".into());
+    h.kid = Some("ed1".into());
+    let mut der = ED25519_PKCS8_PREFIX.to_vec();
+    der.extend_from_slice(&decode_hex(SEED_HEX).unwrap());
+    let token = jsonwebtoken::encode(&h, &claims, &EncodingKey::from_ed_der(&der)).unwrap();
+    assert!(t.verify_access(&token).is_ok());
+    assert_eq!(t.cached_tokens(), 1);
+    std::thread::sleep(Duration::from_millis(2100));
+    assert_eq!(t.verify_access(&token), Err(TokenError::Expired), "a cache hit re-checks exp");
+}
+
+#[test]
+fn hs_eddsa_key_confusion_is_refused() {
+    let t = Tokens::new(&cfg(eddsa_ring()));
+    let public = ed25519_dalek::SigningKey::from_bytes(&decode_hex(SEED_HEX).unwrap().try_into().unwrap())
+        .verifying_key()
+        .to_bytes();
+    // An HS256 token "signed" with the Ed25519 public key, naming the Ed key.
+    let mut h = access_header();
+    h.kid = Some("ed1".into());
+    let token = forge(&h, &claims(unix_now()), &public);
+    assert_eq!(t.verify_access(&token), Err(TokenError::AlgorithmNotAllowed));
+    // And the reverse: an EdDSA header on the HS256 key.
+    let mut der = ED25519_PKCS8_PREFIX.to_vec();
+    der.extend_from_slice(&decode_hex(SEED_HEX).unwrap());
+    let mut h = Header::new(Algorithm::EdDSA);
+    h.typ = Some("at+jwt".into());
+    h.kid = Some("k1".into());
+    let token = jsonwebtoken::encode(&h, &claims(unix_now()), &EncodingKey::from_ed_der(&der)).unwrap();
+    assert_eq!(t.verify_access(&token), Err(TokenError::AlgorithmNotAllowed));
+}
+
+#[test]
+fn jwks_lists_only_public_ed25519_keys() {
+    let ring = eddsa_ring();
+    let v: serde_json::Value = serde_json::from_str(&ring.jwks_json()).unwrap();
+    let keys = v["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0]["kid"], "ed1");
+    assert_eq!(keys[0]["kty"], "OKP");
+    assert_eq!(keys[0]["crv"], "Ed25519");
+    assert!(!ring.jwks_json().contains(SECRET_HEX), "no HS256 secret is published");
+    // A verify-only ring (public key alone) verifies but cannot sign.
+    let public = keys[0]["x"].as_str().unwrap();
+    use base64::Engine;
+    let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(public).unwrap();
+    let verify_only = KeyRing::parse(
+        &format!(
+            "signing_kid = \"k1\"\n[[keys]]\nkid = \"ed1\"\nalg = \"EdDSA\"\npublic_key_hex = \"{}\"\n\
+             [[keys]]\nkid = \"k1\"\nalg = \"HS256\"\nsecret_hex = \"{SECRET_HEX}\"\n",
+            hex(&x)
+        ),
+        "test",
+    )
+    .unwrap();
+    let signer = Tokens::new(&cfg(eddsa_ring()));
+    let m = signer.mint("alice", target(), None, None).unwrap();
+    assert!(Tokens::new(&cfg(verify_only)).verify_access(&m.access).is_ok());
+    let no_private = KeyRing::parse(
+        &format!("signing_kid = \"ed1\"\n[[keys]]\nkid = \"ed1\"\nalg = \"EdDSA\"\npublic_key_hex = \"{}\"\n", hex(&x)),
+        "test",
+    );
+    assert!(no_private.unwrap_err().to_string().contains("needs its private key"));
+    let mismatch = KeyRing::parse(
+        &format!(
+            "signing_kid = \"ed1\"\n[[keys]]\nkid = \"ed1\"\nalg = \"EdDSA\"\nprivate_key_hex = \"{SEED_HEX}\"\npublic_key_hex = \"{}\"\n",
+            "11".repeat(32)
+        ),
+        "test",
+    );
+    assert!(mismatch.is_err());
 }
