@@ -6,16 +6,18 @@
 //!
 //! Counting rules (the same in every phase):
 //! - **completed**: all three steps answered 2xx;
-//! - **failed**: a step got a non-2xx answer from the app, or the SDK gave
-//!   up (no usable answer);
+//! - **failed**: a step got a non-2xx answer from the app (the 404/409 a
+//!   missing earlier write causes), or, in phase 1, no answer at all;
 //! - **restarted** (tether phases only): the client's server changed under
 //!   a running workflow (its server died, so the critical task could not
-//!   keep it). The workflow is abandoned and started again from its first
-//!   step on the new server; its earlier writes reach the new region by
-//!   replication. Not a failure: nothing is lost and the user is told
-//!   "Your primary server has changed…". A workflow is never silently
-//!   dropped: each one ends in exactly one of the three counts (or is cut
-//!   by the end of the phase, which is not counted).
+//!   keep it), or a step got no answer at all (the server died with the
+//!   request in flight). The workflow is abandoned and started again from
+//!   its first step, on the new server once the client has one; its
+//!   earlier writes reach the new region by replication. Not a failure:
+//!   nothing is lost and the user is told "Your primary server has
+//!   changed…". Steps without an answer are also listed among the errors.
+//!   A workflow is never silently dropped: each one ends in exactly one of
+//!   the three counts (or is cut by the end of the phase, not counted).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -161,16 +163,52 @@ fn progress(
     })
 }
 
+/// What every phase starts with: geo DNS over its endpoints and its
+/// health checks, the counters, the clock and the progress line.
+struct Phase {
+    geo: Arc<GeoDns>,
+    checks: tokio::task::JoinHandle<()>,
+    tally: Arc<Tally>,
+    started: Instant,
+    deadline: Instant,
+    show: tokio::task::JoinHandle<()>,
+}
+
+impl Phase {
+    fn start(
+        opts: &DemoOptions,
+        endpoints: Vec<String>,
+        health_path: &'static str,
+        name: &str,
+    ) -> Phase {
+        let geo = GeoDns::new(endpoints, health_path);
+        let checks = geo.start_checks();
+        let tally = Arc::new(Tally::default());
+        let started = Instant::now();
+        let show = progress(name.to_owned(), started, opts.phase, tally.clone());
+        Phase {
+            geo,
+            checks,
+            tally,
+            started,
+            deadline: started + opts.phase,
+            show,
+        }
+    }
+}
+
 // ------------------------------------------------------------ phase 1
 
 /// Phase 1: clients talk straight to the apps through geo DNS alone.
 pub async fn direct(opts: &DemoOptions, apps: Vec<String>, name: &str) -> PhaseReport {
-    let geo = GeoDns::new(apps, "/health");
-    let checks = geo.start_checks();
-    let tally = Arc::new(Tally::default());
-    let started = Instant::now();
-    let deadline = started + opts.phase;
-    let show = progress(name.to_owned(), started, opts.phase, tally.clone());
+    let Phase {
+        geo,
+        checks,
+        tally,
+        deadline,
+        show,
+        ..
+    } = Phase::start(opts, apps, "/health", name);
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_millis(500))
         .timeout(Duration::from_secs(5))
@@ -256,12 +294,14 @@ pub async fn through_tether(
     name: &str,
     kill: Option<Kill>,
 ) -> PhaseReport {
-    let geo = GeoDns::new(proxies, "/healthz");
-    let checks = geo.start_checks();
-    let tally = Arc::new(Tally::default());
-    let started = Instant::now();
-    let deadline = started + opts.phase;
-    let show = progress(name.to_owned(), started, opts.phase, tally.clone());
+    let Phase {
+        geo,
+        checks,
+        tally,
+        started,
+        deadline,
+        show,
+    } = Phase::start(opts, proxies, "/healthz", name);
     let http = reqwest::Client::builder()
         // Shorter than the request timeout, so a dead server shows up as
         // a connect error (which the SDK fails over from).
@@ -381,19 +421,28 @@ pub async fn through_tether(
                             continue 'workflows;
                         }
                         Err(e) => {
-                            // No usable answer (e.g. the server died with
-                            // the request in flight). Like a real app, ask
-                            // for a fresh lock: if the server changed, the
-                            // workflow restarts there; if not, it failed.
-                            let moved = client
-                                .refresh_unreachable()
-                                .await
-                                .is_ok_and(|r| r.server.id != home);
-                            if moved {
-                                tally.restarted.fetch_add(1, Ordering::Relaxed);
-                            } else {
-                                tally.fail(format!("{} {}", step_name, short(&e)));
+                            // No usable answer: the server died with the
+                            // request in flight, or the SDK ran out of
+                            // reconnect attempts. Nobody can say whether the
+                            // step was applied, so, like a real app, the
+                            // client asks for a fresh lock (the proxy probes
+                            // the server) and runs the workflow again from
+                            // its first step. Counted as restarted; the
+                            // cause is listed with the errors.
+                            if let Err(again) = client.refresh_unreachable().await {
+                                bump(
+                                    &tally.errors,
+                                    format!("refresh after no answer: {}", short(&again)),
+                                );
                             }
+                            bump(
+                                &tally.errors,
+                                format!(
+                                    "{step_name}: no answer ({}), workflow restarted",
+                                    short(&e)
+                                ),
+                            );
+                            tally.restarted.fetch_add(1, Ordering::Relaxed);
                             continue 'workflows;
                         }
                     }

@@ -714,7 +714,11 @@ impl Validator<'_> {
             }
         };
         if t.verified_cache_entries > 1_000_000 {
-            return Err(self.bad("tokens.verified_cache_entries", t.verified_cache_entries, "must be between 0 and 1000000"));
+            return Err(self.bad(
+                "tokens.verified_cache_entries",
+                t.verified_cache_entries,
+                "must be between 0 and 1000000",
+            ));
         }
         let tokens = TokenConfig {
             verified_cache_entries: t.verified_cache_entries,
@@ -797,7 +801,13 @@ impl Validator<'_> {
                 .map(|n| {
                     n.parse::<ipnet::IpNet>()
                         .or_else(|_| n.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                        .map_err(|_| self.bad("routing.trusted_proxies", format!("{n:?}"), "each entry is an IP or a CIDR network, e.g. \"10.0.0.0/8\""))
+                        .map_err(|_| {
+                            self.bad(
+                                "routing.trusted_proxies",
+                                format!("{n:?}"),
+                                "each entry is an IP or a CIDR network, e.g. \"10.0.0.0/8\"",
+                            )
+                        })
                 })
                 .collect::<Result<_, _>>()?,
         };
@@ -825,11 +835,23 @@ impl Validator<'_> {
             },
             max_request_header_bytes: match f.limits.max_request_header_bytes {
                 n @ 1024..=1_048_576 => n,
-                n => return Err(self.bad("limits.max_request_header_bytes", n, "must be between 1024 and 1048576")),
+                n => {
+                    return Err(self.bad(
+                        "limits.max_request_header_bytes",
+                        n,
+                        "must be between 1024 and 1048576",
+                    ))
+                }
             },
             max_request_headers: match f.limits.max_request_headers {
                 n @ 8..=256 => n,
-                n => return Err(self.bad("limits.max_request_headers", n, "must be between 8 and 256 (Pingora reads at most 256)")),
+                n => {
+                    return Err(self.bad(
+                        "limits.max_request_headers",
+                        n,
+                        "must be between 8 and 256 (Pingora reads at most 256)",
+                    ))
+                }
             },
         };
 

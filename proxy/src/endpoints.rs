@@ -517,6 +517,24 @@ async fn refresh(state: &State, session: &mut Session) -> Result<()> {
     respond::json(session, 200, json, &[]).await
 }
 
+/// A cluster-token call to discovery, bounded to 2 s: a refresh or logout
+/// never waits long on it.
+async fn discovery_post<T: serde::Serialize>(
+    state: &State,
+    path: &str,
+    body: &T,
+) -> reqwest::Result<reqwest::Response> {
+    let d = &state.cfg.discovery;
+    state
+        .discovery_http
+        .post(format!("{}{path}", d.url))
+        .bearer_auth(&d.cluster_token)
+        .timeout(std::time::Duration::from_secs(2))
+        .json(body)
+        .send()
+        .await
+}
+
 /// What the family store said about a refresh.
 enum Rotation {
     /// Issue the refresh token with this id, `iat` and lock.
@@ -553,15 +571,7 @@ async fn rotate(
         rgn: target.region.clone(),
         expires_at: now + state.cfg.tokens.refresh_ttl.as_secs(),
     };
-    let d = &state.cfg.discovery;
-    let answer = state
-        .discovery_http
-        .post(format!("{}/v1/families/rotate", d.url))
-        .bearer_auth(&d.cluster_token)
-        .timeout(std::time::Duration::from_secs(2))
-        .json(&request)
-        .send()
-        .await;
+    let answer = discovery_post(state, "/v1/families/rotate", &request).await;
     let parsed = match answer {
         Ok(r) if r.status().is_success() => r.json::<RotateResponse>().await.ok(),
         Ok(r) => {
@@ -606,17 +616,11 @@ async fn logout(state: &State, session: &mut Session) -> Result<()> {
         Ok(c) => {
             state.revoke(&c.fam, c.exp);
             // Tell discovery, so every proxy refuses the family.
-            let d = &state.cfg.discovery;
-            let central = state
-                .discovery_http
-                .post(format!("{}/v1/families/revoke", d.url))
-                .bearer_auth(&d.cluster_token)
-                .timeout(std::time::Duration::from_secs(2))
-                .json(&tether_protocol::wire::RevokeRequest {
-                    family: c.fam.clone(),
-                    expires_at: c.exp,
-                })
-                .send()
+            let revoke = tether_protocol::wire::RevokeRequest {
+                family: c.fam.clone(),
+                expires_at: c.exp,
+            };
+            let central = discovery_post(state, "/v1/families/revoke", &revoke)
                 .await
                 .is_ok_and(|r| r.status().is_success());
             if !central {

@@ -46,7 +46,13 @@ impl HopKey {
     fn mac(&self, method: &str, path: &str, ts: u64, nonce: u64, from: &str) -> HmacSha256 {
         // HMAC accepts keys of any length.
         let mut m = HmacSha256::new_from_slice(&self.key).expect("HMAC takes any key length");
-        for part in [method, path, &ts.to_string(), &format!("{nonce:016x}"), from] {
+        for part in [
+            method,
+            path,
+            &ts.to_string(),
+            &format!("{nonce:016x}"),
+            from,
+        ] {
             m.update(part.as_bytes());
             m.update(b"\n");
         }
@@ -55,12 +61,21 @@ impl HopKey {
 
     pub fn sign(&self, method: &str, path: &str, ts: u64, from: &str) -> String {
         let nonce: u64 = rand::random();
-        let tag = self.mac(method, path, ts, nonce, from).finalize().into_bytes();
+        let tag = self
+            .mac(method, path, ts, nonce, from)
+            .finalize()
+            .into_bytes();
         format!("v1.{from}.{ts}.{nonce:016x}.{}", crate::tokens::hex(&tag))
     }
 
     /// Checks a marker and records its nonce; returns the sender id.
-    pub fn verify<'a>(&self, marker: &'a str, method: &str, path: &str, now: u64) -> Result<&'a str, HopError> {
+    pub fn verify<'a>(
+        &self,
+        marker: &'a str,
+        method: &str,
+        path: &str,
+        now: u64,
+    ) -> Result<&'a str, HopError> {
         let mut parts = marker.split('.');
         let (Some("v1"), Some(from), Some(ts), Some(nonce), Some(tag), None) = (
             parts.next(),
@@ -103,14 +118,12 @@ impl HopKey {
     }
 }
 
+/// A 32-byte HMAC tag in hex.
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
     if s.len() != 64 {
         return None;
     }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
+    crate::tokens::decode_hex(s)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -133,15 +146,33 @@ mod tests {
     fn round_trip_tamper_and_replay() {
         let k = HopKey::derive("cluster-token-for-tests");
         let m = k.sign("GET", "/orders/1?x=1", 1000, "eu-1");
-        assert_eq!(k.verify(&m, "POST", "/orders/1?x=1", 1010), Err(HopError::BadSignature));
-        assert_eq!(k.verify(&m, "GET", "/orders/2?x=1", 1010), Err(HopError::BadSignature));
-        assert_eq!(k.verify(&m, "GET", "/orders/1?x=1", 1000 + MAX_SKEW + 1), Err(HopError::Stale));
+        assert_eq!(
+            k.verify(&m, "POST", "/orders/1?x=1", 1010),
+            Err(HopError::BadSignature)
+        );
+        assert_eq!(
+            k.verify(&m, "GET", "/orders/2?x=1", 1010),
+            Err(HopError::BadSignature)
+        );
+        assert_eq!(
+            k.verify(&m, "GET", "/orders/1?x=1", 1000 + MAX_SKEW + 1),
+            Err(HopError::Stale)
+        );
         let other = HopKey::derive("another-cluster-token");
-        assert_eq!(other.verify(&m, "GET", "/orders/1?x=1", 1000), Err(HopError::BadSignature));
+        assert_eq!(
+            other.verify(&m, "GET", "/orders/1?x=1", 1000),
+            Err(HopError::BadSignature)
+        );
         let forged = m.replacen("eu-1", "us-1", 1);
-        assert_eq!(k.verify(&forged, "GET", "/orders/1?x=1", 1000), Err(HopError::BadSignature));
+        assert_eq!(
+            k.verify(&forged, "GET", "/orders/1?x=1", 1000),
+            Err(HopError::BadSignature)
+        );
         assert_eq!(k.verify(&m, "GET", "/orders/1?x=1", 1010), Ok("eu-1"));
-        assert_eq!(k.verify(&m, "GET", "/orders/1?x=1", 1011), Err(HopError::Replayed));
+        assert_eq!(
+            k.verify(&m, "GET", "/orders/1?x=1", 1011),
+            Err(HopError::Replayed)
+        );
         // A fresh marker for the same request is fine.
         let again = k.sign("GET", "/orders/1?x=1", 1000, "eu-1");
         assert_eq!(k.verify(&again, "GET", "/orders/1?x=1", 1012), Ok("eu-1"));

@@ -26,7 +26,9 @@ pub fn keyring_text(kid: &str) -> String {
 /// The text of a key ring with one fresh Ed25519 key named `kid`.
 pub fn keyring_text_eddsa(kid: &str) -> String {
     let seed: [u8; 32] = rand::random();
-    let public = ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key().to_bytes();
+    let public = ed25519_dalek::SigningKey::from_bytes(&seed)
+        .verifying_key()
+        .to_bytes();
     format!(
         "# tether key ring: one key signs, every key verifies.\n\
          # EdDSA (Ed25519): proxies that only verify need public_key_hex alone;\n\

@@ -101,15 +101,27 @@ fn headers_over_limits(req: &RequestHeader, limits: &crate::config::Limits) -> b
 /// (a load balancer in `routing.trusted_proxies`) sent, and replaces
 /// whatever anyone else sent, so a client cannot forge its address.
 /// Proxy-only hop-by-hop headers are dropped too.
-fn set_forwarded(session: &Session, upstream: &mut RequestHeader, trusted: &[ipnet::IpNet]) -> pingora_error::Result<()> {
+fn set_forwarded(
+    session: &Session,
+    upstream: &mut RequestHeader,
+    trusted: &[ipnet::IpNet],
+) -> pingora_error::Result<()> {
     for name in ["proxy-connection", "keep-alive", "proxy-authorization"] {
         upstream.remove_header(name);
     }
-    let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) else {
+    let Some(ip) = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+    else {
         return Ok(());
     };
     let from_trusted = trusted.iter().any(|n| n.contains(&ip));
-    let node = if ip.is_ipv6() { format!("\"[{ip}]\"") } else { ip.to_string() };
+    let node = if ip.is_ipv6() {
+        format!("\"[{ip}]\"")
+    } else {
+        ip.to_string()
+    };
     let prior = |name: &str| {
         upstream
             .headers

@@ -69,7 +69,12 @@ const ED25519_PKCS8_PREFIX: [u8; 16] = [
 
 fn decode_32(what: &str, hex: &str) -> Result<[u8; 32], String> {
     let bytes = decode_hex(hex).ok_or_else(|| format!("{what} is not valid hex"))?;
-    <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| format!("{what} must be 32 bytes (64 hex characters), not {}", bytes.len()))
+    <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| {
+        format!(
+            "{what} must be 32 bytes (64 hex characters), not {}",
+            bytes.len()
+        )
+    })
 }
 
 #[derive(Clone)]
@@ -159,19 +164,34 @@ impl KeyRing {
                     if k.secret_hex.is_some() {
                         return Err(bad("an EdDSA key has private_key_hex and/or public_key_hex, not secret_hex".into()));
                     }
-                    let seed = k.private_key_hex.as_deref().map(|h| decode_32("private_key_hex", h)).transpose().map_err(bad)?;
-                    let derived = seed.map(|s| ed25519_dalek::SigningKey::from_bytes(&s).verifying_key().to_bytes());
-                    let public = match (k.public_key_hex.as_deref(), derived) {
-                        (Some(h), d) => {
-                            let p = decode_32("public_key_hex", h).map_err(bad)?;
-                            if d.is_some_and(|d| d != p) {
-                                return Err(bad("public_key_hex does not match private_key_hex".into()));
+                    let seed = k
+                        .private_key_hex
+                        .as_deref()
+                        .map(|h| decode_32("private_key_hex", h))
+                        .transpose()
+                        .map_err(bad)?;
+                    let derived = seed.map(|s| {
+                        ed25519_dalek::SigningKey::from_bytes(&s)
+                            .verifying_key()
+                            .to_bytes()
+                    });
+                    let public =
+                        match (k.public_key_hex.as_deref(), derived) {
+                            (Some(h), d) => {
+                                let p = decode_32("public_key_hex", h).map_err(bad)?;
+                                if d.is_some_and(|d| d != p) {
+                                    return Err(bad(
+                                        "public_key_hex does not match private_key_hex".into(),
+                                    ));
+                                }
+                                p
                             }
-                            p
-                        }
-                        (None, Some(d)) => d,
-                        (None, None) => return Err(bad("an EdDSA key needs public_key_hex (and private_key_hex to sign)".into())),
-                    };
+                            (None, Some(d)) => d,
+                            (None, None) => return Err(bad(
+                                "an EdDSA key needs public_key_hex (and private_key_hex to sign)"
+                                    .into(),
+                            )),
+                        };
                     if ed25519_dalek::VerifyingKey::from_bytes(&public).is_err() {
                         return Err(bad("public_key_hex is not a valid Ed25519 point".into()));
                     }
@@ -181,7 +201,12 @@ impl KeyRing {
                         der.extend_from_slice(&s);
                         EncodingKey::from_ed_der(&der)
                     });
-                    (Algorithm::EdDSA, DecodingKey::from_ed_der(&public), None, encoding)
+                    (
+                        Algorithm::EdDSA,
+                        DecodingKey::from_ed_der(&public),
+                        None,
+                        encoding,
+                    )
                 }
                 other => {
                     return Err(bad(format!(
@@ -203,7 +228,8 @@ impl KeyRing {
                 return Err(bad("kid is listed twice".into()));
             }
             if k.kid == file.signing_kid {
-                let encoding = encoding.ok_or_else(|| bad("the signing key needs its private key".into()))?;
+                let encoding =
+                    encoding.ok_or_else(|| bad("the signing key needs its private key".into()))?;
                 signing = Some((alg, encoding));
             }
         }
@@ -239,7 +265,7 @@ impl KeyRing {
     }
 }
 
-fn decode_hex(s: &str) -> Option<Vec<u8>> {
+pub(crate) fn decode_hex(s: &str) -> Option<Vec<u8>> {
     let s = s.trim();
     if !s.len().is_multiple_of(2) {
         return None;
@@ -360,7 +386,11 @@ impl Tokens {
             v
         };
         let algs = [Algorithm::HS256, Algorithm::EdDSA];
-        let has_eddsa = cfg.keyring.verifying.values().any(|k| k.alg == Algorithm::EdDSA);
+        let has_eddsa = cfg
+            .keyring
+            .verifying
+            .values()
+            .any(|k| k.alg == Algorithm::EdDSA);
         Tokens {
             verified: (has_eddsa && cfg.verified_cache_entries > 0).then(|| VerifiedCache {
                 entries: std::sync::Mutex::new(HashMap::new()),
@@ -401,13 +431,23 @@ impl Tokens {
     }
 
     /// The cache in front of the full check. A hit re-checks the times.
-    fn verify_cached(&self, cache: &VerifiedCache, token: &str, now: u64) -> Result<AccessClaims, TokenError> {
+    fn verify_cached(
+        &self,
+        cache: &VerifiedCache,
+        token: &str,
+        now: u64,
+    ) -> Result<AccessClaims, TokenError> {
         use sha2::Digest;
         if token.len() > MAX_TOKEN_LEN {
             return Err(TokenError::TooLarge);
         }
         let key: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
-        let hit = cache.entries.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned();
+        let hit = cache
+            .entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .cloned();
         if let Some(c) = hit {
             if c.exp < now.saturating_sub(self.leeway) {
                 return Err(TokenError::Expired);
@@ -428,9 +468,9 @@ impl Tokens {
 
     /// Entries in the verified-token cache (for tests and metrics).
     pub fn cached_tokens(&self) -> usize {
-        self.verified
-            .as_ref()
-            .map_or(0, |c| c.entries.lock().unwrap_or_else(|p| p.into_inner()).len())
+        self.verified.as_ref().map_or(0, |c| {
+            c.entries.lock().unwrap_or_else(|p| p.into_inner()).len()
+        })
     }
 
     pub fn jwks_json(&self) -> String {

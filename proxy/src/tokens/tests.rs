@@ -442,28 +442,40 @@ fn cached_tokens_are_still_checked_for_expiry() {
     assert!(t.verify_access(&token).is_ok());
     assert_eq!(t.cached_tokens(), 1);
     std::thread::sleep(Duration::from_millis(2100));
-    assert_eq!(t.verify_access(&token), Err(TokenError::Expired), "a cache hit re-checks exp");
+    assert_eq!(
+        t.verify_access(&token),
+        Err(TokenError::Expired),
+        "a cache hit re-checks exp"
+    );
 }
 
 #[test]
 fn hs_eddsa_key_confusion_is_refused() {
     let t = Tokens::new(&cfg(eddsa_ring()));
-    let public = ed25519_dalek::SigningKey::from_bytes(&decode_hex(SEED_HEX).unwrap().try_into().unwrap())
-        .verifying_key()
-        .to_bytes();
+    let public =
+        ed25519_dalek::SigningKey::from_bytes(&decode_hex(SEED_HEX).unwrap().try_into().unwrap())
+            .verifying_key()
+            .to_bytes();
     // An HS256 token "signed" with the Ed25519 public key, naming the Ed key.
     let mut h = access_header();
     h.kid = Some("ed1".into());
     let token = forge(&h, &claims(unix_now()), &public);
-    assert_eq!(t.verify_access(&token), Err(TokenError::AlgorithmNotAllowed));
+    assert_eq!(
+        t.verify_access(&token),
+        Err(TokenError::AlgorithmNotAllowed)
+    );
     // And the reverse: an EdDSA header on the HS256 key.
     let mut der = ED25519_PKCS8_PREFIX.to_vec();
     der.extend_from_slice(&decode_hex(SEED_HEX).unwrap());
     let mut h = Header::new(Algorithm::EdDSA);
     h.typ = Some("at+jwt".into());
     h.kid = Some("k1".into());
-    let token = jsonwebtoken::encode(&h, &claims(unix_now()), &EncodingKey::from_ed_der(&der)).unwrap();
-    assert_eq!(t.verify_access(&token), Err(TokenError::AlgorithmNotAllowed));
+    let token =
+        jsonwebtoken::encode(&h, &claims(unix_now()), &EncodingKey::from_ed_der(&der)).unwrap();
+    assert_eq!(
+        t.verify_access(&token),
+        Err(TokenError::AlgorithmNotAllowed)
+    );
 }
 
 #[test]
@@ -475,11 +487,16 @@ fn jwks_lists_only_public_ed25519_keys() {
     assert_eq!(keys[0]["kid"], "ed1");
     assert_eq!(keys[0]["kty"], "OKP");
     assert_eq!(keys[0]["crv"], "Ed25519");
-    assert!(!ring.jwks_json().contains(SECRET_HEX), "no HS256 secret is published");
+    assert!(
+        !ring.jwks_json().contains(SECRET_HEX),
+        "no HS256 secret is published"
+    );
     // A verify-only ring (public key alone) verifies but cannot sign.
     let public = keys[0]["x"].as_str().unwrap();
     use base64::Engine;
-    let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(public).unwrap();
+    let x = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(public)
+        .unwrap();
     let verify_only = KeyRing::parse(
         &format!(
             "signing_kid = \"k1\"\n[[keys]]\nkid = \"ed1\"\nalg = \"EdDSA\"\npublic_key_hex = \"{}\"\n\
@@ -491,12 +508,17 @@ fn jwks_lists_only_public_ed25519_keys() {
     .unwrap();
     let signer = Tokens::new(&cfg(eddsa_ring()));
     let m = signer.mint("alice", target(), None, None).unwrap();
-    assert!(Tokens::new(&cfg(verify_only)).verify_access(&m.access).is_ok());
+    assert!(Tokens::new(&cfg(verify_only))
+        .verify_access(&m.access)
+        .is_ok());
     let no_private = KeyRing::parse(
         &format!("signing_kid = \"ed1\"\n[[keys]]\nkid = \"ed1\"\nalg = \"EdDSA\"\npublic_key_hex = \"{}\"\n", hex(&x)),
         "test",
     );
-    assert!(no_private.unwrap_err().to_string().contains("needs its private key"));
+    assert!(no_private
+        .unwrap_err()
+        .to_string()
+        .contains("needs its private key"));
     let mismatch = KeyRing::parse(
         &format!(
             "signing_kid = \"ed1\"\n[[keys]]\nkid = \"ed1\"\nalg = \"EdDSA\"\nprivate_key_hex = \"{SEED_HEX}\"\npublic_key_hex = \"{}\"\n",
