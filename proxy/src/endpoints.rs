@@ -448,14 +448,16 @@ async fn refresh(state: &State, session: &mut Session) -> Result<()> {
     let mut refresh_id = None;
     if state.cfg.tokens.refresh_rotation {
         match rotate(state, &claims, &target).await {
-            Rotation::Issue { jti, iat, srv, rgn } => {
+            Rotation::Issue { jti, iat, srv } => {
                 if srv != target.id {
                     // A retry within the grace window: the successor issued
-                    // first stands, with the placement it was issued for.
-                    target = match view.registry.get(&srv) {
-                        Some(s) => s.summary(),
-                        None => summary(&srv, "", &rgn),
-                    };
+                    // first stands, with the placement it was issued for,
+                    // unless that server has died since (then this
+                    // placement; the token id, which rotation tracks, is
+                    // the same either way).
+                    if let Some(s) = view.registry.get(&srv).filter(|s| s.is_live()) {
+                        target = s.summary();
+                    }
                 }
                 refresh_id = Some((jti, iat));
             }
@@ -537,13 +539,8 @@ async fn discovery_post<T: serde::Serialize>(
 
 /// What the family store said about a refresh.
 enum Rotation {
-    /// Issue the refresh token with this id, `iat` and lock.
-    Issue {
-        jti: String,
-        iat: u64,
-        srv: String,
-        rgn: String,
-    },
+    /// Issue the refresh token with this id and `iat`, locked to `srv`.
+    Issue { jti: String, iat: u64, srv: String },
     /// The presented token was reused: the family is revoked.
     Reused,
     /// Discovery could not be asked and the policy is fail-closed.
@@ -591,9 +588,8 @@ async fn rotate(
         Some(RotateResponse {
             iat: Some(iat),
             srv: Some(srv),
-            rgn: Some(rgn),
             ..
-        }) => Rotation::Issue { jti, iat, srv, rgn },
+        }) => Rotation::Issue { jti, iat, srv },
         _ => match state.cfg.tokens.when_discovery_down {
             crate::config::DownPolicy::FailClosed => Rotation::Unavailable,
             crate::config::DownPolicy::FailOpen => Rotation::Untracked,
