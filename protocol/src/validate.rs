@@ -25,7 +25,15 @@ impl FieldError {
 /// unknown field, bad syntax) against the path of the field that failed
 /// (`serde_path_to_error` tracks it). Bodies that are not JSON at all are
 /// reported against the field `body`.
+/// Every body of the contract is a JSON object; anything else (an array,
+/// which serde would read as the fields in order, a string, a number) is
+/// refused as a whole.
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, FieldError> {
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => {}
+        None => return Err(FieldError::new("body", "is empty; a JSON object is expected")),
+        Some(_) => return Err(FieldError::new("body", "must be a JSON object")),
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let inner = e.inner();
@@ -101,6 +109,14 @@ fn token_like(field: &str, value: &str, max: usize, what: &str) -> Result<(), Fi
             format!("{value:?} contains {c:?}; a {what} is made of A-Z a-z 0-9 . _ -"),
         ));
     }
+    // "." and ".." would be path segments in URLs such as
+    // /v1/servers/{id}/drain.
+    if !value.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Err(FieldError::new(
+            field,
+            format!("{value:?}: a {what} starts with a letter or a digit"),
+        ));
+    }
     Ok(())
 }
 
@@ -123,6 +139,15 @@ pub fn server_url(field: &str, value: &str) -> Result<(), FieldError> {
                 value.len(),
                 crate::wire::MAX_URL_LEN
             ),
+        ));
+    }
+    // The URL parser quietly drops tabs and newlines and turns `\` into
+    // `/`; a stored URL must be exactly what was checked (it ends up in
+    // response headers), so such characters are refused outright.
+    if let Some(c) = value.chars().find(|c| c.is_whitespace() || c.is_control() || *c == '\\' || !c.is_ascii()) {
+        return Err(FieldError::new(
+            field,
+            format!("{value:?} contains {c:?}; a server URL is plain ASCII with no whitespace, control characters or backslashes (write international host names in punycode)"),
         ));
     }
     let url = url::Url::parse(value).map_err(|e| {

@@ -45,11 +45,13 @@ pub struct Ctx {
 }
 
 fn bearer(session: &Session) -> Result<&str, TokenError> {
-    let value = session
-        .req_header()
-        .headers
-        .get("authorization")
-        .ok_or(TokenError::Missing)?;
+    let mut all = session.req_header().headers.get_all("authorization").iter();
+    let value = all.next().ok_or(TokenError::Missing)?;
+    // Two Authorization headers: ambiguous, refused (a proxy in front and
+    // the app behind could each read a different one).
+    if all.next().is_some() {
+        return Err(TokenError::Malformed);
+    }
     let value = value.to_str().map_err(|_| TokenError::Malformed)?;
     let (scheme, token) = value.split_once(' ').ok_or(TokenError::Malformed)?;
     if !scheme.eq_ignore_ascii_case("bearer") {
