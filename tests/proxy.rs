@@ -897,13 +897,24 @@ async fn header_limits_forwarded_headers_and_slowloris() {
         .await
         .unwrap();
     assert_eq!(r.status(), 431);
-    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["error"], "request_header_fields_too_large");
-    assert_eq!(app.requests(), before, "nothing over the limits was forwarded");
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["error"],
+        "request_header_fields_too_large"
+    );
+    assert_eq!(
+        app.requests(),
+        before,
+        "nothing over the limits was forwarded"
+    );
 
     // A client cannot forge its address; a trusted peer's list is extended.
     for (proxy, want_xff, want_fwd) in [
         (&a, "127.0.0.1", "for=127.0.0.1;proto=http"),
-        (&trusting, "203.0.113.7, 127.0.0.1", "for=203.0.113.7, for=127.0.0.1;proto=http"),
+        (
+            &trusting,
+            "203.0.113.7, 127.0.0.1",
+            "for=203.0.113.7, for=127.0.0.1;proto=http",
+        ),
     ] {
         let l = login(&c.http, &proxy.url, "bob", None).await;
         let r = c
@@ -930,8 +941,13 @@ async fn header_limits_forwarded_headers_and_slowloris() {
     for _ in 0..500 {
         let addr = a.addr;
         drips.push(tokio::spawn(async move {
-            let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else { return };
-            if s.write_all(b"GET /x HTTP/1.1\r\nHost: x\r\n").await.is_err() {
+            let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+                return;
+            };
+            if s.write_all(b"GET /x HTTP/1.1\r\nHost: x\r\n")
+                .await
+                .is_err()
+            {
                 return;
             }
             for _ in 0..3 {
@@ -972,11 +988,23 @@ async fn eddsa_key_ring_with_jwks_and_cached_verification() {
     let a = c.proxy("eu-1", "eu").upstream(&app).start().await;
 
     let l = login(&c.http, &a.url, "alice", None).await;
-    assert_eq!(jsonwebtoken::decode_header(&l.access).unwrap().alg, jsonwebtoken::Algorithm::EdDSA);
+    assert_eq!(
+        jsonwebtoken::decode_header(&l.access).unwrap().alg,
+        jsonwebtoken::Algorithm::EdDSA
+    );
     for _ in 0..3 {
-        assert_eq!(get(&c.http, &format!("{}/x", a.url), Some(&l.access)).await.status(), 200);
+        assert_eq!(
+            get(&c.http, &format!("{}/x", a.url), Some(&l.access))
+                .await
+                .status(),
+            200
+        );
     }
-    let jwks: serde_json::Value = get(&c.http, &format!("{}/.well-known/jwks.json", a.url), None).await.json().await.unwrap();
+    let jwks: serde_json::Value = get(&c.http, &format!("{}/.well-known/jwks.json", a.url), None)
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(jwks["keys"][0]["kid"], "k1");
     assert_eq!(jwks["keys"][0]["kty"], "OKP");
     assert_eq!(jwks["keys"][0]["alg"], "EdDSA");

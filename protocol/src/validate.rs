@@ -31,7 +31,12 @@ impl FieldError {
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, FieldError> {
     match body.iter().find(|b| !b.is_ascii_whitespace()) {
         Some(b'{') => {}
-        None => return Err(FieldError::new("body", "is empty; a JSON object is expected")),
+        None => {
+            return Err(FieldError::new(
+                "body",
+                "is empty; a JSON object is expected",
+            ))
+        }
         Some(_) => return Err(FieldError::new("body", "must be a JSON object")),
     }
     let mut de = serde_json::Deserializer::from_slice(body);
@@ -144,7 +149,10 @@ pub fn server_url(field: &str, value: &str) -> Result<(), FieldError> {
     // The URL parser quietly drops tabs and newlines and turns `\` into
     // `/`; a stored URL must be exactly what was checked (it ends up in
     // response headers), so such characters are refused outright.
-    if let Some(c) = value.chars().find(|c| c.is_whitespace() || c.is_control() || *c == '\\' || !c.is_ascii()) {
+    if let Some(c) = value
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || *c == '\\' || !c.is_ascii())
+    {
         return Err(FieldError::new(
             field,
             format!("{value:?} contains {c:?}; a server URL is plain ASCII with no whitespace, control characters or backslashes (write international host names in punycode)"),
