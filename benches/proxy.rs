@@ -1,0 +1,166 @@
+//! Issue 3's bench, `cargo bench --bench proxy`: does the lock check cost
+//! anything on top of Pingora itself?
+//!
+//! Starts a trivial upstream (nginx `return 200`, one worker, or a tiny
+//! Rust server), a plain Pingora pass-through (no tether logic, one worker
+//! thread) and tether (`target/release/tether proxy`, one worker thread)
+//! with an HS256 token locked to itself; drives each with the same
+//! closed-loop load (wrk -t1 -c32, keep-alive) in interleaved rounds and
+//! prints requests/s, p50/p99, CPU per request and the ratio tether ÷
+//! plain Pingora (median of the rounds). Then counts heap allocations per
+//! proxied request in both (counting allocator, in-process). About a
+//! minute. Knobs: `TETHER_BENCH_ROUNDS` (3), `TETHER_BENCH_SECS` (5).
+//! JSON: `target/bench-proxy.json`. The method: docs/benchmarks.md.
+
+mod support;
+
+use std::path::Path;
+
+use support::*;
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn main() {
+    run_role_if_asked();
+    let rounds = knob("TETHER_BENCH_ROUNDS", 3);
+    let secs = knob("TETHER_BENCH_SECS", 5);
+    println!(
+        "tether proxy bench: {}; {rounds} rounds of {secs} s, {CONNECTIONS} connections",
+        machine()
+    );
+
+    let pin = Pinning::detect();
+    let dir = workdir();
+    let (up, up_addr, up_name) = start_upstream(&pin, dir.path());
+    println!("upstream: {up_name} at {up_addr}");
+    let direct = Target {
+        name: "direct to the upstream",
+        addr: up_addr,
+        proc: up,
+        bearer: false,
+    };
+    let pass = start_passthrough(&pin, dir.path(), up_addr, None).unwrap_or_else(|e| panic!("{e}"));
+    let (tether, config) =
+        start_tether(&pin, dir.path(), up_addr).unwrap_or_else(|e| panic!("{e}"));
+
+    // Before/after: `TETHER_BENCH_COMPARE=/path/to/old/tether` adds other
+    // builds as extra rows, interleaved with the rest.
+    let mut others = Vec::new();
+    for path in std::env::var("TETHER_BENCH_COMPARE")
+        .unwrap_or_default()
+        .split(',')
+        .filter(|p| !p.is_empty())
+    {
+        let name: &'static str = Box::leak(format!("tether build {path}").into_boxed_str());
+        let (t, _) = start_tether_binary(&pin, dir.path(), up_addr, Path::new(path), name)
+            .unwrap_or_else(|e| panic!("{e}"));
+        others.push(t);
+    }
+
+    let direct_run = measured(&direct, || closed_loop(&pin, &direct, None, secs));
+    println!("  {:<28} {:>9.0} req/s", direct.name, direct_run.load.rps);
+    let mut targets = vec![&pass, &tether];
+    targets.extend(others.iter());
+    let mut runs: Vec<Vec<Run>> = vec![Vec::new(); targets.len()];
+    for round in 1..=rounds {
+        for (i, t) in targets.iter().enumerate() {
+            let token = mint(&config);
+            let run = measured(t, || closed_loop(&pin, t, Some(&token), secs));
+            println!(
+                "  round {round}: {:<28} {:>9.0} req/s  p50 {:>8}  p99 {:>8}  {:.1} µs CPU/req{}",
+                t.name,
+                run.load.rps,
+                fmt_us(run.load.p50_us),
+                fmt_us(run.load.p99_us),
+                run.cpu_us_per_req,
+                errors_note(&run.load)
+            );
+            runs[i].push(run);
+        }
+    }
+
+    let med = |i: usize, f: &dyn Fn(&Run) -> f64| median(runs[i].iter().map(f).collect());
+    let rps = |i| med(i, &|r| r.load.rps);
+    let ratio = rps(1) / rps(0);
+    let cpu_ratio = med(1, &|r| r.cpu_us_per_req) / med(0, &|r| r.cpu_us_per_req);
+
+    // Allocations per proxied request, each in its own counted process
+    // (the measured ones above stay up, idle).
+    let pass_file = dir.path().join("pass.allocs");
+    let tether_file = dir.path().join("tether.allocs");
+    let counted_pass = start_passthrough(&pin, dir.path(), up_addr, Some(&pass_file))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (pass_allocs, _) = allocs_per_request(&pin, &counted_pass, None, &pass_file);
+    drop(counted_pass);
+    let counted_tether = start_tether_counted(&pin, dir.path(), up_addr, &tether_file);
+    let token = mint(&config);
+    let (tether_allocs, _) = allocs_per_request(&pin, &counted_tether, Some(&token), &tether_file);
+    drop(counted_tether);
+
+    println!();
+    println!("| path | req/s | p50 | p99 | CPU µs/req | allocs/req | ÷ plain Pingora |");
+    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| {} | {:.0} | {} | {} | {:.1} | - | - |",
+        direct.name,
+        direct_run.load.rps,
+        fmt_us(direct_run.load.p50_us),
+        fmt_us(direct_run.load.p99_us),
+        direct_run.cpu_us_per_req
+    );
+    let allocs = [pass_allocs, tether_allocs];
+    for (i, t) in targets.iter().enumerate() {
+        let allocs = allocs.get(i).map_or("-".to_owned(), |a| format!("{a:.1}"));
+        println!(
+            "| {} | {:.0} | {} | {} | {:.1} | {} | {:.3} |",
+            t.name,
+            rps(i),
+            fmt_us(med(i, &|r| r.load.p50_us)),
+            fmt_us(med(i, &|r| r.load.p99_us)),
+            med(i, &|r| r.cpu_us_per_req),
+            allocs,
+            rps(i) / rps(0)
+        );
+    }
+    println!();
+    println!(
+        "tether ÷ plain Pingora: throughput {ratio:.3} (target >= 0.95: {}), CPU per request {cpu_ratio:.3} (target <= 1.10: {})",
+        if ratio >= 0.95 { "met" } else { "MISSED" },
+        if cpu_ratio <= 1.10 { "met" } else { "MISSED" }
+    );
+    println!(
+        "allocations per proxied request: plain Pingora {pass_allocs:.1}, tether {tether_allocs:.1} (tether's own: {:.1})",
+        tether_allocs - pass_allocs
+    );
+
+    let json = serde_json::json!({
+        "bench": "proxy",
+        "machine": machine(),
+        "upstream": up_name,
+        "rounds": rounds,
+        "seconds": secs,
+        "connections": CONNECTIONS,
+        "direct": direct_run,
+        "plain_pingora": { "runs": runs[0], "median_rps": rps(0), "allocs_per_request": pass_allocs },
+        "tether_hs256": { "runs": runs[1], "median_rps": rps(1), "allocs_per_request": tether_allocs },
+        "compared": (2..targets.len())
+            .map(|i| serde_json::json!({ "name": targets[i].name, "runs": runs[i], "median_rps": rps(i) }))
+            .collect::<Vec<_>>(),
+        "ratio_tether_over_pingora": ratio,
+        "cpu_ratio_tether_over_pingora": cpu_ratio,
+    });
+    let path = target_dir().join("bench-proxy.json");
+    match std::fs::write(&path, serde_json::to_string_pretty(&json).expect("json")) {
+        Ok(()) => println!("JSON: {}", path.display()),
+        Err(e) => println!("cannot write {}: {e}", path.display()),
+    }
+}
+
+fn errors_note(l: &LoadResult) -> String {
+    if l.errors > 0 {
+        format!("  ({} ERRORS: not comparable)", l.errors)
+    } else {
+        String::new()
+    }
+}
