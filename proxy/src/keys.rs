@@ -47,6 +47,16 @@ impl TokenStore {
         self.current.load().verify_access(token)
     }
 
+    /// See [`Tokens::with_access`]: the allocation-free check for the
+    /// request path.
+    pub fn with_access<R>(
+        &self,
+        token: &str,
+        f: impl FnOnce(crate::tokens::AccessView<'_>) -> R,
+    ) -> Result<R, TokenError> {
+        self.current.load().with_access(token, f)
+    }
+
     pub fn verify_refresh(&self, token: &str) -> Result<RefreshClaims, TokenError> {
         self.current.load().verify_refresh(token)
     }

@@ -63,6 +63,8 @@ pub struct State {
     pub load: load::Load,
     pub prober: probe::Prober,
     pub hop_key: hop::HopKey,
+    /// This server's id as the `X-Tether-Server` value, built once.
+    pub server_header: http::HeaderValue,
     /// Derives rotated refresh-token ids; the same on every proxy.
     pub successor_key: [u8; 32],
     /// Calls to discovery (heartbeats, polls).
@@ -96,6 +98,10 @@ impl State {
             load: load::Load::default(),
             prober: probe::Prober::new(cfg.routing.probe_timeout),
             hop_key: hop::HopKey::derive(&cfg.discovery.cluster_token),
+            // Server ids are [A-Za-z0-9._-] (validated), always a valid
+            // header value.
+            server_header: http::HeaderValue::from_str(&cfg.server.id)
+                .unwrap_or_else(|_| http::HeaderValue::from_static("invalid")),
             successor_key: {
                 use sha2::Digest;
                 let mut h = sha2::Sha256::new();

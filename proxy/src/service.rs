@@ -34,12 +34,23 @@ enum Target {
     Foreign(SocketAddr),
 }
 
+/// The outcome of the token check and the lock decision.
+enum Decided {
+    /// Forward locally; the subject's header value.
+    Local(http::HeaderValue),
+    /// Locked to another live server.
+    Foreign(tether_protocol::wire::ServerSummary, Option<SocketAddr>),
+    Unavailable,
+    Revoked,
+    /// A subject that cannot be a header value.
+    BadSubject,
+}
+
 pub struct Ctx {
     target: Target,
     outcome: Outcome,
-    /// Verified subject and server, moved out of the claims.
-    subject: String,
-    server: String,
+    /// The verified subject, ready to be the `X-Tether-Subject` value.
+    subject: Option<http::HeaderValue>,
     upstream_started: Option<Instant>,
     in_flight: bool,
 }
@@ -187,8 +198,7 @@ impl ProxyHttp for TetherProxy {
         Ctx {
             target: Target::None,
             outcome: Outcome::Refused,
-            subject: String::new(),
-            server: String::new(),
+            subject: None,
             upstream_started: None,
             in_flight: false,
         }
@@ -225,8 +235,36 @@ impl ProxyHttp for TetherProxy {
             return Ok(false);
         }
 
-        let claims = match bearer(session).and_then(|t| state.tokens.verify_access(t)) {
-            Ok(c) => c,
+        // The lock decision, inside the token check: the claims stay
+        // borrowed from the token, so a valid HS256 request is verified
+        // and routed without a heap allocation (the one for the subject's
+        // header value is the forwarded identity itself).
+        let view = state.registry.load();
+        let me = state.cfg.server.id.as_str();
+        let decided = bearer(session).and_then(|t| {
+            state.tokens.with_access(t, |c| {
+                if view.registry.is_revoked(c.fam) {
+                    return Decided::Revoked;
+                }
+                match lock::decide(&view, me, c.srv, |id| state.prober.is_known_dead(id)) {
+                    Route::Local => match http::HeaderValue::from_str(c.sub) {
+                        Ok(v) => Decided::Local(v),
+                        Err(_) => Decided::BadSubject,
+                    },
+                    Route::Foreign(entry, addr) => Decided::Foreign(entry.summary(), addr),
+                    Route::Unavailable => Decided::Unavailable,
+                }
+            })
+        });
+        drop(view);
+        let decided = match decided {
+            Ok(Decided::Revoked) => Err(TokenError::Revoked),
+            Ok(Decided::BadSubject) => Err(TokenError::BadClaims),
+            Ok(d) => Ok(d),
+            Err(e) => Err(e),
+        };
+        let decided = match decided {
+            Ok(d) => d,
             Err(e) => {
                 state.metrics.token_invalid.inc();
                 ctx.outcome = Outcome::InvalidToken;
@@ -259,31 +297,18 @@ impl ProxyHttp for TetherProxy {
             hopped = true;
         }
 
-        let view = state.registry.load();
-        // A family revoked centrally (reuse detected, logout) loses its
-        // access tokens too. Free while nothing is revoked.
-        if view.registry.is_revoked(&claims.fam) {
-            drop(view);
-            state.metrics.token_invalid.inc();
-            ctx.outcome = Outcome::InvalidToken;
-            respond::invalid_token(session, TokenError::Revoked.detail()).await?;
-            return Ok(true);
-        }
-        match lock::decide(&view, &state.cfg.server.id, &claims.srv, |id| {
-            state.prober.is_known_dead(id)
-        }) {
-            Route::Local => {
-                drop(view);
+        match decided {
+            Decided::Local(subject) => {
                 let Some(target) = self.local_target(session, ctx).await? else {
                     return Ok(true);
                 };
                 ctx.target = target;
                 ctx.outcome = Outcome::Forwarded;
+                ctx.subject = Some(subject);
             }
-            Route::Foreign(entry, addr) => {
+            Decided::Foreign(locked, addr) => {
                 if hopped {
                     // Never a second hop: the sender thought we hold the lock.
-                    drop(view);
                     ctx.outcome = Outcome::Refused;
                     let body = ErrorBody::new("forward_loop")
                         .detail("this request was already forwarded once");
@@ -296,27 +321,23 @@ impl ProxyHttp for TetherProxy {
                         ctx.outcome = Outcome::ForwardedForeign;
                     }
                     _ => {
+                        let url = locked.url.clone();
                         let body = ErrorBody {
-                            locked_server: Some(entry.summary()),
+                            locked_server: Some(locked),
                             ..ErrorBody::new("wrong_server")
                         };
-                        let url = entry.url.clone();
-                        drop(view);
                         ctx.outcome = Outcome::RelockHint;
                         respond::error(session, 421, &body, &[(h::RELOCK, &url)]).await?;
                         return Ok(true);
                     }
                 }
             }
-            Route::Unavailable => {
-                drop(view);
+            Decided::Unavailable | Decided::Revoked | Decided::BadSubject => {
                 ctx.outcome = Outcome::ServerUnavailable;
                 respond::server_unavailable(session).await?;
                 return Ok(true);
             }
         }
-        ctx.subject = claims.sub;
-        ctx.server = claims.srv;
         Ok(false)
     }
 
@@ -357,8 +378,11 @@ impl ProxyHttp for TetherProxy {
         set_forwarded(session, upstream, &self.state.cfg.routing.trusted_proxies)?;
         match ctx.target {
             Target::Local(_) if ctx.outcome == Outcome::Forwarded => {
-                upstream.insert_header(h::SUBJECT, ctx.subject.as_str())?;
-                upstream.insert_header(h::SERVER, ctx.server.as_str())?;
+                if let Some(subject) = ctx.subject.take() {
+                    upstream.insert_header(h::SUBJECT, subject)?;
+                }
+                // Local forwards are locked to this server by definition.
+                upstream.insert_header(h::SERVER, self.state.server_header.clone())?;
             }
             Target::Foreign(_) => {
                 let req = session.req_header();

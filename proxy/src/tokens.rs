@@ -417,17 +417,56 @@ impl Tokens {
     /// here, so no token can ever name an address.
     pub fn verify_access(&self, token: &str) -> Result<AccessClaims, TokenError> {
         let now = unix_now();
-        let claims = match self.fast_access(token, now) {
+        let claims = match self.fast_access_with(token, now, &mut |c| c.owned()) {
             Some(c) => c,
-            None => match &self.verified {
-                Some(cache) => self.verify_cached(cache, token, now)?,
-                None => self.verify(token, typ::ACCESS, &self.access_validation)?,
-            },
+            None => self.verify_access_slow(token, now)?,
         };
         if tether_protocol::validate::server_id("srv", &claims.srv).is_err() {
             return Err(TokenError::BadClaims);
         }
         Ok(claims)
+    }
+
+    /// The same checks as [`Tokens::verify_access`], handing `f` the claims
+    /// the request path needs, borrowed: a valid HS256 token is checked
+    /// and read without a single heap allocation (the fast path decodes
+    /// into stack buffers); other tokens take the general path and are
+    /// borrowed from its result.
+    pub fn with_access<R>(
+        &self,
+        token: &str,
+        f: impl FnOnce(AccessView<'_>) -> R,
+    ) -> Result<R, TokenError> {
+        let now = unix_now();
+        let mut f = Some(f);
+        let mut run = |c: &AccessClaimsRef<'_>| -> Result<R, TokenError> {
+            if tether_protocol::validate::server_id("srv", c.srv).is_err() {
+                return Err(TokenError::BadClaims);
+            }
+            // `run` is called at most once: by the fast path when it
+            // accepts, else once after the general path.
+            match f.take() {
+                Some(f) => Ok(f(AccessView {
+                    sub: c.sub,
+                    srv: c.srv,
+                    fam: c.fam,
+                })),
+                None => Err(TokenError::BadClaims),
+            }
+        };
+        if let Some(r) = self.fast_access_with(token, now, &mut run) {
+            return r;
+        }
+        let claims = self.verify_access_slow(token, now)?;
+        run(&AccessClaimsRef::of(&claims))
+    }
+
+    /// The cached (EdDSA) or general `jsonwebtoken` path.
+    fn verify_access_slow(&self, token: &str, now: u64) -> Result<AccessClaims, TokenError> {
+        match &self.verified {
+            Some(cache) => self.verify_cached(cache, token, now),
+            None => self.verify(token, typ::ACCESS, &self.access_validation),
+        }
     }
 
     /// The cache in front of the full check. A hit re-checks the times.
@@ -496,7 +535,12 @@ impl Tokens {
     /// `None`, and `verify_access` then runs the general `jsonwebtoken`
     /// path, which gives the precise error. So a token passes here only if
     /// it passes there, with the same claims (the tests check that).
-    fn fast_access(&self, token: &str, now: u64) -> Option<AccessClaims> {
+    fn fast_access_with<R>(
+        &self,
+        token: &str,
+        now: u64,
+        accept: &mut dyn FnMut(&AccessClaimsRef<'_>) -> R,
+    ) -> Option<R> {
         const B64: base64::engine::GeneralPurpose =
             base64::engine::general_purpose::URL_SAFE_NO_PAD;
         if token.len() > MAX_TOKEN_LEN {
@@ -536,7 +580,7 @@ impl Tokens {
         if c.iss != self.issuer || c.aud != self.audience {
             return None;
         }
-        Some(c.owned())
+        Some(accept(&c))
     }
 
     fn verify<T: serde::de::DeserializeOwned>(
@@ -669,6 +713,32 @@ struct AccessClaimsRef<'a> {
     #[serde(default)]
     home: Option<&'a str>,
     fam: &'a str,
+}
+
+/// What the request path reads from a verified access token.
+#[derive(Debug, Clone, Copy)]
+pub struct AccessView<'a> {
+    pub sub: &'a str,
+    pub srv: &'a str,
+    pub fam: &'a str,
+}
+
+impl<'a> AccessClaimsRef<'a> {
+    fn of(c: &'a AccessClaims) -> AccessClaimsRef<'a> {
+        AccessClaimsRef {
+            iss: &c.iss,
+            aud: &c.aud,
+            sub: &c.sub,
+            iat: c.iat,
+            nbf: c.nbf,
+            exp: c.exp,
+            jti: &c.jti,
+            srv: &c.srv,
+            rgn: &c.rgn,
+            home: c.home.as_deref(),
+            fam: &c.fam,
+        }
+    }
 }
 
 impl AccessClaimsRef<'_> {

@@ -21,11 +21,14 @@ pub fn build(cfg: &UpstreamConfig) -> std::io::Result<LoadBalancer<RoundRobin>> 
     req.insert_header("user-agent", "tether-health-check")
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     hc.req = req;
-    let probe_timeout = cfg.health_interval.min(cfg.connect_timeout);
-    hc.peer_template.options.connection_timeout = Some(probe_timeout);
-    hc.peer_template.options.read_timeout = Some(cfg.health_interval.max(probe_timeout));
+    // A slow answer on a busy machine is not a dead upstream: generous
+    // timeouts, and two failures in a row before one is taken out (one
+    // success puts it back).
+    hc.peer_template.options.connection_timeout = Some(cfg.connect_timeout);
+    hc.peer_template.options.read_timeout =
+        Some(cfg.health_interval.max(std::time::Duration::from_secs(1)));
     hc.consecutive_success = 1;
-    hc.consecutive_failure = 1;
+    hc.consecutive_failure = 2;
     lb.set_health_check(Box::new(hc));
     lb.health_check_frequency = Some(cfg.health_interval);
     lb.parallel_health_check = true;
