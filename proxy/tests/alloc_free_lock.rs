@@ -1,0 +1,136 @@
+//! The lock decision allocates nothing: checking a valid HS256 access
+//! token and deciding where its request goes (registry lookup included)
+//! makes no heap allocation. Counted with a counting global allocator in
+//! this test binary (one test, so no other thread allocates meanwhile).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tether_protocol::registry::Registry;
+use tether_protocol::wire::{ServerEntry, Snapshot};
+use tether_proxy::config::{DownPolicy, TokenConfig};
+use tether_proxy::lock::{self, Route};
+use tether_proxy::sync::RegistryView;
+use tether_proxy::tokens::{KeyRing, LockTarget, Tokens};
+
+struct Counting;
+
+static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn entry(id: &str, region: &str) -> ServerEntry {
+    ServerEntry {
+        id: id.into(),
+        region: region.into(),
+        url: format!("http://127.0.0.1:1/{id}"),
+        load: 0.0,
+        healthy: true,
+        draining: false,
+        last_seen_ms: 0,
+    }
+}
+
+#[test]
+fn valid_hs256_token_check_and_lock_decision_allocate_nothing() {
+    let ring = KeyRing::parse(
+        &format!(
+            "signing_kid = \"k1\"\n[[keys]]\nkid = \"k1\"\nalg = \"HS256\"\nsecret_hex = \"{}\"\n",
+            "ab".repeat(32)
+        ),
+        "test",
+    )
+    .unwrap();
+    let tokens = Tokens::new(&TokenConfig {
+        issuer: "tether".into(),
+        audience: "app".into(),
+        access_ttl: Duration::from_secs(120),
+        refresh_ttl: Duration::from_secs(7 * 86400),
+        leeway: Duration::from_secs(5),
+        keyring_path: "test".into(),
+        keyring: ring,
+        refresh_rotation: true,
+        when_discovery_down: DownPolicy::FailClosed,
+        verified_cache_entries: 0,
+    });
+    let view = RegistryView {
+        registry: Registry::new(Snapshot {
+            version: 1,
+            servers: (0..1000)
+                .map(|i| entry(&format!("srv-{i}"), "eu"))
+                .collect(),
+            revoked_families: vec!["some-other-family".into()],
+        }),
+        peers: Default::default(),
+    };
+    let local = tokens
+        .mint(
+            "alice",
+            LockTarget {
+                server_id: "eu-1",
+                region: "eu",
+            },
+            None,
+            None,
+        )
+        .unwrap()
+        .access;
+    let foreign = tokens
+        .mint(
+            "bob",
+            LockTarget {
+                server_id: "srv-7",
+                region: "eu",
+            },
+            None,
+            None,
+        )
+        .unwrap()
+        .access;
+
+    let decide = |token: &str| {
+        tokens
+            .with_access(token, |c| {
+                if view.registry.is_revoked(c.fam) {
+                    return 0;
+                }
+                match lock::decide(&view, "eu-1", c.srv, |_| false) {
+                    Route::Local => 1,
+                    Route::Foreign(..) => 2,
+                    Route::Unavailable => 3,
+                }
+            })
+            .unwrap()
+    };
+    // Warm up (lazy statics, first-use tables).
+    assert_eq!(decide(&local), 1);
+    assert_eq!(decide(&foreign), 2);
+
+    let before = ALLOCS.load(Ordering::Relaxed);
+    let mut routes = 0;
+    for _ in 0..1000 {
+        routes += decide(&local) + decide(&foreign);
+    }
+    let allocs = ALLOCS.load(Ordering::Relaxed) - before;
+    assert_eq!(routes, 3000);
+    assert_eq!(
+        allocs, 0,
+        "heap allocations in 2,000 token checks and lock decisions"
+    );
+}
