@@ -1,17 +1,21 @@
 //! Micro-benchmarks (criterion), `cargo bench --bench micro`: the pieces of
 //! the request path and of the registry sync, in isolation.
 //!
-//! - token verification, HS256: the fast path (a plain valid token), the
-//!   general `jsonwebtoken` path (a valid token the fast path declines),
-//!   and a bad signature (the 401 path);
+//! - token verification, HS256: the fast path (a plain valid token, owned
+//!   claims and, as the request path takes them, borrowed), the general
+//!   `jsonwebtoken` path (a valid token the fast path declines), and a bad
+//!   signature (the 401 path);
+//! - token verification, EdDSA (Ed25519), as the request path calls it
+//!   (`with_access`, borrowed claims): a hit in the verified-token cache,
+//!   and with the cache off (`verified_cache_entries = 0`: the signature
+//!   checked every time);
 //! - the re-placement policy (`placement::place`) with 10 / 1,000 / 10,000
 //!   servers;
 //! - snapshot validation (`check_snapshot` + `Registry::new`) and an
 //!   `ArcSwap` swap while another thread keeps reading;
 //! - header sanitising (the strip loop of `service.rs`).
 //!
-//! Then prints heap allocations per call (counting allocator). About 40 s.
-//! EdDSA verification (cached / uncached) is not yet implemented.
+//! Then prints heap allocations per call (counting allocator). About 45 s.
 
 mod support;
 
@@ -23,6 +27,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use criterion::{BatchSize, BenchmarkId, Criterion};
 use pingora_http::{RequestHeader, ResponseHeader};
+use support::Keys;
 use tether_protocol::placement::{self, Hysteresis, Request};
 use tether_protocol::registry::{check_snapshot, Registry};
 use tether_protocol::wire::{ServerEntry, Snapshot};
@@ -36,10 +41,24 @@ const REGIONS: [&str; 5] = ["eu", "us", "ap", "sa", "af"];
 /// Tokens from the same proxy config the proxy benches write (built by
 /// the config loader, so this keeps up with the config's fields).
 fn tokens() -> Tokens {
+    tokens_with(Keys::Hs256).0
+}
+
+/// Tokens verifying with `keys`, and a `Tokens` with the same key ring but
+/// the verified-token cache off.
+fn tokens_with(keys: Keys) -> (Tokens, Tokens) {
     let dir = support::workdir();
-    let path = support::write_tether_config(dir.path(), 1, support::addr(2));
-    let cfg = tether_proxy::config::load(&path).expect("bench proxy config");
-    Tokens::new(&cfg.tokens)
+    let path = support::write_tether_config_with(dir.path(), 1, support::addr(2), keys);
+    let mut cfg = tether_proxy::config::load(&path).expect("bench proxy config");
+    let t = Tokens::new(&cfg.tokens);
+    cfg.tokens.verified_cache_entries = 0;
+    (t, Tokens::new(&cfg.tokens))
+}
+
+/// What the request path does with a token: check it and read `srv`
+/// borrowed (`TokenStore::with_access` calls this).
+fn check(t: &Tokens, token: &str) -> Option<usize> {
+    t.with_access(token, |c| c.srv.len()).ok()
 }
 
 fn mint(t: &Tokens, sub: &str) -> String {
@@ -115,11 +134,32 @@ fn bench_tokens(c: &mut Criterion) {
     g.bench_function("fast path (plain valid token)", |b| {
         b.iter(|| t.verify_access(black_box(&plain)))
     });
+    g.bench_function(
+        "fast path, with_access (request path, borrowed claims)",
+        |b| b.iter(|| check(&t, black_box(&plain))),
+    );
     g.bench_function("general jsonwebtoken path", |b| {
         b.iter(|| t.verify_access(black_box(&general)))
     });
     g.bench_function("bad signature (401)", |b| {
         b.iter(|| t.verify_access(black_box(&bad)))
+    });
+    g.finish();
+}
+
+fn bench_tokens_eddsa(c: &mut Criterion) {
+    let (cached, uncached) = tokens_with(Keys::EdDsaCached);
+    let token = mint(&cached, "alice");
+    // The first check fills the cache; every later one is a hit.
+    assert!(check(&cached, &token).is_some() && check(&uncached, &token).is_some());
+    assert_eq!((cached.cached_tokens(), uncached.cached_tokens()), (1, 0));
+
+    let mut g = c.benchmark_group("verify_access EdDSA");
+    g.bench_function("cached (hit), with_access (request path)", |b| {
+        b.iter(|| check(&cached, black_box(&token)))
+    });
+    g.bench_function("uncached (verified_cache_entries = 0), with_access", |b| {
+        b.iter(|| check(&uncached, black_box(&token)))
     });
     g.finish();
 }
@@ -269,8 +309,27 @@ fn allocations() {
         count(10_000, || t.verify_access(&plain))
     );
     println!(
+        "  with_access, fast path:         {:.1} (the request path: claims borrowed)",
+        count(10_000, || check(&t, &plain))
+    );
+    println!(
         "  verify_access, general path:    {:.1}",
         count(10_000, || t.verify_access(&general))
+    );
+    let (ed_cached, ed_uncached) = tokens_with(Keys::EdDsaCached);
+    let ed = mint(&ed_cached, "alice");
+    check(&ed_cached, &ed);
+    println!(
+        "  with_access, EdDSA cache hit:   {:.1}",
+        count(10_000, || check(&ed_cached, &ed))
+    );
+    println!(
+        "  verify_access, EdDSA cached:    {:.1} (a copy of the cached claims)",
+        count(10_000, || ed_cached.verify_access(&ed))
+    );
+    println!(
+        "  with_access, EdDSA uncached:    {:.1}",
+        count(1_000, || check(&ed_uncached, &ed))
     );
     println!(
         "  strip request headers (clean):  {:.1}",
@@ -287,7 +346,6 @@ fn allocations() {
         )
         .map(|d| d.changed))
     );
-    println!("EdDSA verification (cached / uncached): not yet implemented");
 }
 
 fn main() {
@@ -296,6 +354,7 @@ fn main() {
         .measurement_time(Duration::from_secs(2))
         .configure_from_args();
     bench_tokens(&mut c);
+    bench_tokens_eddsa(&mut c);
     bench_placement(&mut c);
     bench_snapshot(&mut c);
     bench_headers(&mut c);

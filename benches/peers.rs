@@ -4,9 +4,13 @@
 //! server) and, each pinned alone to core 1 with one worker thread and
 //! upstream keep-alive: direct to the upstream (the ceiling), a plain
 //! Pingora pass-through, tether with an HS256 token locked to itself,
+//! tether with an EdDSA (Ed25519) key ring and token, once with the
+//! verified-token cache and once without (`verified_cache_entries = 0`),
 //! nginx `proxy_pass` (checks nothing), and HAProxy doing tether's work
 //! (`jwt_verify` on the same HS256 token, `exp` checked, routing on the
 //! `srv` claim). A peer whose binary is missing is skipped with a message.
+//! Each tether gets a fresh token from its own key ring before each run;
+//! the other targets get the HS256 one.
 //!
 //! Phase 1, closed loop (wrk -t1 -c32 on core 0, keep-alive): throughput,
 //! p50/p99, CPU µs per request (utime+stime of the target's processes from
@@ -14,7 +18,8 @@
 //! target's own median maximum with coordinated-omission correction (the
 //! bench's own paced generator, same 32 connections): p50/p99/p99.9.
 //! Peak RSS (VmHWM) at the end. Medians of the rounds, ratios against
-//! nginx, HAProxy and plain Pingora. About three minutes; knobs
+//! nginx, HAProxy and plain Pingora, and EdDSA ÷ HS256 (the median and
+//! each round's). About four minutes; knobs
 //! `TETHER_BENCH_ROUNDS` (3), `TETHER_BENCH_SECS` (5, closed),
 //! `TETHER_BENCH_OPEN_SECS` (4). JSON: `target/bench-peers.json`.
 
@@ -61,17 +66,18 @@ fn main() {
         addr: up_addr,
         proc: up,
         bearer: false,
+        config: None,
     }];
     let ok = |r: Result<Target, String>| r.unwrap_or_else(|e| panic!("{e}"));
     targets.push(ok(start_passthrough(&pin, dir.path(), up_addr, None)));
+    // `config`: the HS256 tether's, whose tokens the non-tether targets get.
     let (tether, config) =
         start_tether(&pin, dir.path(), up_addr).unwrap_or_else(|e| panic!("{e}"));
     targets.push(tether);
-    for name in [
-        "tether, EdDSA token (cached verification)",
-        "tether, EdDSA token (cache disabled)",
-    ] {
-        println!("SKIP {name}: not yet implemented (EdDSA keys are not supported yet)");
+    for keys in [Keys::EdDsaCached, Keys::EdDsaUncached] {
+        let (t, _) =
+            start_tether_with(&pin, dir.path(), up_addr, keys).unwrap_or_else(|e| panic!("{e}"));
+        targets.push(t);
     }
     match start_nginx_proxy(&pin, dir.path(), up_addr) {
         Ok(Some(t)) => targets.push(t),
@@ -88,7 +94,7 @@ fn main() {
     let mut closed: Vec<Vec<Run>> = vec![Vec::new(); targets.len()];
     for round in 1..=rounds {
         for (i, t) in targets.iter().enumerate() {
-            let token = mint(&config);
+            let token = t.token(&config);
             let run = measured(t, || closed_loop(&pin, t, Some(&token), secs));
             println!(
                 "  closed {round}: {:<36} {:>9.0} req/s  p50 {:>8}  p99 {:>8}  {:>5.1} µs CPU/req{}",
@@ -111,7 +117,7 @@ fn main() {
     let mut open: Vec<Vec<Run>> = vec![Vec::new(); targets.len()];
     for round in 1..=rounds {
         for (i, t) in targets.iter().enumerate() {
-            let token = mint(&config);
+            let token = t.token(&config);
             let rate = max_rps[i] * 0.5;
             let run = measured(t, || open_loop(&pin, t, Some(&token), rate, open_secs));
             println!(
@@ -194,15 +200,15 @@ fn main() {
             }
         );
     }
-    println!(
-        "| tether, EdDSA token (cached / uncached) | not yet implemented | | | | | | | | | | | |"
-    );
     println!();
 
     // The targets, from the medians.
-    let get = |prefix: &str| rows.iter().find(|r| r.name.starts_with(prefix));
-    if let (Some(t), Some(p)) = (get("tether"), get("plain Pingora")) {
+    let get = |name: &str| rows.iter().find(|r| r.name == name);
+    let hs256 = get(Keys::Hs256.row());
+    let mut tether_over_pingora = None;
+    if let (Some(t), Some(p)) = (hs256, get("plain Pingora pass-through")) {
         let tp = t.rps / p.rps;
+        tether_over_pingora = Some(tp);
         let cpu = t.cpu_us_per_req / p.cpu_us_per_req;
         println!(
             "must: tether >= 0.95x plain Pingora: {tp:.2} -> {}",
@@ -212,7 +218,7 @@ fn main() {
             "must: CPU/request within 10% of plain Pingora: {cpu:.2} -> {}",
             verdict(cpu <= 1.10)
         );
-        if let Some(h) = get("HAProxy") {
+        if let Some(h) = get("HAProxy + jwt_verify + srv routing") {
             let th = t.rps / h.rps;
             println!(
                 "peer: tether >= 1.0x HAProxy+JWT: {th:.2} -> {}",
@@ -229,14 +235,36 @@ fn main() {
                 verdict(th >= 1.1)
             );
         }
-        if let Some(n) = get("nginx") {
+        if let Some(n) = get("nginx proxy_pass") {
             let tn = t.rps / n.rps;
             println!(
                 "moonshot: tether >= 1.1x nginx proxy_pass: {tn:.2} -> {}",
                 verdict(tn >= 1.1)
             );
         }
-        println!("must: EdDSA with cache >= 0.95x HS256: not yet implemented");
+    }
+    // EdDSA ÷ HS256, closed loop: the medians' ratio, and each round's own
+    // (the rounds are interleaved, so a round's pair ran under about the
+    // same machine load).
+    let over_hs256 = |keys: Keys| Some(Ratio::of(get(keys.row())?, hs256?));
+    let cached = over_hs256(Keys::EdDsaCached);
+    let uncached = over_hs256(Keys::EdDsaUncached);
+    if let Some(r) = &cached {
+        println!(
+            "must: EdDSA with cache >= 0.95x HS256: {:.2} (rounds {}; CPU/request {:.2}x) -> {}",
+            r.rps,
+            r.rounds(),
+            r.cpu_per_request,
+            verdict(r.rps >= 0.95)
+        );
+    }
+    if let Some(r) = &uncached {
+        println!(
+            "info: EdDSA without cache ÷ HS256: {:.2} (rounds {}; CPU/request {:.2}x)",
+            r.rps,
+            r.rounds(),
+            r.cpu_per_request
+        );
     }
 
     let json = serde_json::json!({
@@ -248,12 +276,47 @@ fn main() {
         "open_seconds": open_secs,
         "connections": CONNECTIONS,
         "rows": rows,
-        "not_yet_implemented": ["tether, EdDSA token (cached verification)", "tether, EdDSA token (cache disabled)"],
+        "ratios": {
+            "tether_hs256_over_pingora": tether_over_pingora,
+            "eddsa_cached_over_hs256": cached,
+            "eddsa_uncached_over_hs256": uncached,
+        },
     });
     let path = target_dir().join("bench-peers.json");
     match std::fs::write(&path, serde_json::to_string_pretty(&json).expect("json")) {
         Ok(()) => println!("JSON: {}", path.display()),
         Err(e) => println!("cannot write {}: {e}", path.display()),
+    }
+}
+
+/// One tether row against another, closed loop.
+#[derive(serde::Serialize)]
+struct Ratio {
+    /// Median requests/s ÷ median requests/s.
+    rps: f64,
+    /// Median CPU per request ÷ median CPU per request.
+    cpu_per_request: f64,
+    /// Requests/s ÷ requests/s of the same round.
+    per_round: Vec<f64>,
+}
+
+impl Ratio {
+    fn of(a: &Row, b: &Row) -> Ratio {
+        Ratio {
+            rps: a.rps / b.rps,
+            cpu_per_request: a.cpu_us_per_req / b.cpu_us_per_req,
+            per_round: a
+                .closed
+                .iter()
+                .zip(&b.closed)
+                .map(|(x, y)| x.load.rps / y.load.rps)
+                .collect(),
+        }
+    }
+
+    fn rounds(&self) -> String {
+        let r: Vec<String> = self.per_round.iter().map(|x| format!("{x:.2}")).collect();
+        r.join(", ")
     }
 }
 

@@ -4,12 +4,14 @@
 //! Starts a trivial upstream (nginx `return 200`, one worker, or a tiny
 //! Rust server), a plain Pingora pass-through (no tether logic, one worker
 //! thread) and tether (`target/release/tether proxy`, one worker thread)
-//! with an HS256 token locked to itself; drives each with the same
-//! closed-loop load (wrk -t1 -c32, keep-alive) in interleaved rounds and
-//! prints requests/s, p50/p99, CPU per request and the ratio tether ÷
-//! plain Pingora (median of the rounds). Then counts heap allocations per
-//! proxied request in both (counting allocator, in-process). About a
-//! minute. Knobs: `TETHER_BENCH_ROUNDS` (3), `TETHER_BENCH_SECS` (5).
+//! with an HS256 token locked to itself, plus two tethers with an EdDSA
+//! (Ed25519) key ring and token, with and without the verified-token
+//! cache; drives each with the same closed-loop load (wrk -t1 -c32,
+//! keep-alive) in interleaved rounds and prints requests/s, p50/p99, CPU
+//! per request and the ratios tether ÷ plain Pingora and EdDSA ÷ HS256
+//! (medians of the rounds). Then counts heap allocations per proxied
+//! request in each (counting allocator, in-process). About a minute and a
+//! half. Knobs: `TETHER_BENCH_ROUNDS` (3), `TETHER_BENCH_SECS` (5).
 //! JSON: `target/bench-proxy.json`. The method: docs/benchmarks.md.
 
 mod support;
@@ -39,10 +41,18 @@ fn main() {
         addr: up_addr,
         proc: up,
         bearer: false,
+        config: None,
     };
     let pass = start_passthrough(&pin, dir.path(), up_addr, None).unwrap_or_else(|e| panic!("{e}"));
+    // `config`: the HS256 tether's, whose tokens the pass-through gets.
     let (tether, config) =
         start_tether(&pin, dir.path(), up_addr).unwrap_or_else(|e| panic!("{e}"));
+    let start = |keys| {
+        start_tether_with(&pin, dir.path(), up_addr, keys)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .0
+    };
+    let (eddsa_cached, eddsa_uncached) = (start(Keys::EdDsaCached), start(Keys::EdDsaUncached));
 
     // Before/after: `TETHER_BENCH_COMPARE=/path/to/old/tether` adds other
     // builds as extra rows, interleaved with the rest.
@@ -53,22 +63,31 @@ fn main() {
         .filter(|p| !p.is_empty())
     {
         let name: &'static str = Box::leak(format!("tether build {path}").into_boxed_str());
-        let (t, _) = start_tether_binary(&pin, dir.path(), up_addr, Path::new(path), name)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let (t, _) = start_tether_binary(
+            &pin,
+            dir.path(),
+            up_addr,
+            Path::new(path),
+            Keys::Hs256,
+            name,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         others.push(t);
     }
 
     let direct_run = measured(&direct, || closed_loop(&pin, &direct, None, secs));
-    println!("  {:<28} {:>9.0} req/s", direct.name, direct_run.load.rps);
-    let mut targets = vec![&pass, &tether];
+    println!("  {:<30} {:>9.0} req/s", direct.name, direct_run.load.rps);
+    // Indexes 0-3 are fixed (the ratios and the JSON name them); the
+    // compared builds follow.
+    let mut targets = vec![&pass, &tether, &eddsa_cached, &eddsa_uncached];
     targets.extend(others.iter());
     let mut runs: Vec<Vec<Run>> = vec![Vec::new(); targets.len()];
     for round in 1..=rounds {
         for (i, t) in targets.iter().enumerate() {
-            let token = mint(&config);
+            let token = t.token(&config);
             let run = measured(t, || closed_loop(&pin, t, Some(&token), secs));
             println!(
-                "  round {round}: {:<28} {:>9.0} req/s  p50 {:>8}  p99 {:>8}  {:.1} µs CPU/req{}",
+                "  round {round}: {:<30} {:>9.0} req/s  p50 {:>8}  p99 {:>8}  {:.1} µs CPU/req{}",
                 t.name,
                 run.load.rps,
                 fmt_us(run.load.p50_us),
@@ -82,21 +101,28 @@ fn main() {
 
     let med = |i: usize, f: &dyn Fn(&Run) -> f64| median(runs[i].iter().map(f).collect());
     let rps = |i| med(i, &|r| r.load.rps);
+    let cpu = |i| med(i, &|r| r.cpu_us_per_req);
     let ratio = rps(1) / rps(0);
-    let cpu_ratio = med(1, &|r| r.cpu_us_per_req) / med(0, &|r| r.cpu_us_per_req);
+    let cpu_ratio = cpu(1) / cpu(0);
+    let eddsa_ratio = rps(2) / rps(1);
+    let eddsa_cpu_ratio = cpu(2) / cpu(1);
+    let eddsa_uncached_ratio = rps(3) / rps(1);
 
     // Allocations per proxied request, each in its own counted process
     // (the measured ones above stay up, idle).
     let pass_file = dir.path().join("pass.allocs");
-    let tether_file = dir.path().join("tether.allocs");
     let counted_pass = start_passthrough(&pin, dir.path(), up_addr, Some(&pass_file))
         .unwrap_or_else(|e| panic!("{e}"));
     let (pass_allocs, _) = allocs_per_request(&pin, &counted_pass, None, &pass_file);
     drop(counted_pass);
-    let counted_tether = start_tether_counted(&pin, dir.path(), up_addr, &tether_file);
-    let token = mint(&config);
-    let (tether_allocs, _) = allocs_per_request(&pin, &counted_tether, Some(&token), &tether_file);
-    drop(counted_tether);
+    let mut allocs = vec![pass_allocs];
+    for keys in [Keys::Hs256, Keys::EdDsaCached, Keys::EdDsaUncached] {
+        let file = dir.path().join(format!("tether-{keys:?}.allocs"));
+        let counted = start_tether_counted(&pin, dir.path(), up_addr, &file, keys);
+        let token = counted.token(&config);
+        allocs.push(allocs_per_request(&pin, &counted, Some(&token), &file).0);
+    }
+    let tether_allocs = allocs[1];
 
     println!();
     println!("| path | req/s | p50 | p99 | CPU µs/req | allocs/req | ÷ plain Pingora |");
@@ -109,7 +135,6 @@ fn main() {
         fmt_us(direct_run.load.p99_us),
         direct_run.cpu_us_per_req
     );
-    let allocs = [pass_allocs, tether_allocs];
     for (i, t) in targets.iter().enumerate() {
         let allocs = allocs.get(i).map_or("-".to_owned(), |a| format!("{a:.1}"));
         println!(
@@ -130,8 +155,14 @@ fn main() {
         if cpu_ratio <= 1.10 { "met" } else { "MISSED" }
     );
     println!(
-        "allocations per proxied request: plain Pingora {pass_allocs:.1}, tether {tether_allocs:.1} (tether's own: {:.1})",
-        tether_allocs - pass_allocs
+        "EdDSA ÷ HS256: with the cache {eddsa_ratio:.3} (target >= 0.95: {}), CPU per request {eddsa_cpu_ratio:.3}; without the cache {eddsa_uncached_ratio:.3}",
+        if eddsa_ratio >= 0.95 { "met" } else { "MISSED" }
+    );
+    println!(
+        "allocations per proxied request: plain Pingora {pass_allocs:.1}, tether {tether_allocs:.1} (tether's own: {:.1}); EdDSA cached {:.1}, uncached {:.1}",
+        tether_allocs - pass_allocs,
+        allocs[2],
+        allocs[3]
     );
 
     let json = serde_json::json!({
@@ -144,11 +175,16 @@ fn main() {
         "direct": direct_run,
         "plain_pingora": { "runs": runs[0], "median_rps": rps(0), "allocs_per_request": pass_allocs },
         "tether_hs256": { "runs": runs[1], "median_rps": rps(1), "allocs_per_request": tether_allocs },
-        "compared": (2..targets.len())
+        "tether_eddsa_cached": { "runs": runs[2], "median_rps": rps(2), "allocs_per_request": allocs[2] },
+        "tether_eddsa_uncached": { "runs": runs[3], "median_rps": rps(3), "allocs_per_request": allocs[3] },
+        "compared": (4..targets.len())
             .map(|i| serde_json::json!({ "name": targets[i].name, "runs": runs[i], "median_rps": rps(i) }))
             .collect::<Vec<_>>(),
         "ratio_tether_over_pingora": ratio,
         "cpu_ratio_tether_over_pingora": cpu_ratio,
+        "ratio_eddsa_cached_over_hs256": eddsa_ratio,
+        "cpu_ratio_eddsa_cached_over_hs256": eddsa_cpu_ratio,
+        "ratio_eddsa_uncached_over_hs256": eddsa_uncached_ratio,
     });
     let path = target_dir().join("bench-proxy.json");
     match std::fs::write(&path, serde_json::to_string_pretty(&json).expect("json")) {

@@ -800,6 +800,9 @@ async fn refresh_bodies_at_a_proxy() -> usize {
     c.start_discovery(0);
     let app = Upstream::start("app").await;
     let a = c.proxy("eu-1", "eu").upstream(&app).start().await;
+    // The "registry unchanged" check below needs the proxy's own first
+    // heartbeat to have landed first (CI once caught it in between).
+    a.wait_sees(&c.http, &["eu-1"]).await;
     let l = login(&c.http, &a.url, "alice", None).await;
     let f = Forge {
         key: EncodingKey::from_secret(&ring_secret(&c)),

@@ -481,6 +481,18 @@ pub struct Target {
     /// The process whose CPU and memory are measured.
     pub proc: Proc,
     pub bearer: bool,
+    /// A tether's config, whose key ring signs the tokens this target gets
+    /// ([`Target::token`]); `None` for the others, which get the HS256
+    /// tether's token (HAProxy checks it, the rest ignore it).
+    pub config: Option<PathBuf>,
+}
+
+impl Target {
+    /// A fresh token for this target: minted with its own config when it
+    /// is a tether, else with `hs256_config` (the HS256 tether's).
+    pub fn token(&self, hs256_config: &Path) -> String {
+        mint(self.config.as_deref().unwrap_or(hs256_config))
+    }
 }
 
 /// A scratch directory for configs and logs, removed at the end.
@@ -581,19 +593,66 @@ pub fn start_passthrough(
         addr: addr(port),
         proc: p,
         bearer: false,
+        config: None,
     })
+}
+
+/// Which key ring a tether under test verifies its tokens with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Keys {
+    /// HS256 with [`SECRET`] (the secret HAProxy's `jwt_verify` gets too).
+    Hs256,
+    /// Ed25519, with the verified-token cache on (10,000 entries, the
+    /// default): after a token's first request, a hash lookup.
+    EdDsaCached,
+    /// Ed25519 with `verified_cache_entries = 0`: a signature check on
+    /// every request.
+    EdDsaUncached,
+}
+
+impl Keys {
+    /// The row's name in the benches' tables.
+    pub fn row(self) -> &'static str {
+        match self {
+            Keys::Hs256 => "tether, HS256 token",
+            Keys::EdDsaCached => "tether, EdDSA token (cached)",
+            Keys::EdDsaUncached => "tether, EdDSA token (uncached)",
+        }
+    }
 }
 
 /// Writes a tether proxy config (the test kit's shape) with its own key
 /// ring and a discovery URL nobody answers: the proxy then serves tokens
-/// locked to itself and logs heartbeat failures (quietened).
-pub fn write_tether_config(dir: &Path, port: u16, upstream: SocketAddr) -> PathBuf {
-    let secret_hex: String = SECRET.bytes().map(|b| format!("{b:02x}")).collect();
-    std::fs::write(
-        dir.join("keyring.toml"),
-        format!("signing_kid = \"bench\"\n\n[[keys]]\nkid = \"bench\"\nalg = \"HS256\"\nsecret_hex = \"{secret_hex}\"\n"),
-    )
-    .expect("keyring");
+/// locked to itself and logs heartbeat failures (quietened). HS256 rings
+/// share `keyring.toml` (always [`SECRET`]); an EdDSA ring is a fresh
+/// Ed25519 key (`tether keygen --alg eddsa`'s format) in a file of its
+/// own.
+pub fn write_tether_config_with(
+    dir: &Path,
+    port: u16,
+    upstream: SocketAddr,
+    keys: Keys,
+) -> PathBuf {
+    let (keyring_file, cache_entries) = match keys {
+        Keys::Hs256 => {
+            let secret_hex: String = SECRET.bytes().map(|b| format!("{b:02x}")).collect();
+            std::fs::write(
+                dir.join("keyring.toml"),
+                format!("signing_kid = \"bench\"\n\n[[keys]]\nkid = \"bench\"\nalg = \"HS256\"\nsecret_hex = \"{secret_hex}\"\n"),
+            )
+            .expect("keyring");
+            ("keyring.toml".to_owned(), 10_000)
+        }
+        Keys::EdDsaCached | Keys::EdDsaUncached => {
+            let name = format!("keyring-eddsa.{port}.toml");
+            std::fs::write(
+                dir.join(&name),
+                tether_proxy::secrets::keyring_text_eddsa("bench-ed"),
+            )
+            .expect("keyring");
+            (name, if keys == Keys::EdDsaCached { 10_000 } else { 0 })
+        }
+    };
     std::fs::write(
         dir.join("cluster.token"),
         "bench-cluster-token-0123456789\n",
@@ -631,7 +690,8 @@ audience = "tether-bench"
 access_ttl_seconds = 300
 refresh_ttl_days = 7
 leeway_seconds = 2
-keyring_file = "keyring.toml"
+keyring_file = "{keyring_file}"
+verified_cache_entries = {cache_entries}
 
 [login]
 upstream_path = "/login"
@@ -666,13 +726,25 @@ pub fn mint(config: &Path) -> String {
         .access
 }
 
-/// tether itself (the release binary), pinned to the proxy core.
+/// tether itself (the release binary) with an HS256 key ring, pinned to
+/// the proxy core.
 pub fn start_tether(
     pin: &Pinning,
     dir: &Path,
     upstream: SocketAddr,
 ) -> Result<(Target, PathBuf), String> {
-    start_tether_binary(pin, dir, upstream, Path::new(TETHER), "tether, HS256 token")
+    start_tether_with(pin, dir, upstream, Keys::Hs256)
+}
+
+/// tether (the release binary) verifying with `keys`, pinned to the proxy
+/// core; its row is named after `keys`.
+pub fn start_tether_with(
+    pin: &Pinning,
+    dir: &Path,
+    upstream: SocketAddr,
+    keys: Keys,
+) -> Result<(Target, PathBuf), String> {
+    start_tether_binary(pin, dir, upstream, Path::new(TETHER), keys, keys.row())
 }
 
 /// Another build of tether (`TETHER_BENCH_COMPARE`), for before/after.
@@ -681,16 +753,17 @@ pub fn start_tether_binary(
     dir: &Path,
     upstream: SocketAddr,
     binary: &Path,
+    keys: Keys,
     name: &'static str,
 ) -> Result<(Target, PathBuf), String> {
     let port = free_port();
-    let config = write_tether_config(dir, port, upstream);
+    let config = write_tether_config_with(dir, port, upstream, keys);
     let mut cmd = pin.command(PROXY_CORE, binary);
     cmd.arg("proxy")
         .arg("--config")
         .arg(&config)
         .env("TETHER_LOG", "error");
-    let log = dir.join("tether.log");
+    let log = dir.join(format!("tether.{port}.log"));
     let mut p = spawn("tether", cmd, &log);
     wait_ready(&mut p, addr(port), Some(&mint(&config)), &log)?;
     Ok((
@@ -699,33 +772,36 @@ pub fn start_tether_binary(
             addr: addr(port),
             proc: p,
             bearer: true,
+            config: Some(config.clone()),
         },
         config,
     ))
 }
 
-/// tether's proxy in this bench process (counting allocator), for
-/// counting allocations per request.
+/// tether's proxy in this bench process (counting allocator), verifying
+/// with `keys`, for counting allocations per request.
 pub fn start_tether_counted(
     pin: &Pinning,
     dir: &Path,
     upstream: SocketAddr,
     alloc_file: &Path,
+    keys: Keys,
 ) -> Target {
     let port = free_port();
-    let config = write_tether_config(dir, port, upstream);
+    let config = write_tether_config_with(dir, port, upstream, keys);
     let mut cmd = pin.command(PROXY_CORE, &std::env::current_exe().expect("bench exe"));
     cmd.env(ROLE, "tether-counted")
         .env("TETHER_BENCH_CONFIG", &config)
         .env("TETHER_BENCH_ALLOC_FILE", alloc_file);
-    let log = dir.join("tether-counted.log");
+    let log = dir.join(format!("tether-counted.{port}.log"));
     let mut p = spawn("tether (counted)", cmd, &log);
     wait_ready(&mut p, addr(port), Some(&mint(&config)), &log).unwrap_or_else(|e| panic!("{e}"));
     Target {
-        name: "tether, HS256 token",
+        name: keys.row(),
         addr: addr(port),
         proc: p,
         bearer: true,
+        config: Some(config),
     }
 }
 
@@ -754,6 +830,7 @@ pub fn start_nginx_proxy(
         addr: addr(port),
         proc: p,
         bearer: false,
+        config: None,
     }))
 }
 
@@ -837,6 +914,7 @@ backend refresh
         addr: addr(port),
         proc: p,
         bearer: true,
+        config: None,
     }))
 }
 

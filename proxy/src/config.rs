@@ -71,6 +71,10 @@ struct FileServer {
     admin_listen: String,
     #[serde(default = "one")]
     worker_threads: usize,
+    /// PEM certificate chain and private key: with both, `listen` serves
+    /// HTTPS (rustls) instead of plain HTTP.
+    tls_cert_file: Option<String>,
+    tls_key_file: Option<String>,
 }
 
 fn one() -> usize {
@@ -204,6 +208,8 @@ struct FileRouting {
     fast_failover: bool,
     #[serde(default)]
     trusted_proxies: Vec<String>,
+    /// Extra CA certificates (PEM) trusted when probing `https://` peers.
+    peer_ca_file: Option<String>,
 }
 
 fn default_true() -> bool {
@@ -220,6 +226,7 @@ impl Default for FileRouting {
             probe_timeout_ms: default_probe_timeout(),
             fast_failover: true,
             trusted_proxies: Vec::new(),
+            peer_ca_file: None,
         }
     }
 }
@@ -248,6 +255,22 @@ struct FileLimits {
     max_request_header_bytes: usize,
     #[serde(default = "default_header_count")]
     max_request_headers: usize,
+    #[serde(default = "default_header_read_timeout")]
+    header_read_timeout_ms: u64,
+    #[serde(default = "default_max_connections")]
+    max_connections: usize,
+    #[serde(default = "default_max_connections_per_ip")]
+    max_connections_per_ip: usize,
+}
+
+fn default_header_read_timeout() -> u64 {
+    10_000
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_max_connections_per_ip() -> usize {
+    1_000
 }
 
 fn default_header_bytes() -> usize {
@@ -264,6 +287,9 @@ impl Default for FileLimits {
             login_answer_bytes: default_login_answer(),
             max_request_header_bytes: default_header_bytes(),
             max_request_headers: default_header_count(),
+            header_read_timeout_ms: default_header_read_timeout(),
+            max_connections: default_max_connections(),
+            max_connections_per_ip: default_max_connections_per_ip(),
         }
     }
 }
@@ -282,6 +308,8 @@ fn default_login_answer() -> usize {
 pub struct ProxyConfig {
     pub server: ServerIdentity,
     pub listen: SocketAddr,
+    /// Certificate and key for HTTPS on `listen` (None: plain HTTP).
+    pub tls: Option<TlsFiles>,
     pub admin_listen: SocketAddr,
     pub worker_threads: NonZeroUsize,
     pub upstream: UpstreamConfig,
@@ -387,6 +415,8 @@ pub struct RoutingConfig {
     /// Peers (load balancers, CDNs) whose `X-Forwarded-For`/`Forwarded`
     /// the proxy extends instead of replacing.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Extra CAs for `https://` peers' certificates, besides the system's.
+    pub peer_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -399,6 +429,21 @@ pub struct Limits {
     /// either is `431`.
     pub max_request_header_bytes: usize,
     pub max_request_headers: usize,
+    /// From a request's first byte (a connection's first request: from
+    /// accept) to the end of its head.
+    pub header_read_timeout: std::time::Duration,
+    /// Concurrent client connections, in all and per client IP (0: no
+    /// per-IP cap).
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+}
+
+/// PEM files for the client listener's TLS, checked at load: both parse,
+/// and the key belongs to the certificate.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// Reads and validates a proxy config file.
@@ -549,6 +594,39 @@ impl Validator<'_> {
                 "set exactly one of json_pointer and header",
             )),
         }
+    }
+
+    /// `server.tls_cert_file` + `server.tls_key_file`: both or neither;
+    /// both readable PEM, the key matching the certificate, so a bad file
+    /// is a config error here rather than a failure at start.
+    fn tls(&self, s: &FileServer) -> Result<Option<TlsFiles>, ConfigError> {
+        let (cert, key) = match (&s.tls_cert_file, &s.tls_key_file) {
+            (None, None) => return Ok(None),
+            (Some(c), Some(k)) => (self.resolve(c), self.resolve(k)),
+            (Some(_), None) => {
+                return Err(self.bad(
+                    "server.tls_key_file",
+                    "(missing)",
+                    "set it with server.tls_cert_file, or remove both for plain HTTP",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(self.bad(
+                    "server.tls_cert_file",
+                    "(missing)",
+                    "set it with server.tls_key_file, or remove both for plain HTTP",
+                ))
+            }
+        };
+        crate::tls::check_pair(&cert, &key).map_err(|(key_name, message)| {
+            let shown = if key_name == "server.tls_key_file" {
+                &key
+            } else {
+                &cert
+            };
+            self.bad(key_name, shown.display(), message)
+        })?;
+        Ok(Some(TlsFiles { cert, key }))
     }
 
     fn validate(self, f: FileConfig) -> Result<ProxyConfig, ConfigError> {
@@ -795,6 +873,15 @@ impl Validator<'_> {
             },
             probe_timeout: self.ms("routing.probe_timeout_ms", r.probe_timeout_ms, 10, 10_000)?,
             fast_failover: r.fast_failover,
+            peer_ca_file: match &r.peer_ca_file {
+                None => None,
+                Some(f) => {
+                    let path = self.resolve(f);
+                    crate::tls::check_ca(&path)
+                        .map_err(|m| self.bad("routing.peer_ca_file", path.display(), m))?;
+                    Some(path)
+                }
+            },
             trusted_proxies: r
                 .trusted_proxies
                 .iter()
@@ -853,7 +940,38 @@ impl Validator<'_> {
                     ))
                 }
             },
+            header_read_timeout: match f.limits.header_read_timeout_ms {
+                n @ 100..=600_000 => std::time::Duration::from_millis(n),
+                n => {
+                    return Err(self.bad(
+                        "limits.header_read_timeout_ms",
+                        n,
+                        "must be between 100 and 600000",
+                    ))
+                }
+            },
+            max_connections: match f.limits.max_connections {
+                n @ 1..=1_000_000 => n,
+                n => {
+                    return Err(self.bad(
+                        "limits.max_connections",
+                        n,
+                        "must be between 1 and 1000000",
+                    ))
+                }
+            },
+            max_connections_per_ip: match f.limits.max_connections_per_ip {
+                n if n <= f.limits.max_connections => n,
+                n => {
+                    return Err(self.bad(
+                        "limits.max_connections_per_ip",
+                        n,
+                        "must be at most limits.max_connections (0: no per-IP cap)",
+                    ))
+                }
+            },
         };
+        let tls = self.tls(&f.server)?;
 
         Ok(ProxyConfig {
             server: ServerIdentity {
@@ -862,6 +980,7 @@ impl Validator<'_> {
                 public_url,
             },
             listen,
+            tls,
             admin_listen,
             worker_threads,
             upstream,

@@ -20,6 +20,7 @@
 pub mod admin;
 pub mod config;
 pub mod endpoints;
+pub mod guard;
 pub mod hop;
 pub mod keys;
 pub mod load;
@@ -30,6 +31,7 @@ pub mod respond;
 pub mod secrets;
 pub mod service;
 pub mod sync;
+pub mod tls;
 pub mod tokens;
 pub mod upstream;
 
@@ -50,6 +52,8 @@ pub enum Error {
     Upstream(String),
     #[error("HTTP client: {0}")]
     Http(#[from] reqwest::Error),
+    #[error("TLS on the client listener: {0}")]
+    Tls(String),
 }
 
 /// Everything the request path and the background tasks share.
@@ -96,7 +100,10 @@ impl State {
             upstream,
             metrics: metrics::Metrics::new(&cfg.server.id),
             load: load::Load::default(),
-            prober: probe::Prober::new(cfg.routing.probe_timeout),
+            prober: probe::Prober::new(
+                cfg.routing.probe_timeout,
+                tls::peer_client_config(cfg.routing.peer_ca_file.as_deref()),
+            ),
             hop_key: hop::HopKey::derive(&cfg.discovery.cluster_token),
             // Server ids are [A-Za-z0-9._-] (validated), always a valid
             // header value.
@@ -173,14 +180,40 @@ pub fn run(cfg: ProxyConfig) -> Result<(), Error> {
         },
     );
 
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(
+    // Pingora's HTTP proxy app, behind the connection caps and the
+    // request-head deadline (`guard`).
+    let app = pingora_proxy::http_proxy(
         &server.configuration,
         service::TetherProxy {
             state: state.clone(),
         },
-        "tether proxy",
     );
-    proxy.add_tcp(&listen);
+    let limits = &state.cfg.limits;
+    let m = &state.metrics;
+    let guarded = guard::Guard::new(
+        app,
+        guard::ConnLimits {
+            max_connections: limits.max_connections,
+            max_connections_per_ip: limits.max_connections_per_ip,
+            header_read_timeout: limits.header_read_timeout,
+        },
+        guard::GuardMetrics {
+            open: m.connections_open.clone(),
+            refused_total: m.connections_refused_total.clone(),
+            refused_per_ip: m.connections_refused_per_ip.clone(),
+            header_timeouts: m.header_timeouts.clone(),
+        },
+    );
+    let mut proxy =
+        pingora_core::services::listening::Service::new("tether proxy".to_owned(), guarded);
+    match &state.cfg.tls {
+        Some(files) => {
+            let settings =
+                tls::settings(&files.cert, &files.key).map_err(|e| Error::Tls(e.to_string()))?;
+            proxy.add_tls_with_settings(&listen, None, settings);
+        }
+        None => proxy.add_tcp(&listen),
+    }
 
     let mut admin = pingora_core::services::listening::Service::new(
         "tether admin".to_owned(),

@@ -72,6 +72,14 @@ pub struct Metrics {
     pub probes: IntCounterVec,
     pub load: prometheus::Gauge,
     pub keyring_reloads: IntCounterVec,
+    /// Client connections being served now.
+    pub connections_open: IntGauge,
+    /// Connections refused at accept: over `max_connections`, over
+    /// `max_connections_per_ip`.
+    pub connections_refused_total: IntCounter,
+    pub connections_refused_per_ip: IntCounter,
+    /// Connections closed because a request head did not arrive in time.
+    pub header_timeouts: IntCounter,
 }
 
 impl Metrics {
@@ -125,6 +133,17 @@ impl Metrics {
             .iter()
             .map(|r| decisions_vec.with_label_values(&[r.as_str()]))
             .collect();
+        let refused = reg(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "connections_refused_total",
+                    "Client connections refused at accept, by the cap that was full",
+                ),
+                &["limit"],
+            )
+            .expect("static metric"),
+        );
         Metrics {
             outcomes,
             upstream_seconds: reg(
@@ -228,6 +247,21 @@ impl Metrics {
                 IntCounterVec::new(
                     Opts::new("keyring_reloads_total", "Key-ring reloads by result"),
                     &["result"],
+                )
+                .expect("static metric"),
+            ),
+            connections_open: reg(
+                &registry,
+                IntGauge::new("connections_open", "Client connections being served")
+                    .expect("static metric"),
+            ),
+            connections_refused_total: refused.with_label_values(&["max_connections"]),
+            connections_refused_per_ip: refused.with_label_values(&["max_connections_per_ip"]),
+            header_timeouts: reg(
+                &registry,
+                IntCounter::new(
+                    "header_timeouts_total",
+                    "Connections closed because a request head took longer than limits.header_read_timeout_ms",
                 )
                 .expect("static metric"),
             ),

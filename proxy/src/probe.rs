@@ -26,6 +26,10 @@ struct Slot {
 
 pub struct Prober {
     http: reqwest::Client,
+    /// For `https://` peers (reqwest is built without TLS here; the probe
+    /// speaks HTTPS itself through Pingora's rustls).
+    tls: Arc<pingora_core::tls::ClientConfig>,
+    timeout: Duration,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
     /// Servers found dead, with when.
     dead: Mutex<HashMap<String, Instant>>,
@@ -41,7 +45,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Prober {
-    pub fn new(timeout: Duration) -> Prober {
+    pub fn new(timeout: Duration, tls: Arc<pingora_core::tls::ClientConfig>) -> Prober {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
@@ -50,6 +54,8 @@ impl Prober {
             .unwrap_or_default();
         Prober {
             http,
+            tls,
+            timeout,
             slots: Mutex::new(HashMap::new()),
             dead: Mutex::new(HashMap::new()),
         }
@@ -77,6 +83,9 @@ impl Prober {
             .alive
             .get_or_init(|| async {
                 let target = format!("{}/healthz", url.trim_end_matches('/'));
+                if target.starts_with("https://") {
+                    return https_healthz(&target, self.timeout, &self.tls).await;
+                }
                 match self.http.get(&target).send().await {
                     Ok(r) => r.status().is_success(),
                     Err(_) => false,
@@ -105,4 +114,52 @@ impl Prober {
         dead.retain(|_, t| t.elapsed() < DEAD_MEMORY);
         dead.keys().cloned().collect()
     }
+}
+
+/// `GET target` over HTTPS within `timeout`; true on a 2xx status. Only
+/// the status line is read.
+async fn https_healthz(
+    target: &str,
+    timeout: Duration,
+    tls: &Arc<pingora_core::tls::ClientConfig>,
+) -> bool {
+    use pingora_core::tls::{ServerName, TlsConnector};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(u) = url::Url::parse(target) else {
+        return false;
+    };
+    let Some(host) = u.host_str() else {
+        return false;
+    };
+    let bare = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let port = u.port_or_known_default().unwrap_or(443);
+    let Ok(name) = ServerName::try_from(bare.clone()) else {
+        return false;
+    };
+    let authority = match u.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_owned(),
+    };
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: tether-probe\r\nConnection: close\r\n\r\n",
+        u.path()
+    );
+    let probe = async {
+        let tcp = tokio::net::TcpStream::connect((bare.as_str(), port))
+            .await
+            .ok()?;
+        let mut s = TlsConnector::from(tls.clone())
+            .connect(name, tcp)
+            .await
+            .ok()?;
+        s.write_all(request.as_bytes()).await.ok()?;
+        // "HTTP/1.1 200"
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).await.ok()?;
+        Some(head.starts_with(b"HTTP/1.") && head[8] == b' ' && head[9] == b'2')
+    };
+    matches!(tokio::time::timeout(timeout, probe).await, Ok(Some(true)))
 }

@@ -2,11 +2,12 @@
 //! to the module that decides ([`crate::endpoints`], [`crate::tokens`],
 //! [`crate::lock`], [`crate::upstream`]).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
+use http::HeaderValue;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -37,7 +38,7 @@ enum Target {
 /// The outcome of the token check and the lock decision.
 enum Decided {
     /// Forward locally; the subject's header value.
-    Local(http::HeaderValue),
+    Local(HeaderValue),
     /// Locked to another live server.
     Foreign(tether_protocol::wire::ServerSummary, Option<SocketAddr>),
     Unavailable,
@@ -50,7 +51,7 @@ pub struct Ctx {
     target: Target,
     outcome: Outcome,
     /// The verified subject, ready to be the `X-Tether-Subject` value.
-    subject: Option<http::HeaderValue>,
+    subject: Option<HeaderValue>,
     upstream_started: Option<Instant>,
     in_flight: bool,
 }
@@ -113,7 +114,11 @@ fn headers_over_limits(req: &RequestHeader, limits: &crate::config::Limits) -> b
 /// the upstream: the client's address is appended to what a trusted peer
 /// (a load balancer in `routing.trusted_proxies`) sent, and replaces
 /// whatever anyone else sent, so a client cannot forge its address.
-/// Proxy-only hop-by-hop headers are dropped too.
+/// Proxy-only hop-by-hop headers are dropped too. The protocol is
+/// `https` when the client's connection is TLS, else `http`.
+///
+/// On every proxied request, so the values are assembled without
+/// `format!`: see [`forwarded_values`].
 fn set_forwarded(
     session: &Session,
     upstream: &mut RequestHeader,
@@ -130,10 +135,10 @@ fn set_forwarded(
         return Ok(());
     };
     let from_trusted = trusted.iter().any(|n| n.contains(&ip));
-    let node = if ip.is_ipv6() {
-        format!("\"[{ip}]\"")
+    let proto = if session.digest().is_some_and(|d| d.ssl_digest.is_some()) {
+        "https"
     } else {
-        ip.to_string()
+        "http"
     };
     let prior = |name: &str| {
         upstream
@@ -141,20 +146,108 @@ fn set_forwarded(
             .get(name)
             .and_then(|v| v.to_str().ok())
             .filter(|v| from_trusted && !v.is_empty())
-            .map(str::to_owned)
     };
-    let xff = match prior("x-forwarded-for") {
-        Some(p) => format!("{p}, {ip}"),
-        None => ip.to_string(),
-    };
-    let fwd = match prior("forwarded") {
-        Some(p) => format!("{p}, for={node};proto=http"),
-        None => format!("for={node};proto=http"),
-    };
+    let (xff, fwd) = forwarded_values(ip, proto, prior("x-forwarded-for"), prior("forwarded"))
+        .map_err(|_| {
+            Error::explain(
+                ErrorType::InvalidHTTPHeader,
+                "invalid X-Forwarded-For or Forwarded value",
+            )
+        })?;
     upstream.insert_header("x-forwarded-for", xff)?;
-    upstream.insert_header("x-forwarded-proto", "http")?;
+    upstream.insert_header("x-forwarded-proto", HeaderValue::from_static(proto))?;
     upstream.insert_header("forwarded", fwd)?;
     Ok(())
+}
+
+/// The `X-Forwarded-For` and `Forwarded` values for a client at `ip` that
+/// came in over `proto` (`http` or `https`), appended to the values a
+/// trusted peer sent (`prior_*`, `None` when the peer is not trusted or
+/// sent none): `1.2.3.4` and `for=1.2.3.4;proto=http`, an IPv6 node
+/// quoted and bracketed (`for="[::1]";proto=http`, RFC 7239 §6).
+///
+/// One heap allocation per value, the value's own buffer: the address is
+/// formatted on the stack and the parts copied into a buffer of the exact
+/// size, which `Bytes` then owns as is. (`format!` would allocate and
+/// grow a `String`, and a `String` whose capacity exceeds its length costs
+/// `Bytes` one more allocation.) `proxy/tests/alloc_request_path.rs`
+/// counts them.
+pub fn forwarded_values(
+    ip: IpAddr,
+    proto: &str,
+    prior_xff: Option<&str>,
+    prior_fwd: Option<&str>,
+) -> Result<(HeaderValue, HeaderValue), http::header::InvalidHeaderValue> {
+    let ip_text = IpText::new(ip);
+    let ip_b = ip_text.as_bytes();
+    let (open, close): (&[u8], &[u8]) = if ip.is_ipv6() {
+        (b"\"[", b"]\"")
+    } else {
+        (b"", b"")
+    };
+    let xff = match prior_xff {
+        Some(p) => joined(&[p.as_bytes(), b", ", ip_b])?,
+        None => joined(&[ip_b])?,
+    };
+    let fwd = match prior_fwd {
+        Some(p) => joined(&[
+            p.as_bytes(),
+            b", for=",
+            open,
+            ip_b,
+            close,
+            b";proto=",
+            proto.as_bytes(),
+        ])?,
+        None => joined(&[b"for=", open, ip_b, close, b";proto=", proto.as_bytes()])?,
+    };
+    Ok((xff, fwd))
+}
+
+/// A header value made of `parts`, in one allocation of the exact size.
+fn joined(parts: &[&[u8]]) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
+    let mut v = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for p in parts {
+        v.extend_from_slice(p);
+    }
+    // Length equals capacity, so `Bytes` takes the buffer over without a
+    // second allocation, and `from_maybe_shared` keeps that `Bytes`.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(v))
+}
+
+/// An IP address as text, formatted into a stack buffer.
+struct IpText {
+    buf: [u8; 48],
+    len: usize,
+}
+
+impl IpText {
+    fn new(ip: IpAddr) -> IpText {
+        use std::fmt::Write;
+        let mut t = IpText {
+            buf: [0; 48],
+            len: 0,
+        };
+        // Cannot fail: an address's text is at most 39 bytes (full IPv6).
+        let _ = write!(t, "{ip}");
+        t
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl std::fmt::Write for IpText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        self.buf
+            .get_mut(self.len..end)
+            .ok_or(std::fmt::Error)?
+            .copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
 }
 
 impl TetherProxy {
@@ -247,7 +340,7 @@ impl ProxyHttp for TetherProxy {
                     return Decided::Revoked;
                 }
                 match lock::decide(&view, me, c.srv, |id| state.prober.is_known_dead(id)) {
-                    Route::Local => match http::HeaderValue::from_str(c.sub) {
+                    Route::Local => match HeaderValue::from_str(c.sub) {
                         Ok(v) => Decided::Local(v),
                         Err(_) => Decided::BadSubject,
                     },

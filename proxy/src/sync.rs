@@ -122,8 +122,15 @@ pub fn self_entry(state: &State) -> ServerEntry {
 
 /// `http://127.0.0.1:8082` → 127.0.0.1:8082. Host names are resolved with
 /// the system resolver (blocking, but only in the background poller).
+///
+/// Only `http://` peers get an address: forward mode speaks plain HTTP to
+/// peers, so a lock on an `https://` peer is answered with a relock hint
+/// (421) even in forward mode.
 fn peer_addr(url: &str) -> Option<SocketAddr> {
     let u = url::Url::parse(url).ok()?;
+    if u.scheme() != "http" {
+        return None;
+    }
     let host = u.host_str()?;
     let port = u.port_or_known_default()?;
     let host = host.trim_start_matches('[').trim_end_matches(']');

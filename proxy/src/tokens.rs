@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -363,9 +364,10 @@ pub struct Tokens {
 
 /// A bounded map of verified access tokens. When full it is cleared: the
 /// simplest bound that never serves a stale entry and costs one re-verify
-/// per live token.
+/// per live token. The claims are shared (`Arc`), so a hit hands them out
+/// without copying their strings: a cached check allocates nothing.
 struct VerifiedCache {
-    entries: std::sync::Mutex<HashMap<[u8; 32], AccessClaims>>,
+    entries: std::sync::Mutex<HashMap<[u8; 32], Arc<AccessClaims>>>,
     capacity: usize,
 }
 
@@ -419,7 +421,10 @@ impl Tokens {
         let now = unix_now();
         let claims = match self.fast_access_with(token, now, &mut |c| c.owned()) {
             Some(c) => c,
-            None => self.verify_access_slow(token, now)?,
+            None => match &self.verified {
+                Some(cache) => Arc::unwrap_or_clone(self.verify_cached(cache, token, now)?),
+                None => self.verify(token, typ::ACCESS, &self.access_validation)?,
+            },
         };
         if tether_protocol::validate::server_id("srv", &claims.srv).is_err() {
             return Err(TokenError::BadClaims);
@@ -457,15 +462,18 @@ impl Tokens {
         if let Some(r) = self.fast_access_with(token, now, &mut run) {
             return r;
         }
-        let claims = self.verify_access_slow(token, now)?;
-        run(&AccessClaimsRef::of(&claims))
-    }
-
-    /// The cached (EdDSA) or general `jsonwebtoken` path.
-    fn verify_access_slow(&self, token: &str, now: u64) -> Result<AccessClaims, TokenError> {
+        // The cached (EdDSA) or general `jsonwebtoken` path. A cache hit
+        // borrows the shared claims: no allocation either.
         match &self.verified {
-            Some(cache) => self.verify_cached(cache, token, now),
-            None => self.verify(token, typ::ACCESS, &self.access_validation),
+            Some(cache) => {
+                let claims = self.verify_cached(cache, token, now)?;
+                run(&AccessClaimsRef::of(&claims))
+            }
+            None => {
+                let claims: AccessClaims =
+                    self.verify(token, typ::ACCESS, &self.access_validation)?;
+                run(&AccessClaimsRef::of(&claims))
+            }
         }
     }
 
@@ -475,7 +483,7 @@ impl Tokens {
         cache: &VerifiedCache,
         token: &str,
         now: u64,
-    ) -> Result<AccessClaims, TokenError> {
+    ) -> Result<Arc<AccessClaims>, TokenError> {
         use sha2::Digest;
         if token.len() > MAX_TOKEN_LEN {
             return Err(TokenError::TooLarge);
@@ -497,6 +505,7 @@ impl Tokens {
             return Ok(c);
         }
         let claims: AccessClaims = self.verify(token, typ::ACCESS, &self.access_validation)?;
+        let claims = Arc::new(claims);
         let mut entries = cache.entries.lock().unwrap_or_else(|p| p.into_inner());
         if entries.len() >= cache.capacity {
             entries.clear();

@@ -1,6 +1,8 @@
-//! The local upstream pool: Pingora load balancing (round robin) with an
-//! active HTTP health check on the configured path.
+//! The local upstream pool: Pingora's load balancer with an active HTTP
+//! health check on the configured path, and a round-robin pick among the
+//! healthy backends ([`select`]).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use pingora_http::RequestHeader;
@@ -35,7 +37,27 @@ pub fn build(cfg: &UpstreamConfig) -> std::io::Result<LoadBalancer<RoundRobin>> 
     Ok(lb)
 }
 
-/// A healthy upstream for this request, if any.
+/// A healthy upstream for this request, if any: round robin over the
+/// pool, skipping backends whose health check fails (or that are
+/// disabled), the choice `LoadBalancer::select` makes with `RoundRobin`.
+/// Done here because that `select` records the backends it tried in a
+/// fresh `HashSet` on every call: a heap allocation per request. One
+/// counter for the process (Pingora keeps one per pool; a proxy has one
+/// pool).
 pub fn select(lb: &Arc<LoadBalancer<RoundRobin>>) -> Option<Backend> {
-    lb.select(b"", 256)
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let backends = lb.backends();
+    // The current members (an `Arc` clone, no copy).
+    let all = backends.get_backend();
+    let n = all.len();
+    if n == 0 {
+        return None;
+    }
+    let start = NEXT.fetch_add(1, Ordering::Relaxed) % n;
+    all.iter()
+        .cycle()
+        .skip(start)
+        .take(n)
+        .find(|b| backends.ready(b))
+        .cloned()
 }

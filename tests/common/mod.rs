@@ -264,6 +264,8 @@ impl Cluster {
             access_ttl: 120,
             extra: String::new(),
             tokens_extra: String::new(),
+            limits: String::new(),
+            tls: None,
         }
     }
 
@@ -304,6 +306,8 @@ pub struct ProxyBuilder<'c> {
     access_ttl: u64,
     extra: String,
     tokens_extra: String,
+    limits: String,
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 pub struct Proxy {
@@ -349,6 +353,19 @@ impl ProxyBuilder<'_> {
         self
     }
 
+    /// TOML for a `[limits]` table.
+    pub fn limits(mut self, toml: &str) -> Self {
+        self.limits.push_str(toml);
+        self
+    }
+
+    /// Serve HTTPS with this certificate chain and key; the proxy's `url`
+    /// and public URL become `https://`.
+    pub fn tls(mut self, cert: &Path, key: &Path) -> Self {
+        self.tls = Some((cert.to_owned(), key.to_owned()));
+        self
+    }
+
     /// Writes the config and returns its path, without starting anything.
     pub fn write_config(&self, port: u16, admin_port: u16) -> PathBuf {
         let t = self.cluster.timing;
@@ -358,15 +375,22 @@ impl ProxyBuilder<'_> {
             .iter()
             .map(|p| format!("\"{p}\""))
             .collect();
+        let (scheme, tls) = match &self.tls {
+            Some((cert, key)) => (
+                "https",
+                format!("tls_cert_file = {cert:?}\ntls_key_file = {key:?}\n"),
+            ),
+            None => ("http", String::new()),
+        };
         let conf = format!(
             r#"[server]
 id = "{id}"
 region = "{region}"
-public_url = "http://127.0.0.1:{port}"
+public_url = "{scheme}://127.0.0.1:{port}"
 listen = "127.0.0.1:{port}"
 admin_listen = "127.0.0.1:{admin_port}"
 worker_threads = 1
-
+{tls}
 [upstream]
 addresses = [{upstreams}]
 health_path = "/health"
@@ -401,6 +425,9 @@ public_prefixes = [{prefixes}]
 foreign_lock = "{fl}"
 probe_timeout_ms = 300
 {extra}
+
+[limits]
+{limits}
 "#,
             id = self.id,
             region = self.region,
@@ -413,6 +440,7 @@ probe_timeout_ms = 300
             fl = self.foreign_lock,
             extra = self.extra,
             tokens_extra = self.tokens_extra,
+            limits = self.limits,
         );
         let path = self.cluster.path(&format!("proxy.{}.toml", self.id));
         std::fs::write(&path, conf).expect("write proxy config");
@@ -438,19 +466,22 @@ probe_timeout_ms = 300
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
         wait_for_port(addr, Duration::from_secs(15)).await;
         let admin = format!("http://127.0.0.1:{admin_port}");
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
         let proxy = Proxy {
             id: self.id,
             region: self.region,
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!("{scheme}://127.0.0.1:{port}"),
             addr,
             admin,
             config,
             proc,
         };
         if wait_healthy {
+            // The admin listener is plain HTTP even when the client
+            // listener speaks TLS; its /healthz is the same check.
             let http = &self.cluster.http;
             eventually(Duration::from_secs(10), "proxy upstream healthy", || async {
-                matches!(http.get(format!("{}/healthz", proxy.url)).send().await, Ok(r) if r.status() == 200)
+                matches!(http.get(format!("{}/healthz", proxy.admin)).send().await, Ok(r) if r.status() == 200)
             })
             .await;
         }

@@ -1,0 +1,147 @@
+//! Heap allocations of request-path helpers, counted: a cached EdDSA
+//! access-token check allocates nothing, and the `X-Forwarded-For` /
+//! `Forwarded` values cost one allocation each (their own buffers).
+//!
+//! The counting allocator counts per thread (a `const` thread-local, so
+//! the allocator itself never allocates to count), so the tests of this
+//! binary may run in parallel.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use tether_proxy::config::{DownPolicy, TokenConfig};
+use tether_proxy::service::forwarded_values;
+use tether_proxy::tokens::{KeyRing, LockTarget, Tokens};
+
+struct Counting;
+
+thread_local! {
+    static ALLOCS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn count() {
+    // `try_with`: nothing to count once the thread's locals are gone.
+    let _ = ALLOCS.try_with(|n| n.set(n.get() + 1));
+}
+
+fn allocs() -> u64 {
+    ALLOCS.with(Cell::get)
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count();
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count();
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count();
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn eddsa_tokens(ring: &str, cache_entries: usize) -> Tokens {
+    let ring = KeyRing::parse(ring, "test").unwrap();
+    Tokens::new(&TokenConfig {
+        issuer: "tether".into(),
+        audience: "app".into(),
+        access_ttl: Duration::from_secs(120),
+        refresh_ttl: Duration::from_secs(7 * 86400),
+        leeway: Duration::from_secs(5),
+        keyring_path: "test".into(),
+        keyring: ring,
+        refresh_rotation: true,
+        when_discovery_down: DownPolicy::FailClosed,
+        verified_cache_entries: cache_entries,
+    })
+}
+
+#[test]
+fn cached_eddsa_token_check_allocates_nothing() {
+    let ring = tether_proxy::secrets::keyring_text_eddsa("ed1");
+    let tokens = eddsa_tokens(&ring, 100);
+    let token = tokens
+        .mint(
+            "alice",
+            LockTarget {
+                server_id: "eu-1",
+                region: "eu",
+            },
+            None,
+            None,
+        )
+        .unwrap()
+        .access;
+    let check = |t: &Tokens| t.with_access(&token, |c| c.srv == "eu-1").unwrap();
+    // The first check verifies the signature and fills the cache.
+    assert!(check(&tokens));
+    assert_eq!(tokens.cached_tokens(), 1);
+
+    let before = allocs();
+    let mut ok = 0;
+    for _ in 0..1000 {
+        ok += usize::from(check(&tokens));
+    }
+    let hits = allocs() - before;
+    assert_eq!(ok, 1000);
+    assert_eq!(hits, 0, "heap allocations in 1,000 cached EdDSA checks");
+
+    // Without the cache every check verifies the signature (and
+    // allocates: the general path owns its claims).
+    let uncached = eddsa_tokens(&ring, 0);
+    assert!(check(&uncached));
+    let before = allocs();
+    assert!(check(&uncached));
+    assert!(allocs() > before);
+    assert_eq!(uncached.cached_tokens(), 0);
+}
+
+#[test]
+fn forwarded_values_cost_one_allocation_each() {
+    let v4: IpAddr = "192.0.2.7".parse().unwrap();
+    let v6: IpAddr = "2001:db8::1".parse().unwrap();
+    for (ip, proto, prior_xff, prior_fwd, want_xff, want_fwd) in [
+        (
+            v4,
+            "http",
+            None,
+            None,
+            "192.0.2.7",
+            "for=192.0.2.7;proto=http",
+        ),
+        (
+            v4,
+            "http",
+            Some("203.0.113.9"),
+            Some("for=203.0.113.9"),
+            "203.0.113.9, 192.0.2.7",
+            "for=203.0.113.9, for=192.0.2.7;proto=http",
+        ),
+        (
+            v6,
+            "https",
+            None,
+            None,
+            "2001:db8::1",
+            "for=\"[2001:db8::1]\";proto=https",
+        ),
+    ] {
+        let before = allocs();
+        let (xff, fwd) = forwarded_values(ip, proto, prior_xff, prior_fwd).unwrap();
+        let n = allocs() - before;
+        assert_eq!(xff, want_xff);
+        assert_eq!(fwd, want_fwd);
+        assert_eq!(n, 2, "allocations for {ip} (prior {prior_xff:?})");
+    }
+}
