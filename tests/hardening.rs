@@ -14,10 +14,10 @@ use pingora_core::tls as rustls;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-/// Writes a self-signed set with the project's script (the one the docs
-/// give operators for local use).
-fn tls_set(c: &Cluster) -> std::path::PathBuf {
-    let dir = c.path("tls");
+/// Writes a self-signed set into the cluster folder `name` with the
+/// project's script (the one the docs give operators for local use).
+fn tls_set(c: &Cluster, name: &str) -> std::path::PathBuf {
+    let dir = c.path(name);
     let out = std::process::Command::new("bash")
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -106,7 +106,7 @@ async fn closed_within<S: AsyncRead + Unpin>(s: &mut S, within: Duration) -> boo
 async fn tls_on_the_client_listener() {
     let mut c = Cluster::new(Timing::default());
     c.start_discovery(0);
-    let dir = tls_set(&c);
+    let dir = tls_set(&c, "tls");
     let (ca, cert, key) = (
         dir.join("ca.pem"),
         dir.join("cert.pem"),
@@ -170,16 +170,7 @@ async fn tls_on_the_client_listener() {
     assert_eq!(app.requests(), before + 1, "plain HTTP was not forwarded");
 
     // A client that trusts another CA refuses the server's certificate.
-    let other = c.path("other-tls");
-    let out = std::process::Command::new("bash")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/scripts/tls-selfsigned.sh"
-        ))
-        .arg(&other)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let other = tls_set(&c, "other-tls");
     assert!(tls_connect(port, &other.join("ca.pem")).await.is_err());
 
     // The head deadline holds over TLS too: a partial head is cut off.
@@ -206,17 +197,8 @@ async fn tls_on_the_client_listener() {
 async fn tls_config_errors_name_the_key() {
     let mut c = Cluster::new(Timing::default());
     c.start_discovery(0);
-    let dir = tls_set(&c);
-    let other = c.path("other");
-    let out = std::process::Command::new("bash")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/scripts/tls-selfsigned.sh"
-        ))
-        .arg(&other)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let dir = tls_set(&c, "tls");
+    let other = tls_set(&c, "other");
     std::fs::write(c.path("garbage.pem"), "not a certificate\n").unwrap();
     let app_addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
     let cases: [(&str, String, &str); 5] = [
