@@ -150,16 +150,30 @@ async fn https_healthz(
     let probe = async {
         let tcp = tokio::net::TcpStream::connect((bare.as_str(), port))
             .await
-            .ok()?;
+            .map_err(|e| format!("connect: {e}"))?;
         let mut s = TlsConnector::from(tls.clone())
             .connect(name, tcp)
             .await
-            .ok()?;
-        s.write_all(request.as_bytes()).await.ok()?;
+            .map_err(|e| format!("TLS handshake: {e}"))?;
+        s.write_all(request.as_bytes())
+            .await
+            .map_err(|e| format!("write: {e}"))?;
         // "HTTP/1.1 200"
         let mut head = [0u8; 12];
-        s.read_exact(&mut head).await.ok()?;
-        Some(head.starts_with(b"HTTP/1.") && head[8] == b' ' && head[9] == b'2')
+        s.read_exact(&mut head)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        Ok::<_, String>(head.starts_with(b"HTTP/1.") && head[8] == b' ' && head[9] == b'2')
     };
-    matches!(tokio::time::timeout(timeout, probe).await, Ok(Some(true)))
+    match tokio::time::timeout(timeout, probe).await {
+        Ok(Ok(ok)) => ok,
+        Ok(Err(e)) => {
+            tracing::info!("probe {target}: {e}");
+            false
+        }
+        Err(_) => {
+            tracing::info!("probe {target}: no answer within {timeout:?}");
+            false
+        }
+    }
 }
