@@ -2,9 +2,10 @@
 //! the request path and of the registry sync, in isolation.
 //!
 //! - token verification, HS256: the fast path (a plain valid token, owned
-//!   claims and, as the request path takes them, borrowed), the general
-//!   `jsonwebtoken` path (a valid token the fast path declines), and a bad
-//!   signature (the 401 path);
+//!   claims, and borrowed with the cache off), a verified-token cache hit
+//!   (what the request path does by default), the general `jsonwebtoken`
+//!   path (a valid token the fast path declines), and a bad signature (the
+//!   401 path);
 //! - token verification, EdDSA (Ed25519), as the request path calls it
 //!   (`with_access`, borrowed claims): a hit in the verified-token cache,
 //!   and with the cache off (`verified_cache_entries = 0`: the signature
@@ -37,12 +38,6 @@ use tether_proxy::tokens::{LockTarget, Tokens};
 static GLOBAL: support::Counting = support::Counting;
 
 const REGIONS: [&str; 5] = ["eu", "us", "ap", "sa", "af"];
-
-/// Tokens from the same proxy config the proxy benches write (built by
-/// the config loader, so this keeps up with the config's fields).
-fn tokens() -> Tokens {
-    tokens_with(Keys::Hs256).0
-}
 
 /// Tokens verifying with `keys`, and a `Tokens` with the same key ring but
 /// the verified-token cache off.
@@ -117,7 +112,7 @@ fn request_header(spoofed: bool) -> RequestHeader {
 }
 
 fn bench_tokens(c: &mut Criterion) {
-    let t = tokens();
+    let (t, t_nocache) = tokens_with(Keys::Hs256);
     let plain = mint(&t, "alice");
     // An escaped character in a claim: valid, but the fast path declines it.
     let general = mint(&t, "al\"ice");
@@ -134,10 +129,14 @@ fn bench_tokens(c: &mut Criterion) {
     g.bench_function("fast path (plain valid token)", |b| {
         b.iter(|| t.verify_access(black_box(&plain)))
     });
-    g.bench_function(
-        "fast path, with_access (request path, borrowed claims)",
-        |b| b.iter(|| check(&t, black_box(&plain))),
-    );
+    g.bench_function("fast path, with_access (cache off, borrowed claims)", |b| {
+        b.iter(|| check(&t_nocache, black_box(&plain)))
+    });
+    check(&t, &plain);
+    assert_eq!(t.cached_tokens(), 1);
+    g.bench_function("cached (hit), with_access (request path)", |b| {
+        b.iter(|| check(&t, black_box(&plain)))
+    });
     g.bench_function("general jsonwebtoken path", |b| {
         b.iter(|| t.verify_access(black_box(&general)))
     });
@@ -288,7 +287,7 @@ fn allocations() {
         support::ALLOC_COUNTING.store(false, Ordering::Relaxed);
         (after - before) as f64 / n as f64
     }
-    let t = tokens();
+    let (t, t_nocache) = tokens_with(Keys::Hs256);
     let plain = mint(&t, "alice");
     let general = mint(&t, "al\"ice");
     let mut clean = request_header(false);
@@ -309,7 +308,12 @@ fn allocations() {
         count(10_000, || t.verify_access(&plain))
     );
     println!(
-        "  with_access, fast path:         {:.1} (the request path: claims borrowed)",
+        "  with_access, fast path:         {:.1} (cache off: claims borrowed)",
+        count(10_000, || check(&t_nocache, &plain))
+    );
+    check(&t, &plain);
+    println!(
+        "  with_access, HS256 cache hit:   {:.1} (the request path)",
         count(10_000, || check(&t, &plain))
     );
     println!(

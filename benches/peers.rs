@@ -3,9 +3,11 @@
 //! One trivial upstream (nginx `return 200`, one worker, or a tiny Rust
 //! server) and, each pinned alone to core 1 with one worker thread and
 //! upstream keep-alive: direct to the upstream (the ceiling), a plain
-//! Pingora pass-through, tether with an HS256 token locked to itself,
+//! Pingora pass-through, tether with an HS256 token locked to itself
+//! (verified-token cache on, the default) and the same with the cache off
+//! (`verified_cache_entries = 0`: the HMAC checked on every request),
 //! tether with an EdDSA (Ed25519) key ring and token, once with the
-//! verified-token cache and once without (`verified_cache_entries = 0`),
+//! verified-token cache and once without,
 //! nginx `proxy_pass` (checks nothing), and HAProxy doing tether's work
 //! (`jwt_verify` on the same HS256 token, `exp` checked, routing on the
 //! `srv` claim). A peer whose binary is missing is skipped with a message.
@@ -19,7 +21,7 @@
 //! bench's own paced generator, same 32 connections): p50/p99/p99.9.
 //! Peak RSS (VmHWM) at the end. Medians of the rounds, ratios against
 //! nginx, HAProxy and plain Pingora, and EdDSA ÷ HS256 (the median and
-//! each round's). About four minutes; knobs
+//! each round's). About five minutes; knobs
 //! `TETHER_BENCH_ROUNDS` (3), `TETHER_BENCH_SECS` (5, closed),
 //! `TETHER_BENCH_OPEN_SECS` (4). JSON: `target/bench-peers.json`.
 
@@ -74,7 +76,7 @@ fn main() {
     let (tether, config) =
         start_tether(&pin, dir.path(), up_addr).unwrap_or_else(|e| panic!("{e}"));
     targets.push(tether);
-    for keys in [Keys::EdDsaCached, Keys::EdDsaUncached] {
+    for keys in [Keys::Hs256Uncached, Keys::EdDsaCached, Keys::EdDsaUncached] {
         let (t, _) =
             start_tether_with(&pin, dir.path(), up_addr, keys).unwrap_or_else(|e| panic!("{e}"));
         targets.push(t);
@@ -249,6 +251,7 @@ fn main() {
     let over_hs256 = |keys: Keys| Some(Ratio::of(get(keys.row())?, hs256?));
     let cached = over_hs256(Keys::EdDsaCached);
     let uncached = over_hs256(Keys::EdDsaUncached);
+    let hs256_cache_off = over_hs256(Keys::Hs256Uncached);
     if let Some(r) = &cached {
         println!(
             "must: EdDSA with cache >= 0.95x HS256: {:.2} (rounds {}; CPU/request {:.2}x) -> {}",
@@ -261,6 +264,14 @@ fn main() {
     if let Some(r) = &uncached {
         println!(
             "info: EdDSA without cache ÷ HS256: {:.2} (rounds {}; CPU/request {:.2}x)",
+            r.rps,
+            r.rounds(),
+            r.cpu_per_request
+        );
+    }
+    if let Some(r) = &hs256_cache_off {
+        println!(
+            "info: HS256 with the verified-token cache off ÷ on: {:.2} (rounds {}; CPU/request {:.2}x)",
             r.rps,
             r.rounds(),
             r.cpu_per_request
@@ -280,6 +291,7 @@ fn main() {
             "tether_hs256_over_pingora": tether_over_pingora,
             "eddsa_cached_over_hs256": cached,
             "eddsa_uncached_over_hs256": uncached,
+            "hs256_cache_off_over_on": hs256_cache_off,
         },
     });
     let path = target_dir().join("bench-peers.json");

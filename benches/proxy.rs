@@ -4,9 +4,9 @@
 //! Starts a trivial upstream (nginx `return 200`, one worker, or a tiny
 //! Rust server), a plain Pingora pass-through (no tether logic, one worker
 //! thread) and tether (`target/release/tether proxy`, one worker thread)
-//! with an HS256 token locked to itself, plus two tethers with an EdDSA
-//! (Ed25519) key ring and token, with and without the verified-token
-//! cache; drives each with the same closed-loop load (wrk -t1 -c32,
+//! with an HS256 token locked to itself (verified-token cache on, the
+//! default), plus two tethers with an EdDSA (Ed25519) key ring and token,
+//! with and without the cache, and an HS256 tether with the cache off; drives each with the same closed-loop load (wrk -t1 -c32,
 //! keep-alive) in interleaved rounds and prints requests/s, p50/p99, CPU
 //! per request and the ratios tether ÷ plain Pingora and EdDSA ÷ HS256
 //! (medians of the rounds). Then counts heap allocations per proxied
@@ -53,6 +53,7 @@ fn main() {
             .0
     };
     let (eddsa_cached, eddsa_uncached) = (start(Keys::EdDsaCached), start(Keys::EdDsaUncached));
+    let hs256_uncached = start(Keys::Hs256Uncached);
 
     // Before/after: `TETHER_BENCH_COMPARE=/path/to/old/tether` adds other
     // builds as extra rows, interleaved with the rest.
@@ -77,9 +78,15 @@ fn main() {
 
     let direct_run = measured(&direct, || closed_loop(&pin, &direct, None, secs));
     println!("  {:<30} {:>9.0} req/s", direct.name, direct_run.load.rps);
-    // Indexes 0-3 are fixed (the ratios and the JSON name them); the
+    // Indexes 0-4 are fixed (the ratios and the JSON name them); the
     // compared builds follow.
-    let mut targets = vec![&pass, &tether, &eddsa_cached, &eddsa_uncached];
+    let mut targets = vec![
+        &pass,
+        &tether,
+        &eddsa_cached,
+        &eddsa_uncached,
+        &hs256_uncached,
+    ];
     targets.extend(others.iter());
     let mut runs: Vec<Vec<Run>> = vec![Vec::new(); targets.len()];
     for round in 1..=rounds {
@@ -107,6 +114,8 @@ fn main() {
     let eddsa_ratio = rps(2) / rps(1);
     let eddsa_cpu_ratio = cpu(2) / cpu(1);
     let eddsa_uncached_ratio = rps(3) / rps(1);
+    let hs256_uncached_ratio = rps(4) / rps(1);
+    let hs256_uncached_cpu = cpu(4) / cpu(1);
 
     // Allocations per proxied request, each in its own counted process
     // (the measured ones above stay up, idle).
@@ -116,7 +125,12 @@ fn main() {
     let (pass_allocs, _) = allocs_per_request(&pin, &counted_pass, None, &pass_file);
     drop(counted_pass);
     let mut allocs = vec![pass_allocs];
-    for keys in [Keys::Hs256, Keys::EdDsaCached, Keys::EdDsaUncached] {
+    for keys in [
+        Keys::Hs256,
+        Keys::EdDsaCached,
+        Keys::EdDsaUncached,
+        Keys::Hs256Uncached,
+    ] {
         let file = dir.path().join(format!("tether-{keys:?}.allocs"));
         let counted = start_tether_counted(&pin, dir.path(), up_addr, &file, keys);
         let token = counted.token(&config);
@@ -159,10 +173,14 @@ fn main() {
         if eddsa_ratio >= 0.95 { "met" } else { "MISSED" }
     );
     println!(
-        "allocations per proxied request: plain Pingora {pass_allocs:.1}, tether {tether_allocs:.1} (tether's own: {:.1}); EdDSA cached {:.1}, uncached {:.1}",
+        "HS256 with the verified-token cache off ÷ on: throughput {hs256_uncached_ratio:.3}, CPU per request {hs256_uncached_cpu:.3}"
+    );
+    println!(
+        "allocations per proxied request: plain Pingora {pass_allocs:.1}, tether {tether_allocs:.1} (tether's own: {:.1}); EdDSA cached {:.1}, uncached {:.1}; HS256 cache off {:.1}",
         tether_allocs - pass_allocs,
         allocs[2],
-        allocs[3]
+        allocs[3],
+        allocs[4]
     );
 
     let json = serde_json::json!({
@@ -177,7 +195,8 @@ fn main() {
         "tether_hs256": { "runs": runs[1], "median_rps": rps(1), "allocs_per_request": tether_allocs },
         "tether_eddsa_cached": { "runs": runs[2], "median_rps": rps(2), "allocs_per_request": allocs[2] },
         "tether_eddsa_uncached": { "runs": runs[3], "median_rps": rps(3), "allocs_per_request": allocs[3] },
-        "compared": (4..targets.len())
+        "tether_hs256_cache_off": { "runs": runs[4], "median_rps": rps(4), "allocs_per_request": allocs[4] },
+        "compared": (5..targets.len())
             .map(|i| serde_json::json!({ "name": targets[i].name, "runs": runs[i], "median_rps": rps(i) }))
             .collect::<Vec<_>>(),
         "ratio_tether_over_pingora": ratio,
@@ -185,6 +204,7 @@ fn main() {
         "ratio_eddsa_cached_over_hs256": eddsa_ratio,
         "cpu_ratio_eddsa_cached_over_hs256": eddsa_cpu_ratio,
         "ratio_eddsa_uncached_over_hs256": eddsa_uncached_ratio,
+        "ratio_hs256_cache_off_over_on": hs256_uncached_ratio,
     });
     let path = target_dir().join("bench-proxy.json");
     match std::fs::write(&path, serde_json::to_string_pretty(&json).expect("json")) {

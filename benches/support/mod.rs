@@ -600,8 +600,13 @@ pub fn start_passthrough(
 /// Which key ring a tether under test verifies its tokens with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Keys {
-    /// HS256 with [`SECRET`] (the secret HAProxy's `jwt_verify` gets too).
+    /// HS256 with [`SECRET`] (the secret HAProxy's `jwt_verify` gets too),
+    /// with the verified-token cache on (the default): after a token's
+    /// first request, a hash lookup.
     Hs256,
+    /// HS256 with `verified_cache_entries = 0`: the HMAC checked on every
+    /// request (the fast path).
+    Hs256Uncached,
     /// Ed25519, with the verified-token cache on (10,000 entries, the
     /// default): after a token's first request, a hash lookup.
     EdDsaCached,
@@ -615,6 +620,7 @@ impl Keys {
     pub fn row(self) -> &'static str {
         match self {
             Keys::Hs256 => "tether, HS256 token",
+            Keys::Hs256Uncached => "tether, HS256 token (cache off)",
             Keys::EdDsaCached => "tether, EdDSA token (cached)",
             Keys::EdDsaUncached => "tether, EdDSA token (uncached)",
         }
@@ -634,14 +640,15 @@ pub fn write_tether_config_with(
     keys: Keys,
 ) -> PathBuf {
     let (keyring_file, cache_entries) = match keys {
-        Keys::Hs256 => {
+        Keys::Hs256 | Keys::Hs256Uncached => {
             let secret_hex: String = SECRET.bytes().map(|b| format!("{b:02x}")).collect();
             std::fs::write(
                 dir.join("keyring.toml"),
                 format!("signing_kid = \"bench\"\n\n[[keys]]\nkid = \"bench\"\nalg = \"HS256\"\nsecret_hex = \"{secret_hex}\"\n"),
             )
             .expect("keyring");
-            ("keyring.toml".to_owned(), 10_000)
+            let entries = if keys == Keys::Hs256 { 10_000 } else { 0 };
+            ("keyring.toml".to_owned(), entries)
         }
         Keys::EdDsaCached | Keys::EdDsaUncached => {
             let name = format!("keyring-eddsa.{port}.toml");

@@ -365,7 +365,7 @@ pub struct TokenConfig {
     pub refresh_rotation: bool,
     /// What a refresh does when discovery cannot be asked about the family.
     pub when_discovery_down: DownPolicy,
-    /// Size of the verified-token cache for EdDSA access tokens (0: off).
+    /// Size of the verified-token cache for access tokens (0: off).
     pub verified_cache_entries: usize,
 }
 

@@ -354,8 +354,9 @@ pub struct Tokens {
     refresh_ttl: Duration,
     access_validation: HashMap<Algorithm, Validation>,
     refresh_validation: HashMap<Algorithm, Validation>,
-    /// Access tokens whose signature was checked (EdDSA only: an Ed25519
-    /// check costs more than the whole proxy hop), by SHA-256 of the token.
+    /// Access tokens whose signature was checked, by SHA-256 of the token
+    /// (an Ed25519 check costs more than the whole proxy hop, and even an
+    /// HS256 check costs more than a hit).
     /// Bounded; a new `Tokens` (key reload) starts empty, so a key change
     /// flushes it. `exp`/`nbf` are re-checked on every hit.
     verified: Option<VerifiedCache>,
@@ -388,13 +389,8 @@ impl Tokens {
             v
         };
         let algs = [Algorithm::HS256, Algorithm::EdDSA];
-        let has_eddsa = cfg
-            .keyring
-            .verifying
-            .values()
-            .any(|k| k.alg == Algorithm::EdDSA);
         Tokens {
-            verified: (has_eddsa && cfg.verified_cache_entries > 0).then(|| VerifiedCache {
+            verified: (cfg.verified_cache_entries > 0).then(|| VerifiedCache {
                 entries: std::sync::Mutex::new(HashMap::new()),
                 capacity: cfg.verified_cache_entries,
             }),
@@ -433,9 +429,11 @@ impl Tokens {
     }
 
     /// The same checks as [`Tokens::verify_access`], handing `f` the claims
-    /// the request path needs, borrowed: a valid HS256 token is checked
-    /// and read without a single heap allocation (the fast path decodes
-    /// into stack buffers); other tokens take the general path and are
+    /// the request path needs, borrowed. With the verified-token cache on
+    /// (the default), a token's first check fills the cache and later ones
+    /// are hits that allocate nothing; with it off, a valid HS256 token is
+    /// checked and read without a heap allocation (the fast path decodes
+    /// into stack buffers), and other tokens take the general path and are
     /// borrowed from its result.
     pub fn with_access<R>(
         &self,
@@ -459,22 +457,19 @@ impl Tokens {
                 None => Err(TokenError::BadClaims),
             }
         };
+        // With the cache on, every access token goes through it: a hit
+        // (a hash of the token and a lookup) is cheaper than even the
+        // HS256 fast path, and borrows the shared claims, so it allocates
+        // nothing either.
+        if let Some(cache) = &self.verified {
+            let claims = self.verify_cached(cache, token, now)?;
+            return run(&AccessClaimsRef::of(&claims));
+        }
         if let Some(r) = self.fast_access_with(token, now, &mut run) {
             return r;
         }
-        // The cached (EdDSA) or general `jsonwebtoken` path. A cache hit
-        // borrows the shared claims: no allocation either.
-        match &self.verified {
-            Some(cache) => {
-                let claims = self.verify_cached(cache, token, now)?;
-                run(&AccessClaimsRef::of(&claims))
-            }
-            None => {
-                let claims: AccessClaims =
-                    self.verify(token, typ::ACCESS, &self.access_validation)?;
-                run(&AccessClaimsRef::of(&claims))
-            }
-        }
+        let claims: AccessClaims = self.verify(token, typ::ACCESS, &self.access_validation)?;
+        run(&AccessClaimsRef::of(&claims))
     }
 
     /// The cache in front of the full check. A hit re-checks the times.
@@ -504,7 +499,12 @@ impl Tokens {
             }
             return Ok(c);
         }
-        let claims: AccessClaims = self.verify(token, typ::ACCESS, &self.access_validation)?;
+        // A miss: the full check (the HS256 fast path when it accepts,
+        // else the general path, which gives the precise error).
+        let claims = match self.fast_access_with(token, now, &mut |c| c.owned()) {
+            Some(c) => c,
+            None => self.verify(token, typ::ACCESS, &self.access_validation)?,
+        };
         let claims = Arc::new(claims);
         let mut entries = cache.entries.lock().unwrap_or_else(|p| p.into_inner());
         if entries.len() >= cache.capacity {

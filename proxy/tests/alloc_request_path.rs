@@ -1,4 +1,4 @@
-//! Heap allocations of request-path helpers, counted: a cached EdDSA
+//! Heap allocations of request-path helpers, counted: a cached (EdDSA or HS256)
 //! access-token check allocates nothing, and the `X-Forwarded-For` /
 //! `Forwarded` values cost one allocation each (their own buffers).
 //!
@@ -51,7 +51,7 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-fn eddsa_tokens(ring: &str, cache_entries: usize) -> Tokens {
+fn tokens_with(ring: &str, cache_entries: usize) -> Tokens {
     let ring = KeyRing::parse(ring, "test").unwrap();
     Tokens::new(&TokenConfig {
         issuer: "tether".into(),
@@ -69,8 +69,16 @@ fn eddsa_tokens(ring: &str, cache_entries: usize) -> Tokens {
 
 #[test]
 fn cached_eddsa_token_check_allocates_nothing() {
-    let ring = tether_proxy::secrets::keyring_text_eddsa("ed1");
-    let tokens = eddsa_tokens(&ring, 100);
+    cached_check_allocates_nothing(&tether_proxy::secrets::keyring_text_eddsa("ed1"), "EdDSA");
+}
+
+#[test]
+fn cached_hs256_token_check_allocates_nothing() {
+    cached_check_allocates_nothing(&tether_proxy::secrets::keyring_text("k1"), "HS256");
+}
+
+fn cached_check_allocates_nothing(ring: &str, alg: &str) {
+    let tokens = tokens_with(ring, 100);
     let token = tokens
         .mint(
             "alice",
@@ -95,15 +103,20 @@ fn cached_eddsa_token_check_allocates_nothing() {
     }
     let hits = allocs() - before;
     assert_eq!(ok, 1000);
-    assert_eq!(hits, 0, "heap allocations in 1,000 cached EdDSA checks");
+    assert_eq!(hits, 0, "heap allocations in 1,000 cached {alg} checks");
 
-    // Without the cache every check verifies the signature (and
-    // allocates: the general path owns its claims).
-    let uncached = eddsa_tokens(&ring, 0);
+    // Without the cache every check verifies the signature (EdDSA: the
+    // general path, which owns its claims and allocates; HS256: the fast
+    // path, which does not).
+    let uncached = tokens_with(ring, 0);
     assert!(check(&uncached));
     let before = allocs();
     assert!(check(&uncached));
-    assert!(allocs() > before);
+    assert_eq!(
+        allocs() > before,
+        alg == "EdDSA",
+        "{alg} uncached allocations"
+    );
     assert_eq!(uncached.cached_tokens(), 0);
 }
 

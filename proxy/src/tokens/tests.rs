@@ -217,7 +217,14 @@ fn hostile_tokens_are_refused() {
     ];
     for (name, token, want) in cases {
         assert_eq!(t.verify_access(&token), Err(want), "case {name}");
+        // The request path (through the verified-token cache) agrees.
+        assert_eq!(
+            t.with_access(&token, |_| ()),
+            Err(want),
+            "case {name}, request path"
+        );
     }
+    assert_eq!(t.cached_tokens(), 0, "no hostile token was cached");
 }
 
 #[test]
@@ -530,4 +537,50 @@ fn jwks_lists_only_public_ed25519_keys() {
         "test",
     );
     assert!(mismatch.is_err());
+}
+
+#[test]
+fn hs256_request_path_goes_through_the_cache() {
+    let mut c = cfg(ring(""));
+    c.leeway = Duration::from_secs(0);
+    let t = Tokens::new(&c);
+    let now = unix_now();
+    let good = forge(&access_header(), &claims(now), &secret());
+    let srv = |token: &str| t.with_access(token, |v| v.srv.to_owned());
+    assert_eq!(t.cached_tokens(), 0);
+    assert_eq!(srv(&good), Ok("eu-1".to_owned()));
+    assert_eq!(t.cached_tokens(), 1, "the first check filled the cache");
+    assert_eq!(srv(&good), Ok("eu-1".to_owned()));
+    assert_eq!(t.cached_tokens(), 1, "the second check was a hit");
+
+    // A token that differs in one byte misses and fails the signature;
+    // nothing is cached for it.
+    let mut bad = good.clone();
+    bad.pop();
+    bad.push(if good.ends_with('A') { 'B' } else { 'A' });
+    assert_eq!(srv(&bad), Err(TokenError::BadSignature));
+    // Another secret's token with the same claims: a miss, refused.
+    let forged = forge(&access_header(), &claims(now), &[7u8; 32]);
+    assert_eq!(srv(&forged), Err(TokenError::BadSignature));
+    assert_eq!(t.cached_tokens(), 1);
+
+    // A cached token is still checked for expiry on every hit.
+    let mut short = claims(now);
+    short["exp"] = (now + 1).into();
+    let short = forge(&access_header(), &short, &secret());
+    assert!(srv(&short).is_ok());
+    assert_eq!(t.cached_tokens(), 2);
+    std::thread::sleep(Duration::from_millis(2100));
+    assert_eq!(srv(&short), Err(TokenError::Expired));
+
+    // With the cache off, the same answers (the fast path).
+    let mut off = cfg(ring(""));
+    off.verified_cache_entries = 0;
+    let u = Tokens::new(&off);
+    assert_eq!(
+        u.with_access(&good, |v| v.srv.to_owned()),
+        Ok("eu-1".to_owned())
+    );
+    assert_eq!(u.with_access(&bad, |_| ()), Err(TokenError::BadSignature));
+    assert_eq!(u.cached_tokens(), 0);
 }
