@@ -1,4 +1,5 @@
-//! Token verification on arbitrary input: `Tokens::verify_access` and
+//! Token verification on arbitrary input: `Tokens::verify_access`,
+//! `with_access` (the request path, through the verified-token cache) and
 //! `verify_refresh` with a fixed key ring must never panic, and never
 //! accept one token as both kinds.
 //!
@@ -107,6 +108,20 @@ fuzz_target!(|data: &[u8]| {
     let t = tokens();
     let access = t.verify_access(&token);
     let refresh = t.verify_refresh(&token);
+    // The request path (`with_access`, through the verified-token cache)
+    // gives the same answer as the full check, on a miss and on a hit.
+    for pass in ["miss", "hit"] {
+        let fast = t.with_access(&token, |v| (v.sub.to_owned(), v.srv.to_owned(), v.fam.to_owned()));
+        match (&access, &fast) {
+            (Ok(c), Ok((sub, srv, fam))) => assert_eq!(
+                (&c.sub, &c.srv, &c.fam),
+                (sub, srv, fam),
+                "request path ({pass}) read other claims: {token}"
+            ),
+            (Err(a), Err(b)) => assert_eq!(a, b, "request path ({pass}) gave another error: {token}"),
+            (a, b) => panic!("request path ({pass}) disagrees: full {a:?}, request path {b:?}: {token}"),
+        }
+    }
     if mode == 2 {
         assert!(
             access.is_err() && refresh.is_err(),
