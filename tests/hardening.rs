@@ -5,7 +5,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,9 +15,15 @@ use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-/// Writes a self-signed set into the cluster folder `name` with the
+/// A self-signed set written into the cluster folder `name` by the
 /// project's script (the one the docs give operators for local use).
-fn tls_set(c: &Cluster, name: &str) -> std::path::PathBuf {
+struct TlsSet {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+fn tls_set(c: &Cluster, name: &str) -> TlsSet {
     let dir = c.path(name);
     let out = std::process::Command::new("bash")
         .arg(concat!(
@@ -32,7 +38,11 @@ fn tls_set(c: &Cluster, name: &str) -> std::path::PathBuf {
         "scripts/tls-selfsigned.sh failed (it needs openssl): {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    dir
+    TlsSet {
+        ca: dir.join("ca.pem"),
+        cert: dir.join("cert.pem"),
+        key: dir.join("key.pem"),
+    }
 }
 
 /// A TLS connection to 127.0.0.1:`port` that trusts only `ca`.
@@ -107,12 +117,7 @@ async fn closed_within<S: AsyncRead + Unpin>(s: &mut S, within: Duration) -> boo
 async fn tls_on_the_client_listener() {
     let mut c = Cluster::new(Timing::default());
     c.start_discovery(0);
-    let dir = tls_set(&c, "tls");
-    let (ca, cert, key) = (
-        dir.join("ca.pem"),
-        dir.join("cert.pem"),
-        dir.join("key.pem"),
-    );
+    let TlsSet { ca, cert, key } = tls_set(&c, "tls");
     let app = Upstream::start("app").await;
     let peer_ca = format!("peer_ca_file = {ca:?}\n"); // also checks the key parses
     let a = c
@@ -172,7 +177,7 @@ async fn tls_on_the_client_listener() {
 
     // A client that trusts another CA refuses the server's certificate.
     let other = tls_set(&c, "other-tls");
-    assert!(tls_connect(port, &other.join("ca.pem")).await.is_err());
+    assert!(tls_connect(port, &other.ca).await.is_err());
 
     // The head deadline holds over TLS too: a partial head is cut off.
     let mut slow = tls_connect(port, &ca).await.expect("TLS handshake");
@@ -203,12 +208,7 @@ async fn tls_on_the_client_listener() {
 async fn https_peers_are_probed_over_tls() {
     let mut c = Cluster::new(Timing::default());
     c.start_discovery(0);
-    let dir = tls_set(&c, "tls");
-    let (ca, cert, key) = (
-        dir.join("ca.pem"),
-        dir.join("cert.pem"),
-        dir.join("key.pem"),
-    );
+    let TlsSet { ca, cert, key } = tls_set(&c, "tls");
     let (app_a, app_b, app_c) = (
         Upstream::start("app-a").await,
         Upstream::start("app-b").await,
@@ -286,20 +286,19 @@ async fn tls_config_errors_name_the_key() {
     let cases: [(&str, String, &str); 5] = [
         (
             "cert without key",
-            format!("tls_cert_file = {:?}\n", dir.join("cert.pem")),
+            format!("tls_cert_file = {:?}\n", dir.cert),
             "server.tls_key_file",
         ),
         (
             "key without cert",
-            format!("tls_key_file = {:?}\n", dir.join("key.pem")),
+            format!("tls_key_file = {:?}\n", dir.key),
             "server.tls_cert_file",
         ),
         (
             "a key from another pair",
             format!(
                 "tls_cert_file = {:?}\ntls_key_file = {:?}\n",
-                dir.join("cert.pem"),
-                other.join("key.pem")
+                dir.cert, other.key
             ),
             "server.tls_key_file",
         ),
@@ -308,7 +307,7 @@ async fn tls_config_errors_name_the_key() {
             format!(
                 "tls_cert_file = {:?}\ntls_key_file = {:?}\n",
                 c.path("garbage.pem"),
-                dir.join("key.pem")
+                dir.key
             ),
             "server.tls_cert_file",
         ),
@@ -316,8 +315,8 @@ async fn tls_config_errors_name_the_key() {
             "missing file",
             format!(
                 "tls_cert_file = {:?}\ntls_key_file = {:?}\n",
-                dir.join("nope.pem"),
-                dir.join("key.pem")
+                dir.ca.with_file_name("nope.pem"),
+                dir.key
             ),
             "server.tls_cert_file",
         ),
