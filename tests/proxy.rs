@@ -867,8 +867,7 @@ async fn key_rotation_under_load_refuses_no_valid_token() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn header_limits_forwarded_headers_and_slowloris() {
-    use tokio::io::AsyncWriteExt;
+async fn header_limits_and_forwarded_headers() {
     let mut c = Cluster::new(Timing::default());
     c.start_discovery(0);
     let app = Upstream::start("app").await;
@@ -934,42 +933,8 @@ async fn header_limits_forwarded_headers_and_slowloris() {
         assert_eq!(seen.headers["x-forwarded-proto"], "http");
         assert!(!seen.headers.contains_key("proxy-authorization"));
     }
-
-    // Slowloris: 500 connections dripping a request header a byte a second
-    // while a normal client keeps working. Bounded: about 3 seconds.
-    let mut drips = Vec::new();
-    for _ in 0..500 {
-        let addr = a.addr;
-        drips.push(tokio::spawn(async move {
-            let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
-                return;
-            };
-            if s.write_all(b"GET /x HTTP/1.1\r\nHost: x\r\n")
-                .await
-                .is_err()
-            {
-                return;
-            }
-            for _ in 0..3 {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                if s.write_all(b"X").await.is_err() {
-                    return;
-                }
-            }
-        }));
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let started = Instant::now();
-    let mut ok = 0;
-    while started.elapsed() < Duration::from_secs(2) {
-        let r = get(&c.http, &format!("{}/x", a.url), Some(&l.access)).await;
-        assert_eq!(r.status(), 200, "a normal client is served during the drip");
-        ok += 1;
-    }
-    assert!(ok >= 10, "only {ok} requests in 2 s");
-    for d in drips {
-        d.abort();
-    }
+    // Slowloris (500 connections dripping a byte a second while a normal
+    // client is served): tests/hardening.rs, with the head deadline.
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
