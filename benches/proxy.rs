@@ -6,7 +6,8 @@
 //! thread) and tether (`target/release/tether proxy`, one worker thread)
 //! with an HS256 token locked to itself (verified-token cache on, the
 //! default), plus two tethers with an EdDSA (Ed25519) key ring and token,
-//! with and without the cache, and an HS256 tether with the cache off; drives each with the same closed-loop load (wrk -t1 -c32,
+//! with and without the cache, and an HS256 tether with the cache off;
+//! drives each with the same closed-loop load (wrk -t1 -c32,
 //! keep-alive) in interleaved rounds and prints requests/s, p50/p99, CPU
 //! per request and the ratios tether ÷ plain Pingora and EdDSA ÷ HS256
 //! (medians of the rounds). Then counts heap allocations per proxied
