@@ -20,12 +20,14 @@
 pub mod admin;
 pub mod config;
 pub mod endpoints;
+pub mod framing;
 pub mod guard;
 pub mod hop;
 pub mod keys;
 pub mod load;
 pub mod lock;
 pub mod metrics;
+pub mod path;
 pub mod probe;
 pub mod respond;
 pub mod secrets;
