@@ -479,7 +479,7 @@ impl Client {
 
     /// The closest server's id. Only a failure to get through is an error:
     /// a bad or non-2xx answer leaves the field out (the proxy then uses
-    /// itself as the closest, DESIGN.md §4).
+    /// itself as the closest, docs/design.md §4).
     async fn closest(&self, global: &str) -> Result<Option<String>, Error> {
         let url = join(global, "/closestToMe");
         let res = self

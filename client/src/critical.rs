@@ -1,5 +1,5 @@
 //! Critical-task guards: while one is alive, refreshes ask to keep the
-//! current server (`criticalTaskInProgress: true`, DESIGN.md §5 rule 2).
+//! current server (`criticalTaskInProgress: true`, docs/design.md §5 rule 2).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

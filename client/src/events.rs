@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tether_protocol::wire::ServerSummary;
 
-/// What an app shows its user on [`Event::ServerChanged`] (DESIGN.md §5).
+/// What an app shows its user on [`Event::ServerChanged`] (docs/design.md §5).
 pub const SERVER_CHANGED_MESSAGE: &str =
     "Your primary server has changed. Any missing data will be synced within 5 minutes.";
 

@@ -2,7 +2,7 @@
 //!
 //! tether locks each client to one server (a proxy in front of one
 //! regional deployment) through a signed token, and re-places it only at
-//! token refresh (DESIGN.md §1–§5). This crate is the client's half of that
+//! token refresh (docs/design.md §1–§5). This crate is the client's half of that
 //! protocol: a [`Client`] logs in through the global URL, sends every
 //! request with its access token to the server it is locked to, refreshes
 //! before expiry (asking `/closestToMe` first and telling the proxy about

@@ -1,5 +1,5 @@
 //! What to do with an answer: hand it to the caller, or act on a proxy
-//! signal and retry (DESIGN.md §4). A pure function over status, headers
+//! signal and retry (docs/design.md §4). A pure function over status, headers
 //! and body, so it is tested with canned answers.
 //!
 //! Only answers that prove the request did not reach the app are acted on:

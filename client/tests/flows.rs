@@ -1,6 +1,6 @@
 //! The SDK's retry and refresh flows against a scripted stand-in for the
 //! proxy (real HTTP on 127.0.0.1, ephemeral ports). The stand-in follows
-//! DESIGN.md §4 only as far as each flow needs; the real proxy's
+//! docs/design.md §4 only as far as each flow needs; the real proxy's
 //! end-to-end tests live in the root package.
 
 use std::collections::HashMap;
