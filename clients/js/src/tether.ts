@@ -258,7 +258,7 @@ export function parseLoginHeaders(h: Headers): {
 }
 
 /** The ways the client reads one answer of a locked server. */
-type Action =
+export type ResponseAction =
   | { kind: "return" }
   | { kind: "relock"; url: string; server: ServerSummary | null }
   | { kind: "refresh" }
@@ -268,7 +268,7 @@ type Action =
  * What to do with an answer (DESIGN.md §4): only answers that prove the
  * request never reached the app are acted on.
  */
-export async function classify(res: Response): Promise<Action> {
+export async function classify(res: Response): Promise<ResponseAction> {
   const relock = res.headers.get("Tether-Relock")?.trim() ?? null;
   if (res.status === 421) {
     const body = await jsonOf(res);
@@ -444,7 +444,7 @@ export class TetherClient {
       handoffTimeout: nonNegative("handoffTimeout", options.handoffTimeout ?? 300),
     };
     this.storage = options.storage ?? memoryStorage();
-    this.locks = options.locks ?? defaultLocks();
+    this.locks = options.locks === null ? localLocks() : (options.locks ?? defaultLocks());
     this.channel =
       options.channel === undefined
         ? defaultChannel(options.channelName ?? "tether")
@@ -895,6 +895,11 @@ export class TetherClient {
     unreachable: string | null,
   ): Promise<RefreshResult | null> {
     return this.locks.request(`tether-refresh:${sessionKey(seen)}`, async () => {
+      if (this.channel) {
+        // The tab that held the lock posted its tokens before releasing
+        // it; let that message be dispatched before looking.
+        await nextTask();
+      }
       const cur = this.current();
       if (cur.refreshToken !== seen.refreshToken) return null;
       return this.refreshLocked(cur, cause, unreachable);
@@ -1298,6 +1303,21 @@ async function jsonOf(res: Response): Promise<unknown> {
 
 function errorText(e: unknown): string {
   return e instanceof Error ? e.message : String(e);
+}
+
+/** A macrotask later: queued messages (the tab channel's) are dispatched first. */
+function nextTask(): Promise<void> {
+  if (typeof MessageChannel === "undefined") {
+    return new Promise((resolve) => globalThis.setTimeout(resolve, 0));
+  }
+  return new Promise((resolve) => {
+    const c = new MessageChannel();
+    c.port1.onmessage = () => {
+      c.port1.close();
+      resolve();
+    };
+    c.port2.postMessage(null);
+  });
 }
 
 /** Aborts when any of `signals` does (`AbortSignal.any` where the browser has it). */
