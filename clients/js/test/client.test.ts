@@ -181,6 +181,7 @@ describe("retry rules", () => {
 
   it("503 + Tether-Relock: refresh: refreshes naming the server, re-sends with the same key", async () => {
     const { client, cluster, t } = await loggedIn();
+    const rt = client.currentSession?.refreshToken;
     let answered = false;
     cluster.hook = (c) => {
       if (c.url === "http://eu-1.test/orders" && !answered) {
@@ -201,7 +202,7 @@ describe("retry rules", () => {
     const [refresh] = cluster.find("POST", "/auth/refresh");
     assert.equal(refresh?.url, `${GLOBAL}/auth/refresh`);
     assert.deepEqual(refresh?.json, {
-      refreshToken: (refresh?.json as { refreshToken: string }).refreshToken,
+      refreshToken: rt,
       criticalTaskInProgress: false,
       closestServerId: "eu-1",
       unreachableServerId: "eu-1",
