@@ -977,7 +977,7 @@ export class TetherClient {
     const s = this.current();
     const to = server ?? { ...s.server, url };
     this.session = { ...s, server: to };
-    void this.storage.save(this.session);
+    this.store(this.session);
     return { ...to };
   }
 
@@ -986,6 +986,13 @@ export class TetherClient {
     this.session = s;
     await this.storage.save(s);
     this.schedule();
+  }
+
+  /** Saves without waiting; a failing storage is reported, not fatal. */
+  private store(s: TetherSession): void {
+    Promise.resolve()
+      .then(() => this.storage.save(s))
+      .catch((e: unknown) => console.error("tether: cannot store the session", e));
   }
 
   private async signOut(reason: "logout" | "expired" | "other-tab", old: TetherSession) {
@@ -1161,7 +1168,11 @@ export class TetherClient {
         }
         // Another tab refreshed this session: take its tokens instead of
         // rotating the refresh token again.
-        void this.adopt(msg.session);
+        void this.adopt(msg.session).catch((e: unknown) =>
+          console.error("tether: cannot store the session", e),
+        );
+        // A call counting down can go on now with these tokens.
+        this.waiting?.skip();
         this.emit("refreshed", {
           server: { ...msg.session.server },
           serverChanged: msg.session.server.id !== cur.server.id,

@@ -12,10 +12,15 @@ import {
   FakeClock,
   FakeCluster,
   flush,
+  GLOBAL,
   ofType,
   tab,
   token,
 } from "./fakes.js";
+
+function appCalls(cluster: FakeCluster, path: string) {
+  return cluster.calls.filter((c) => new URL(c.url).pathname === path);
+}
 
 function tabs(n: number) {
   const clock = new FakeClock();
@@ -138,6 +143,38 @@ describe("tabs of one user", () => {
     assert.ok(n >= 1 && n <= 2, `${n} refreshes`);
     assert.equal(a.client.currentSession?.accessToken, b.client.currentSession?.accessToken);
     assert.equal(ofType(a, "signedout").length + ofType(b, "signedout").length, 0);
+  });
+
+  it("a tab counting down goes on at once when another tab got through", async () => {
+    const clock = new FakeClock();
+    const cluster = new FakeCluster(clock);
+    const hub = new ChannelHub();
+    const locks = countingLocks();
+    const a = tab(cluster, clock, { channel: hub.channel(), locks });
+    // Tab b cannot reach the global URL (say, a flaky extension or route).
+    const bFetch: typeof fetch = (input, init) =>
+      String(input).startsWith(GLOBAL)
+        ? Promise.reject(new TypeError("fetch failed"))
+        : cluster.fetch(input, init);
+    const b = tab(cluster, clock, { channel: hub.channel(), locks, fetch: bFetch });
+    await a.client.login({});
+    await b.client.restore();
+    cluster.server("eu-1").up = false;
+    let done: Response | null = null;
+    const p = b.client.get("/x").then((r) => {
+      done = r;
+    });
+    await clock.advance(2_000);
+    assert.equal(b.client.reconnecting, true);
+    assert.equal(done, null);
+    assert.equal((await a.client.get("/y")).status, 200);
+    await clock.advance(0);
+    await p;
+    assert.equal(done === null ? 0 : (done as Response).status, 200);
+    assert.equal(appCalls(cluster, "/x").at(-1)?.url, "http://eu-2.test/x");
+    assert.equal(cluster.count("POST", "/auth/refresh"), 1);
+    assert.deepEqual(ofType(b, "reconnected"), [{ server: cluster.summary("eu-2"), attempts: 1 }]);
+    assert.equal(ofType(b, "serverchanged").length, 1);
   });
 
   it("a critical task in one tab is sent by the tab that refreshes", async () => {
