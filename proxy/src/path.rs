@@ -142,13 +142,12 @@ pub fn canonical(path: &str) -> Result<Cow<'_, str>, PathError> {
             b'/' | b'\\' => return Err(PathError::EncodedSeparator),
             0x00..=0x1f | 0x7f => return Err(PathError::EncodedControl),
             b'%' => {
-                // `%25` then an escape: decoded once more by a lenient
-                // backend, it must not turn into a dot or separator.
-                if b.get(i + 3) == Some(&b'%') {
-                    if let Ok(inner) = escape_at(b, i + 3) {
-                        if matches!(inner, b'.' | b'/' | b'\\') {
-                            return Err(PathError::DoubleEncoded);
-                        }
+                // `%25` then two hex digits (`%252e`): decoded once more by
+                // a lenient backend, it must not turn into a dot or a
+                // separator.
+                if let Ok(inner) = escape_at(b, i + 2) {
+                    if matches!(inner, b'.' | b'/' | b'\\') {
+                        return Err(PathError::DoubleEncoded);
                     }
                 }
                 decoded.extend_from_slice(&b[i..i + 3]);
