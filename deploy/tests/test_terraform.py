@@ -432,6 +432,10 @@ class Module:
             return list(args[0].values())
         if fn == "jsonencode":
             return json.dumps(args[0])
+        if fn == "replace":
+            if len(args[1]) > 1 and args[1].startswith("/") and args[1].endswith("/"):
+                raise Unsupported("replace() with a regular expression")
+            return args[0].replace(args[1], args[2])
         if fn == "join":
             return args[0].join(args[1])
         if fn == "distinct":

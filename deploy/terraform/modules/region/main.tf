@@ -47,7 +47,7 @@ resource "aws_security_group" "server" {
   }
 
   egress {
-    description = "HTTPS: AWS APIs (SSM, Secrets Manager), peers' /healthz probes and forward hops"
+    description = "HTTPS: AWS APIs (SSM, Secrets Manager), /healthz probes of peers and forward hops"
     from_port   = 443
     to_port     = 443
     protocol    = "tcp"
