@@ -748,5 +748,36 @@ class TerraformExample(unittest.TestCase):
         self.assertIn("60", cond)
 
 
+def render_configs(out_dir):
+    """Writes the example's rendered configs (<server-id>.toml per proxy,
+    discovery.toml) into out_dir, for `tether check` (scripts/check-deploy.sh)."""
+    r = Rendered()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for key, m in r.regions.items():
+        for scope, param in m.expand("aws_ssm_parameter", "proxy_config"):
+            text = m.eval(param["value"], scope)
+            sid = tomllib.loads(text)["server"]["id"]
+            (out / f"{sid}.toml").write_text(text)
+            written.append(f"{sid}.toml")
+    (scope, param), = r.discovery.expand("aws_ssm_parameter", "discovery_config")
+    (out / "discovery.toml").write_text(r.discovery.eval(param["value"], scope))
+    written.append("discovery.toml")
+    # The boot scripts (user-data) of every instance, for shellcheck.
+    (out / "user-data").mkdir(exist_ok=True)
+    instances = [(m, f"server-{key}", "server") for key, m in r.regions.items()]
+    instances += [(r.discovery, "etcd", "etcd"), (r.discovery, "discovery", "discovery")]
+    for m, prefix, rname in instances:
+        for scope, body in m.expand("aws_instance", rname):
+            name = f"user-data/{prefix}-{scope['count']['index'] + 1}.sh"
+            (out / name).write_text(m.eval(body["user_data"], scope))
+            written.append(name)
+    return written
+
+
 if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--render":
+        print("\n".join(render_configs(sys.argv[2])))
+        sys.exit(0)
     unittest.main(verbosity=2)
