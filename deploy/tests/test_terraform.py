@@ -672,6 +672,9 @@ class TerraformExample(unittest.TestCase):
             self.assertTrue(covering_admin, f"{key}: no rule for the admin port (Prometheus)")
             for lo, hi, cidrs in covering_admin:
                 self.assertFalse({"0.0.0.0/0", "::/0"} & set(cidrs), f"{key}: admin port {admin} open to the world")
+            # Prometheus reaches it: the region's VPC and the monitoring CIDRs.
+            want = {self.r.tfvars["regions"][key]["vpc_cidr"], *self.r.tfvars["monitoring_cidrs"]}
+            self.assertEqual({c for r in covering_admin for c in r[2]}, want)
             for lo, hi, cidrs in rules:
                 if {"0.0.0.0/0", "::/0"} & set(cidrs):
                     self.assertEqual((lo, hi), (client, client), f"{key}: public rule on {lo}-{hi}")

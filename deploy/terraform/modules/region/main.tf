@@ -14,7 +14,7 @@ locals {
   server_fqdns = [for id in local.server_ids : "${id}.${var.domain}"]
   region_fqdn  = "${var.name}.${var.domain}"
   global_fqdn  = "${var.global_name}.${var.domain}"
-  monitoring   = length(var.monitoring_cidrs) > 0 ? var.monitoring_cidrs : [var.vpc_cidr]
+  monitoring   = distinct(concat([var.vpc_cidr], var.monitoring_cidrs))
   param_prefix = "/tether/${var.name}"
   arn_prefix   = "arn:${data.aws_partition.current.partition}"
   account      = data.aws_caller_identity.current.account_id

@@ -78,7 +78,7 @@ variable "admin_port" {
 }
 
 variable "monitoring_cidrs" {
-  description = "Private CIDRs allowed to reach the admin port (Prometheus). Defaults to this VPC."
+  description = "Private CIDRs allowed to reach the admin port (Prometheus), besides this VPC."
   type        = list(string)
   default     = []
   validation {
