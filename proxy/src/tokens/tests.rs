@@ -1,5 +1,10 @@
+use super::keyring::ED25519_PKCS8_PREFIX;
 use super::*;
 use crate::config::TokenConfig;
+use jsonwebtoken::{EncodingKey, Header};
+use tether_protocol::claims::AccessClaims;
+use tether_protocol::typ;
+use tether_protocol::validate::MAX_TOKEN_LEN;
 
 const SECRET_HEX: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 
