@@ -14,7 +14,7 @@
 //!   servers;
 //! - snapshot validation (`check_snapshot` + `Registry::new`) and an
 //!   `ArcSwap` swap while another thread keeps reading;
-//! - header sanitising (the strip loop of `service.rs`).
+//! - header sanitising (the strip loop of `headers.rs`).
 //!
 //! Then prints heap allocations per call (counting allocator). About 45 s.
 
