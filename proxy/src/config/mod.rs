@@ -1,9 +1,9 @@
 //! Proxy configuration, in three layers:
 //!
-//! - [`file`]: the TOML file as serde reads it (`deny_unknown_fields`),
+//! - `file`: the TOML file as serde reads it (`deny_unknown_fields`),
 //!   with its defaults;
-//! - [`validate`]: every key checked, one function per `[section]`;
-//! - [`typed`]: the validated [`ProxyConfig`] the rest of the crate sees.
+//! - `validate`: every key checked, one function per `[section]`;
+//! - `typed`: the validated [`ProxyConfig`] the rest of the crate sees.
 //!
 //! Every error names the file, the key, the bad value and what is allowed.
 //! Relative paths (key ring, token files) resolve against the directory of

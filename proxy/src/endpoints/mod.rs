@@ -1,15 +1,15 @@
 //! The proxy's reserved endpoints (DESIGN.md §4), answered by the proxy
 //! itself, one file each:
 //!
-//! - [`login`]: `POST /auth/login`, the upstream's login call, and the
+//! - `login`: `POST /auth/login`, the upstream's login call, and the
 //!   first lock;
-//! - [`refresh`]: `POST /auth/refresh`, where a client is placed again
+//! - `refresh`: `POST /auth/refresh`, where a client is placed again
 //!   (the policy is `tether_protocol::placement`) and its refresh token
 //!   rotated at discovery;
-//! - [`logout`]: `POST /auth/logout`, revoking a refresh family;
-//! - [`closest`]: `GET /closestToMe`;
-//! - [`health`]: `GET /healthz`;
-//! - [`jwks`]: `GET /.well-known/jwks.json`.
+//! - `logout`: `POST /auth/logout`, revoking a refresh family;
+//! - `closest`: `GET /closestToMe`;
+//! - `health`: `GET /healthz`;
+//! - `jwks`: `GET /.well-known/jwks.json`.
 //!
 //! These are off the hot path, so they may allocate freely; bodies are
 //! bounded by `limits.reserved_body_bytes`.

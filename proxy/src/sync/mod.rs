@@ -2,11 +2,11 @@
 //! service (with its own runtime thread), so one that stalls never holds
 //! up another:
 //!
-//! - [`heartbeat`]: tells discovery this server is alive, with its load;
-//! - [`poll`]: long-polls discovery for the registry and swaps a snapshot
+//! - `heartbeat`: tells discovery this server is alive, with its load;
+//! - `poll`: long-polls discovery for the registry and swaps a snapshot
 //!   in once the [`crate::registry::Gate`] lets it pass;
-//! - [`reload`]: reloads the key ring when its file changes or on SIGHUP;
-//! - [`sampler`]: samples the load figure and the staleness gauge.
+//! - `reload`: reloads the key ring when its file changes or on SIGHUP;
+//! - `sampler`: samples the load figure and the staleness gauge.
 //!
 //! None of them blocks its thread: peer addresses are resolved with
 //! `tokio::net::lookup_host`, which runs the system resolver off the

@@ -1,14 +1,14 @@
 //! Tokens (DESIGN.md §3): minting and verifying JWTs with `jsonwebtoken`,
 //! and the key ring they are signed with.
 //!
-//! - [`keyring`]: the key-ring file (`keyring.toml`) and the keys in it;
-//! - [`mint`]: an access and a refresh token locked to a server;
-//! - [`verify`]: the general check, the borrowed one the request path
+//! - `keyring`: the key-ring file (`keyring.toml`) and the keys in it;
+//! - `mint`: an access and a refresh token locked to a server;
+//! - `verify`: the general check, the borrowed one the request path
 //!   uses, and `tether token inspect`;
-//! - [`fast`]: the HS256 fast path and the verified-token cache;
-//! - [`error`]: why a token was refused;
-//! - [`store`]: the live key ring, reloaded without a restart;
-//! - [`ids`]: token ids, hex and the clock.
+//! - `fast`: the HS256 fast path and the verified-token cache;
+//! - `error`: why a token was refused;
+//! - `store`: the live key ring, reloaded without a restart;
+//! - `ids`: token ids, hex and the clock.
 //!
 //! [`Tokens`] is one key ring with its settings ([`TokenConfig`], which the
 //! config layer fills in); [`TokenStore`] holds the current one.
@@ -68,8 +68,8 @@ pub enum DownPolicy {
     FailOpen,
 }
 
-/// One key ring with its settings: mints ([`mint`]) and verifies
-/// ([`verify`], [`fast`]).
+/// One key ring with its settings: mints (`mint.rs`) and verifies
+/// (`verify.rs`, `fast.rs`).
 pub struct Tokens {
     ring: KeyRing,
     issuer: String,
