@@ -12,7 +12,7 @@ use super::{bad_field, discovery_post, read_body, too_large, Result};
 use crate::metrics::RefreshRejected;
 use crate::respond;
 use crate::state::State;
-use crate::tokens::LockTarget;
+use crate::tokens::{DownPolicy, LockTarget};
 
 pub(super) async fn refresh(state: &State, session: &mut Session) -> Result<()> {
     let limit = state.cfg.limits.reserved_body_bytes;
@@ -217,8 +217,8 @@ async fn rotate(
             ..
         }) => Rotation::Issue { jti, iat, srv },
         _ => match state.cfg.tokens.when_discovery_down {
-            crate::config::DownPolicy::FailClosed => Rotation::Unavailable,
-            crate::config::DownPolicy::FailOpen => Rotation::Untracked,
+            DownPolicy::FailClosed => Rotation::Unavailable,
+            DownPolicy::FailOpen => Rotation::Untracked,
         },
     }
 }
