@@ -14,7 +14,7 @@
 //!   servers;
 //! - snapshot validation (`check_snapshot` + `Registry::new`) and an
 //!   `ArcSwap` swap while another thread keeps reading;
-//! - header sanitising (the strip loop of `service.rs`).
+//! - header sanitising (the strip loop of `headers.rs`).
 //!
 //! Then prints heap allocations per call (counting allocator). About 45 s.
 
@@ -251,14 +251,14 @@ fn bench_headers(c: &mut Criterion) {
     let mut g = c.benchmark_group("header sanitising");
     let mut clean = request_header(false);
     g.bench_function("request, nothing to strip (9 headers)", |b| {
-        b.iter(|| tether_proxy::service::strip_internal_request_headers(black_box(&mut clean)))
+        b.iter(|| tether_proxy::headers::strip_internal_request_headers(black_box(&mut clean)))
     });
     let spoofed = request_header(true);
     g.bench_function("request, 2 spoofed headers (clone + strip)", |b| {
         b.iter_batched(
             || spoofed.clone(),
             |mut r| {
-                tether_proxy::service::strip_internal_request_headers(&mut r);
+                tether_proxy::headers::strip_internal_request_headers(&mut r);
                 r
             },
             BatchSize::SmallInput,
@@ -273,7 +273,7 @@ fn bench_headers(c: &mut Criterion) {
         resp.insert_header(k, v).expect("header");
     }
     g.bench_function("response, nothing to strip (3 headers)", |b| {
-        b.iter(|| tether_proxy::service::strip_lock_response_headers(black_box(&mut resp)))
+        b.iter(|| tether_proxy::headers::strip_lock_response_headers(black_box(&mut resp)))
     });
     g.finish();
 }
@@ -341,7 +341,7 @@ fn allocations() {
     println!(
         "  strip request headers (clean):  {:.1}",
         count(10_000, || {
-            tether_proxy::service::strip_internal_request_headers(&mut clean)
+            tether_proxy::headers::strip_internal_request_headers(&mut clean)
         })
     );
     println!(

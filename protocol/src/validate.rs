@@ -2,6 +2,15 @@
 
 use serde::de::DeserializeOwned;
 
+/// Longest accepted server id.
+pub const MAX_ID_LEN: usize = 128;
+/// Longest accepted region code.
+pub const MAX_REGION_LEN: usize = 64;
+/// Longest accepted server URL.
+pub const MAX_URL_LEN: usize = 2048;
+/// Longest accepted token, in bytes. Real tokens are well under 1 KiB.
+pub const MAX_TOKEN_LEN: usize = 8 * 1024;
+
 /// A request field that failed a check. `field` is a JSON path such as
 /// `load` or `servers[3].url`; the message says what is wrong and what is
 /// allowed.
@@ -126,24 +135,20 @@ fn token_like(field: &str, value: &str, max: usize, what: &str) -> Result<(), Fi
 }
 
 pub fn server_id(field: &str, value: &str) -> Result<(), FieldError> {
-    token_like(field, value, crate::wire::MAX_ID_LEN, "server id")
+    token_like(field, value, MAX_ID_LEN, "server id")
 }
 
 pub fn region(field: &str, value: &str) -> Result<(), FieldError> {
-    token_like(field, value, crate::wire::MAX_REGION_LEN, "region code")
+    token_like(field, value, MAX_REGION_LEN, "region code")
 }
 
 /// An absolute http(s) URL with a host and nothing after the path (no
 /// query, fragment or credentials): servers are addressed by base URL.
 pub fn server_url(field: &str, value: &str) -> Result<(), FieldError> {
-    if value.len() > crate::wire::MAX_URL_LEN {
+    if value.len() > MAX_URL_LEN {
         return Err(FieldError::new(
             field,
-            format!(
-                "is {} bytes; at most {} allowed",
-                value.len(),
-                crate::wire::MAX_URL_LEN
-            ),
+            format!("is {} bytes; at most {} allowed", value.len(), MAX_URL_LEN),
         ));
     }
     // The URL parser quietly drops tabs and newlines and turns `\` into

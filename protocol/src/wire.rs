@@ -7,7 +7,10 @@
 
 use serde::{Deserialize, Serialize};
 
+// The length limits are the validation layer's; named here too because
+// they bound what travels on the wire.
 use crate::validate::FieldError;
+pub use crate::validate::{MAX_ID_LEN, MAX_REGION_LEN, MAX_TOKEN_LEN, MAX_URL_LEN};
 
 /// `POST /v1/heartbeat` body: one proxy ("server") announcing itself.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -29,13 +32,6 @@ pub struct Heartbeat {
     #[serde(default)]
     pub draining: bool,
 }
-
-/// Longest accepted server id.
-pub const MAX_ID_LEN: usize = 128;
-/// Longest accepted region code.
-pub const MAX_REGION_LEN: usize = 64;
-/// Longest accepted server URL.
-pub const MAX_URL_LEN: usize = 2048;
 
 impl Heartbeat {
     /// Checks values that serde's shape check cannot.
@@ -137,9 +133,6 @@ pub struct RefreshRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unreachable_server_id: Option<String>,
 }
-
-/// Longest accepted token, in bytes. Real tokens are well under 1 KiB.
-pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 
 impl RefreshRequest {
     pub fn validate(&self) -> Result<(), FieldError> {

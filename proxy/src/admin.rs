@@ -10,7 +10,7 @@ use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 use tether_protocol::wire::Snapshot;
 
-use crate::State;
+use crate::state::State;
 
 pub struct Admin {
     pub state: Arc<State>,

@@ -13,7 +13,11 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use hmac::{Hmac, Mac};
+use pingora_http::RequestHeader;
 use sha2::{Digest, Sha256};
+use tether_protocol::headers::HOP;
+
+use crate::tokens::unix_now;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -111,11 +115,32 @@ impl HopKey {
         Ok(from)
     }
 
+    /// The marker for forwarding `req` one hop, from server `from`.
+    pub fn mark(&self, req: &RequestHeader, from: &str) -> String {
+        self.sign(req.method.as_str(), path_and_query(req), unix_now(), from)
+    }
+
+    /// Checks `req`'s marker, if it has one: `Ok(true)` = a valid marker
+    /// (the request already made its one hop), `Ok(false)` = none.
+    pub fn check_request(&self, req: &RequestHeader) -> Result<bool, HopError> {
+        let Some(marker) = req.headers.get(HOP) else {
+            return Ok(false);
+        };
+        let marker = marker.to_str().map_err(|_| HopError::Malformed)?;
+        self.verify(marker, req.method.as_str(), path_and_query(req), unix_now())?;
+        Ok(true)
+    }
+
     /// Forgets nonces too old to be accepted anyway (called periodically).
     pub fn prune(&self, now: u64) {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         seen.retain(|_, t| now.saturating_sub(*t) <= 2 * MAX_SKEW);
     }
+}
+
+/// What a marker signs of the request's target.
+fn path_and_query(req: &RequestHeader) -> &str {
+    req.uri.path_and_query().map_or("/", |p| p.as_str())
 }
 
 /// A 32-byte HMAC tag in hex.

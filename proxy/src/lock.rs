@@ -1,13 +1,25 @@
-//! The lock decision (DESIGN.md §4, items 3–5): given a verified `srv`
-//! claim and the registry, where does the request go?
+//! The lock decision (DESIGN.md §4, items 3–5): where a request with a
+//! verified access token goes. Pure: no I/O, no clock.
 //!
-//! Pure and allocation-free: one hash lookup in the current view.
+//! In two steps, because the hop marker is checked between them (only a
+//! request with a valid token may spend a marker):
+//!
+//! 1. [`locate`], inside the token check while the claims are borrowed:
+//!    is the family revoked, where does the `srv` claim point ([`decide`]:
+//!    one hash lookup in the current view, allocation-free), and is the
+//!    subject a header value;
+//! 2. [`verdict`], given whether the request already made its one hop and
+//!    the foreign-lock mode: [`Verdict`], which the service answers or
+//!    forwards as it says.
 
 use std::net::SocketAddr;
 
-use tether_protocol::wire::ServerEntry;
+use http::HeaderValue;
+use tether_protocol::wire::{ServerEntry, ServerSummary};
 
-use crate::sync::RegistryView;
+use crate::config::ForeignLock;
+use crate::registry::RegistryView;
+use crate::tokens::{AccessView, TokenError};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Route<'v> {
@@ -39,6 +51,68 @@ pub fn decide<'v>(
             Route::Foreign(entry, view.peers.get(srv).copied())
         }
         _ => Route::Unavailable,
+    }
+}
+
+/// Where a verified token's lock points: step 1.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Locked {
+    /// This server; the subject, ready to be the `X-Tether-Subject` value.
+    Here(HeaderValue),
+    /// Another live server, with its proxy's address when resolved
+    /// (forward mode only).
+    There(ServerSummary, Option<SocketAddr>),
+    /// Unknown, not healthy, or found dead by a probe.
+    Gone,
+}
+
+/// Step 1, given the token's claims: a revoked family and a subject that
+/// cannot be a header value are token errors (401); otherwise where the
+/// lock points. `known_dead` as for [`decide`].
+pub fn locate(
+    view: &RegistryView,
+    self_id: &str,
+    claims: AccessView<'_>,
+    known_dead: impl Fn(&str) -> bool,
+) -> Result<Locked, TokenError> {
+    if view.registry.is_revoked(claims.fam) {
+        return Err(TokenError::Revoked);
+    }
+    match decide(view, self_id, claims.srv, known_dead) {
+        Route::Local => HeaderValue::from_str(claims.sub)
+            .map(Locked::Here)
+            .map_err(|_| TokenError::BadClaims),
+        Route::Foreign(entry, addr) => Ok(Locked::There(entry.summary(), addr)),
+        Route::Unavailable => Ok(Locked::Gone),
+    }
+}
+
+/// What the proxy does with a request whose token verified.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Forward to this server's upstream pool, as this subject.
+    Local(HeaderValue),
+    /// Forward one hop to the locked server's proxy (forward mode).
+    Forward(SocketAddr),
+    /// `421 wrong_server` + `Tether-Relock: <url>`: the client goes to
+    /// its locked server itself.
+    Relock(ServerSummary),
+    /// `503 server_unavailable` + `Tether-Relock: refresh`: the locked
+    /// server is gone; the client refreshes to get a new lock.
+    Refresh,
+    /// `508 forward_loop`: the request already made its one hop, and the
+    /// sender thought this server holds the lock. Never a second hop.
+    Loop,
+}
+
+/// Step 2: `hopped` = the request carries a valid hop marker.
+pub fn verdict(locked: Locked, hopped: bool, mode: ForeignLock) -> Verdict {
+    match locked {
+        Locked::Here(subject) => Verdict::Local(subject),
+        Locked::Gone => Verdict::Refresh,
+        Locked::There(..) if hopped => Verdict::Loop,
+        Locked::There(_, Some(addr)) if mode == ForeignLock::Forward => Verdict::Forward(addr),
+        Locked::There(server, _) => Verdict::Relock(server),
     }
 }
 
@@ -91,6 +165,90 @@ mod tests {
         assert_eq!(
             decide(&view, "a", "http://127.0.0.1:9/"),
             Route::Unavailable
+        );
+    }
+
+    fn claims<'a>(sub: &'a str, srv: &'a str, fam: &'a str) -> AccessView<'a> {
+        AccessView { sub, srv, fam }
+    }
+
+    fn view() -> RegistryView {
+        RegistryView {
+            registry: Registry::new(Snapshot {
+                version: 1,
+                servers: vec![entry("b", true, false), entry("c", false, false)],
+                revoked_families: vec!["gone-family".into()],
+            }),
+            peers: [("b".to_owned(), "127.0.0.1:9".parse().unwrap())].into(),
+        }
+    }
+
+    #[test]
+    fn locate_reads_revocation_lock_and_subject() {
+        let view = view();
+        let alive = |_: &str| false;
+        assert_eq!(
+            locate(&view, "a", claims("alice", "a", "f1"), alive),
+            Ok(Locked::Here(HeaderValue::from_static("alice")))
+        );
+        assert_eq!(
+            locate(&view, "a", claims("alice", "a", "gone-family"), alive),
+            Err(TokenError::Revoked),
+            "a revoked family is refused wherever its lock points"
+        );
+        assert_eq!(
+            locate(&view, "a", claims("bad\nsubject", "a", "f1"), alive),
+            Err(TokenError::BadClaims)
+        );
+        let b = view.registry.get("b").unwrap().summary();
+        assert_eq!(
+            locate(&view, "a", claims("bob", "b", "f1"), alive),
+            Ok(Locked::There(b, Some("127.0.0.1:9".parse().unwrap())))
+        );
+        assert_eq!(
+            locate(&view, "a", claims("bob", "c", "f1"), alive),
+            Ok(Locked::Gone)
+        );
+        assert_eq!(
+            locate(&view, "a", claims("bob", "b", "f1"), |id| id == "b"),
+            Ok(Locked::Gone)
+        );
+    }
+
+    #[test]
+    fn verdicts() {
+        use ForeignLock::{Forward, Redirect};
+        let subject = HeaderValue::from_static("alice");
+        let b = view().registry.get("b").unwrap().summary();
+        let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let here = || Locked::Here(subject.clone());
+        let there = |a| Locked::There(b.clone(), a);
+        for mode in [Redirect, Forward] {
+            for hopped in [false, true] {
+                // The locked server serves its clients, hop or not.
+                assert_eq!(
+                    verdict(here(), hopped, mode),
+                    Verdict::Local(subject.clone())
+                );
+                assert_eq!(verdict(Locked::Gone, hopped, mode), Verdict::Refresh);
+            }
+            // Never a second hop.
+            assert_eq!(verdict(there(Some(addr)), true, mode), Verdict::Loop);
+            assert_eq!(verdict(there(None), true, mode), Verdict::Loop);
+            // Without an address (an https:// peer) even forward mode
+            // hints a relock.
+            assert_eq!(
+                verdict(there(None), false, mode),
+                Verdict::Relock(b.clone())
+            );
+        }
+        assert_eq!(
+            verdict(there(Some(addr)), false, Forward),
+            Verdict::Forward(addr)
+        );
+        assert_eq!(
+            verdict(there(Some(addr)), false, Redirect),
+            Verdict::Relock(b.clone())
         );
     }
 }

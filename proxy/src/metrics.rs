@@ -8,6 +8,7 @@ use prometheus::{
     Registry, TextEncoder,
 };
 use tether_protocol::placement::Reason;
+use tether_protocol::registry::SnapshotError;
 
 /// How a client request ended, from the proxy's point of view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +54,83 @@ impl Outcome {
     }
 }
 
+/// Label values of the labelled counters, one enum per counter, so no
+/// call site spells a label by hand.
+macro_rules! labels {
+    ($(#[$doc:meta])* $name:ident { $($variant:ident => $label:literal,)+ }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name {
+            $($variant,)+
+        }
+
+        impl $name {
+            pub fn label(self) -> &'static str {
+                match self {
+                    $($name::$variant => $label,)+
+                }
+            }
+        }
+    };
+}
+
+labels! {
+    /// `logins_total{outcome}`.
+    Login {
+        Ok => "ok",
+        Rejected => "rejected",
+        TooLarge => "too_large",
+        UpstreamUnavailable => "upstream_unavailable",
+        UpstreamError => "upstream_error",
+        MappingFailed => "mapping_failed",
+    }
+}
+
+labels! {
+    /// `refresh_rejected_total{cause}`.
+    RefreshRejected {
+        TooLarge => "too_large",
+        BadRequest => "bad_request",
+        Revoked => "revoked",
+        InvalidToken => "invalid_token",
+        NoServer => "no_server",
+        Reused => "reused",
+        DiscoveryDown => "discovery_down",
+    }
+}
+
+labels! {
+    /// `keyring_reloads_total{result}`.
+    KeyRingReload {
+        Reloaded => "reloaded",
+        Failed => "failed",
+    }
+}
+
+labels! {
+    /// `snapshots_rejected_total{reason}`.
+    SnapshotRejected {
+        Malformed => "malformed",
+        BadEntry => "bad_entry",
+        DuplicateId => "duplicate_id",
+        VersionWentBack => "version_went_back",
+        Empty => "empty",
+        MassEviction => "mass_eviction",
+    }
+}
+
+impl From<&SnapshotError> for SnapshotRejected {
+    fn from(e: &SnapshotError) -> Self {
+        match e {
+            SnapshotError::BadEntry { .. } => SnapshotRejected::BadEntry,
+            SnapshotError::DuplicateId(_) => SnapshotRejected::DuplicateId,
+            SnapshotError::VersionWentBack { .. } => SnapshotRejected::VersionWentBack,
+            SnapshotError::Empty { .. } => SnapshotRejected::Empty,
+            SnapshotError::MassEviction { .. } => SnapshotRejected::MassEviction,
+        }
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     outcomes: Vec<IntCounter>,
@@ -60,18 +138,18 @@ pub struct Metrics {
     pub token_ok: IntCounter,
     pub token_invalid: IntCounter,
     decisions: Vec<IntCounter>,
-    pub refresh_rejected: IntCounterVec,
-    pub logins: IntCounterVec,
+    refresh_rejected: IntCounterVec,
+    logins: IntCounterVec,
     pub registry_version: IntGauge,
     pub registry_staleness_ms: IntGauge,
     pub heartbeat_failures: IntCounter,
     pub heartbeats_sent: IntCounter,
     pub poll_failures: IntCounter,
-    pub snapshots_rejected: IntCounterVec,
-    pub live_servers: IntGaugeVec,
-    pub probes: IntCounterVec,
+    snapshots_rejected: IntCounterVec,
+    live_servers: IntGaugeVec,
+    probes: IntCounterVec,
     pub load: prometheus::Gauge,
-    pub keyring_reloads: IntCounterVec,
+    keyring_reloads: IntCounterVec,
     /// Client connections being served now.
     pub connections_open: IntGauge,
     /// Connections refused at accept: over `max_connections`, over
@@ -279,6 +357,40 @@ impl Metrics {
     pub fn decision(&self, r: Reason) {
         if let Some(c) = self.decisions.get(r as usize) {
             c.inc();
+        }
+    }
+
+    pub fn login(&self, l: Login) {
+        self.logins.with_label_values(&[l.label()]).inc();
+    }
+
+    pub fn refresh_rejected(&self, cause: RefreshRejected) {
+        self.refresh_rejected
+            .with_label_values(&[cause.label()])
+            .inc();
+    }
+
+    /// `failover_probes_total{result="alive"|"dead"}`.
+    pub fn probe(&self, alive: bool) {
+        let result = if alive { "alive" } else { "dead" };
+        self.probes.with_label_values(&[result]).inc();
+    }
+
+    pub fn keyring_reload(&self, r: KeyRingReload) {
+        self.keyring_reloads.with_label_values(&[r.label()]).inc();
+    }
+
+    pub fn snapshot_rejected(&self, reason: SnapshotRejected) {
+        self.snapshots_rejected
+            .with_label_values(&[reason.label()])
+            .inc();
+    }
+
+    /// Replaces the `live_servers{region}` gauges with these counts.
+    pub fn live_servers<'a>(&self, by_region: impl IntoIterator<Item = (&'a str, usize)>) {
+        self.live_servers.reset();
+        for (region, n) in by_region {
+            self.live_servers.with_label_values(&[region]).set(n as i64);
         }
     }
 

@@ -1,9 +1,12 @@
-//! Writing the proxy's own answers (JSON errors and reserved endpoints).
+//! Writing the proxy's own answers (JSON errors and reserved endpoints):
+//! every refusal the request path makes has its function here.
 
 use bytes::Bytes;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
-use tether_protocol::wire::ErrorBody;
+use tether_protocol::wire::{ErrorBody, ServerSummary};
+
+use crate::hop::HopError;
 
 /// Writes a complete JSON response.
 pub async fn json(
@@ -72,4 +75,46 @@ pub async fn server_unavailable(session: &mut Session) -> pingora_error::Result<
         ],
     )
     .await
+}
+
+/// `431 request_header_fields_too_large`; the connection is closed.
+pub async fn headers_too_large(
+    session: &mut Session,
+    max_fields: usize,
+    max_bytes: usize,
+) -> pingora_error::Result<()> {
+    let body = ErrorBody::new("request_header_fields_too_large").detail(format!(
+        "request headers are limited to {max_fields} fields and {max_bytes} bytes"
+    ));
+    session.set_keepalive(None);
+    error(session, 431, &body, &[]).await
+}
+
+/// `403 invalid_hop`: a hop marker that does not verify.
+pub async fn invalid_hop(session: &mut Session, e: HopError) -> pingora_error::Result<()> {
+    let body = ErrorBody::new("invalid_hop").detail(e.to_string());
+    error(session, 403, &body, &[]).await
+}
+
+/// `421 wrong_server` + `Tether-Relock: <url>`: the client is locked to
+/// `locked`.
+pub async fn relock(session: &mut Session, locked: ServerSummary) -> pingora_error::Result<()> {
+    let url = locked.url.clone();
+    let body = ErrorBody {
+        locked_server: Some(locked),
+        ..ErrorBody::new("wrong_server")
+    };
+    error(
+        session,
+        421,
+        &body,
+        &[(tether_protocol::headers::RELOCK, &url)],
+    )
+    .await
+}
+
+/// `508 forward_loop`: the request already made its one hop.
+pub async fn forward_loop(session: &mut Session) -> pingora_error::Result<()> {
+    let body = ErrorBody::new("forward_loop").detail("this request was already forwarded once");
+    error(session, 508, &body, &[]).await
 }

@@ -1,8 +1,10 @@
-//! The Pingora `ProxyHttp` implementation. Kept thin: each phase delegates
-//! to the module that decides ([`crate::endpoints`], [`crate::tokens`],
-//! [`crate::lock`], [`crate::upstream`]).
+//! The Pingora `ProxyHttp` implementation, and nothing else: each phase
+//! calls the one module that decides ([`crate::headers`],
+//! [`crate::endpoints`], [`crate::tokens`] and [`crate::lock`],
+//! [`crate::hop`], [`crate::upstream`]) and answers through
+//! [`crate::respond`].
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -13,13 +15,12 @@ use pingora_error::{Error, ErrorType};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use tether_protocol::headers as h;
-use tether_protocol::wire::ErrorBody;
 
-use crate::config::ForeignLock;
-use crate::lock::{self, Route};
+use crate::lock::{self, Locked, Verdict};
 use crate::metrics::Outcome;
+use crate::state::State;
 use crate::tokens::TokenError;
-use crate::{respond, State};
+use crate::{endpoints, headers, respond};
 
 pub struct TetherProxy {
     pub state: Arc<State>,
@@ -35,18 +36,6 @@ enum Target {
     Foreign(SocketAddr),
 }
 
-/// The outcome of the token check and the lock decision.
-enum Decided {
-    /// Forward locally; the subject's header value.
-    Local(HeaderValue),
-    /// Locked to another live server.
-    Foreign(tether_protocol::wire::ServerSummary, Option<SocketAddr>),
-    Unavailable,
-    Revoked,
-    /// A subject that cannot be a header value.
-    BadSubject,
-}
-
 pub struct Ctx {
     target: Target,
     outcome: Outcome,
@@ -54,200 +43,6 @@ pub struct Ctx {
     subject: Option<HeaderValue>,
     upstream_started: Option<Instant>,
     in_flight: bool,
-}
-
-fn bearer(session: &Session) -> Result<&str, TokenError> {
-    let mut all = session.req_header().headers.get_all("authorization").iter();
-    let value = all.next().ok_or(TokenError::Missing)?;
-    // Two Authorization headers: ambiguous, refused (a proxy in front and
-    // the app behind could each read a different one).
-    if all.next().is_some() {
-        return Err(TokenError::Malformed);
-    }
-    let value = value.to_str().map_err(|_| TokenError::Malformed)?;
-    let (scheme, token) = value.split_once(' ').ok_or(TokenError::Malformed)?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(TokenError::Missing);
-    }
-    Ok(token.trim())
-}
-
-/// Removes client-supplied `Tether-*` and `X-Tether-*` headers from a
-/// request before it goes upstream: internal headers never reach the app
-/// from outside. The common case (none present) costs one scan of the
-/// header names and no allocation.
-pub fn strip_internal_request_headers(req: &mut RequestHeader) {
-    fn internal(name: &str) -> bool {
-        name.starts_with("x-tether-") || name.starts_with("tether-")
-    }
-    while let Some(name) = req.headers.keys().find(|k| internal(k.as_str())).cloned() {
-        req.remove_header(&name);
-    }
-}
-
-/// Removes `Tether-*` headers from the local app's response: the app must
-/// not be able to speak the lock protocol to clients.
-pub fn strip_lock_response_headers(resp: &mut ResponseHeader) {
-    while let Some(name) = resp
-        .headers
-        .keys()
-        .find(|k| k.as_str().starts_with("tether-"))
-        .cloned()
-    {
-        resp.remove_header(&name);
-    }
-}
-
-/// Whether a request's headers exceed the configured count or total size.
-fn headers_over_limits(req: &RequestHeader, limits: &crate::config::Limits) -> bool {
-    if req.headers.len() > limits.max_request_headers {
-        return true;
-    }
-    let mut bytes = 0;
-    for (name, value) in req.headers.iter() {
-        bytes += name.as_str().len() + value.len() + 4;
-    }
-    bytes > limits.max_request_header_bytes
-}
-
-/// `X-Forwarded-For`, `X-Forwarded-Proto` and `Forwarded` (RFC 7239) for
-/// the upstream: the client's address is appended to what a trusted peer
-/// (a load balancer in `routing.trusted_proxies`) sent, and replaces
-/// whatever anyone else sent, so a client cannot forge its address.
-/// Proxy-only hop-by-hop headers are dropped too. The protocol is
-/// `https` when the client's connection is TLS, else `http`.
-///
-/// On every proxied request, so the values are assembled without
-/// `format!`: see [`forwarded_values`].
-fn set_forwarded(
-    session: &Session,
-    upstream: &mut RequestHeader,
-    trusted: &[ipnet::IpNet],
-) -> pingora_error::Result<()> {
-    for name in ["proxy-connection", "keep-alive", "proxy-authorization"] {
-        upstream.remove_header(name);
-    }
-    let Some(ip) = session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| a.ip())
-    else {
-        return Ok(());
-    };
-    let from_trusted = trusted.iter().any(|n| n.contains(&ip));
-    let proto = if session.digest().is_some_and(|d| d.ssl_digest.is_some()) {
-        "https"
-    } else {
-        "http"
-    };
-    let prior = |name: &str| {
-        upstream
-            .headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| from_trusted && !v.is_empty())
-    };
-    let (xff, fwd) = forwarded_values(ip, proto, prior("x-forwarded-for"), prior("forwarded"))
-        .map_err(|_| {
-            Error::explain(
-                ErrorType::InvalidHTTPHeader,
-                "invalid X-Forwarded-For or Forwarded value",
-            )
-        })?;
-    upstream.insert_header("x-forwarded-for", xff)?;
-    upstream.insert_header("x-forwarded-proto", HeaderValue::from_static(proto))?;
-    upstream.insert_header("forwarded", fwd)?;
-    Ok(())
-}
-
-/// The `X-Forwarded-For` and `Forwarded` values for a client at `ip` that
-/// came in over `proto` (`http` or `https`), appended to the values a
-/// trusted peer sent (`prior_*`, `None` when the peer is not trusted or
-/// sent none): `1.2.3.4` and `for=1.2.3.4;proto=http`, an IPv6 node
-/// quoted and bracketed (`for="[::1]";proto=http`, RFC 7239 §6).
-///
-/// One heap allocation per value, the value's own buffer: the address is
-/// formatted on the stack and the parts copied into a buffer of the exact
-/// size, which `Bytes` then owns as is. (`format!` would allocate and
-/// grow a `String`, and a `String` whose capacity exceeds its length costs
-/// `Bytes` one more allocation.) `proxy/tests/alloc_request_path.rs`
-/// counts them.
-pub fn forwarded_values(
-    ip: IpAddr,
-    proto: &str,
-    prior_xff: Option<&str>,
-    prior_fwd: Option<&str>,
-) -> Result<(HeaderValue, HeaderValue), http::header::InvalidHeaderValue> {
-    let ip_text = IpText::new(ip);
-    let ip_b = ip_text.as_bytes();
-    let (open, close): (&[u8], &[u8]) = if ip.is_ipv6() {
-        (b"\"[", b"]\"")
-    } else {
-        (b"", b"")
-    };
-    let xff = match prior_xff {
-        Some(p) => joined(&[p.as_bytes(), b", ", ip_b])?,
-        None => joined(&[ip_b])?,
-    };
-    let fwd = match prior_fwd {
-        Some(p) => joined(&[
-            p.as_bytes(),
-            b", for=",
-            open,
-            ip_b,
-            close,
-            b";proto=",
-            proto.as_bytes(),
-        ])?,
-        None => joined(&[b"for=", open, ip_b, close, b";proto=", proto.as_bytes()])?,
-    };
-    Ok((xff, fwd))
-}
-
-/// A header value made of `parts`, in one allocation of the exact size.
-fn joined(parts: &[&[u8]]) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
-    let mut v = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
-    for p in parts {
-        v.extend_from_slice(p);
-    }
-    // Length equals capacity, so `Bytes` takes the buffer over without a
-    // second allocation, and `from_maybe_shared` keeps that `Bytes`.
-    HeaderValue::from_maybe_shared(bytes::Bytes::from(v))
-}
-
-/// An IP address as text, formatted into a stack buffer.
-struct IpText {
-    buf: [u8; 48],
-    len: usize,
-}
-
-impl IpText {
-    fn new(ip: IpAddr) -> IpText {
-        use std::fmt::Write;
-        let mut t = IpText {
-            buf: [0; 48],
-            len: 0,
-        };
-        // Cannot fail: an address's text is at most 39 bytes (full IPv6).
-        let _ = write!(t, "{ip}");
-        t
-    }
-
-    fn as_bytes(&self) -> &[u8] {
-        &self.buf[..self.len]
-    }
-}
-
-impl std::fmt::Write for IpText {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        let end = self.len + s.len();
-        self.buf
-            .get_mut(self.len..end)
-            .ok_or(std::fmt::Error)?
-            .copy_from_slice(s.as_bytes());
-        self.len = end;
-        Ok(())
-    }
 }
 
 impl TetherProxy {
@@ -258,6 +53,38 @@ impl TetherProxy {
             .public_prefixes
             .iter()
             .any(|p| path.starts_with(p.as_str()))
+    }
+
+    /// The token check, with the lock located inside it: the claims stay
+    /// borrowed from the token, so a valid HS256 request is verified and
+    /// routed without a heap allocation (the one for the subject's header
+    /// value is the forwarded identity itself).
+    fn check_token(&self, session: &Session) -> Result<Locked, TokenError> {
+        let state = &self.state;
+        let view = state.registry.load();
+        let me = state.cfg.server.id.as_str();
+        let token = headers::bearer(session)?;
+        state.tokens.with_access(token, |claims| {
+            lock::locate(&view, me, claims, |id| state.prober.is_known_dead(id))
+        })?
+    }
+
+    /// Sends the request to a healthy local upstream (`Ok(false)`: go on
+    /// proxying) or answers 503 (`Ok(true)`).
+    async fn forward_local(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        outcome: Outcome,
+        subject: Option<HeaderValue>,
+    ) -> pingora_error::Result<bool> {
+        let Some(target) = self.local_target(session, ctx).await? else {
+            return Ok(true);
+        };
+        ctx.target = target;
+        ctx.outcome = outcome;
+        ctx.subject = subject;
+        Ok(false)
     }
 
     /// Picks a healthy local upstream or answers 503 (returns `None`).
@@ -303,61 +130,26 @@ impl ProxyHttp for TetherProxy {
         ctx: &mut Ctx,
     ) -> pingora_error::Result<bool> {
         let state = &self.state;
-        if headers_over_limits(session.req_header(), &state.cfg.limits) {
+        let limits = &state.cfg.limits;
+        if headers::over_limits(session.req_header(), limits) {
             ctx.outcome = Outcome::Refused;
-            let body = ErrorBody::new("request_header_fields_too_large").detail(format!(
-                "request headers are limited to {} fields and {} bytes",
-                state.cfg.limits.max_request_headers, state.cfg.limits.max_request_header_bytes
-            ));
-            session.set_keepalive(None);
-            respond::error(session, 431, &body, &[]).await?;
+            let (fields, bytes) = (limits.max_request_headers, limits.max_request_header_bytes);
+            respond::headers_too_large(session, fields, bytes).await?;
             return Ok(true);
         }
         let path = session.req_header().uri.path();
-        if let Some(ep) = crate::endpoints::reserved(path) {
+        if let Some(ep) = endpoints::reserved(path) {
             ctx.outcome = Outcome::Reserved;
-            crate::endpoints::handle(ep, state, session).await?;
+            endpoints::handle(ep, state, session).await?;
             return Ok(true);
         }
         if self.is_public(path) {
-            let Some(target) = self.local_target(session, ctx).await? else {
-                return Ok(true);
-            };
-            ctx.target = target;
-            ctx.outcome = Outcome::Public;
-            return Ok(false);
+            return self
+                .forward_local(session, ctx, Outcome::Public, None)
+                .await;
         }
-
-        // The lock decision, inside the token check: the claims stay
-        // borrowed from the token, so a valid HS256 request is verified
-        // and routed without a heap allocation (the one for the subject's
-        // header value is the forwarded identity itself).
-        let view = state.registry.load();
-        let me = state.cfg.server.id.as_str();
-        let decided = bearer(session).and_then(|t| {
-            state.tokens.with_access(t, |c| {
-                if view.registry.is_revoked(c.fam) {
-                    return Decided::Revoked;
-                }
-                match lock::decide(&view, me, c.srv, |id| state.prober.is_known_dead(id)) {
-                    Route::Local => match HeaderValue::from_str(c.sub) {
-                        Ok(v) => Decided::Local(v),
-                        Err(_) => Decided::BadSubject,
-                    },
-                    Route::Foreign(entry, addr) => Decided::Foreign(entry.summary(), addr),
-                    Route::Unavailable => Decided::Unavailable,
-                }
-            })
-        });
-        drop(view);
-        let decided = match decided {
-            Ok(Decided::Revoked) => Err(TokenError::Revoked),
-            Ok(Decided::BadSubject) => Err(TokenError::BadClaims),
-            Ok(d) => Ok(d),
-            Err(e) => Err(e),
-        };
-        let decided = match decided {
-            Ok(d) => d,
+        let locked = match self.check_token(session) {
+            Ok(locked) => locked,
             Err(e) => {
                 state.metrics.token_invalid.inc();
                 ctx.outcome = Outcome::InvalidToken;
@@ -366,72 +158,41 @@ impl ProxyHttp for TetherProxy {
             }
         };
         state.metrics.token_ok.inc();
-
         // A request that already made its one hop must carry a valid marker.
-        let mut hopped = false;
-        if let Some(marker) = session.req_header().headers.get(h::HOP) {
-            let req = session.req_header();
-            let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());
-            let checked = marker
-                .to_str()
-                .map_err(|_| crate::hop::HopError::Malformed)
-                .and_then(|m| {
-                    state
-                        .hop_key
-                        .verify(m, req.method.as_str(), pq, crate::tokens::unix_now())
-                        .map(|_| ())
-                });
-            if let Err(e) = checked {
+        let hopped = match state.hop_key.check_request(session.req_header()) {
+            Ok(hopped) => hopped,
+            Err(e) => {
                 ctx.outcome = Outcome::Refused;
-                let body = ErrorBody::new("invalid_hop").detail(e.to_string());
-                respond::error(session, 403, &body, &[]).await?;
+                respond::invalid_hop(session, e).await?;
                 return Ok(true);
             }
-            hopped = true;
-        }
-
-        match decided {
-            Decided::Local(subject) => {
-                let Some(target) = self.local_target(session, ctx).await? else {
-                    return Ok(true);
-                };
-                ctx.target = target;
-                ctx.outcome = Outcome::Forwarded;
-                ctx.subject = Some(subject);
+        };
+        match lock::verdict(locked, hopped, state.cfg.routing.foreign_lock) {
+            Verdict::Local(subject) => {
+                self.forward_local(session, ctx, Outcome::Forwarded, Some(subject))
+                    .await
             }
-            Decided::Foreign(locked, addr) => {
-                if hopped {
-                    // Never a second hop: the sender thought we hold the lock.
-                    ctx.outcome = Outcome::Refused;
-                    let body = ErrorBody::new("forward_loop")
-                        .detail("this request was already forwarded once");
-                    respond::error(session, 508, &body, &[]).await?;
-                    return Ok(true);
-                }
-                match (state.cfg.routing.foreign_lock, addr) {
-                    (ForeignLock::Forward, Some(addr)) => {
-                        ctx.target = Target::Foreign(addr);
-                        ctx.outcome = Outcome::ForwardedForeign;
-                    }
-                    _ => {
-                        let url = locked.url.clone();
-                        let body = ErrorBody {
-                            locked_server: Some(locked),
-                            ..ErrorBody::new("wrong_server")
-                        };
-                        ctx.outcome = Outcome::RelockHint;
-                        respond::error(session, 421, &body, &[(h::RELOCK, &url)]).await?;
-                        return Ok(true);
-                    }
-                }
+            Verdict::Forward(addr) => {
+                ctx.target = Target::Foreign(addr);
+                ctx.outcome = Outcome::ForwardedForeign;
+                Ok(false)
             }
-            Decided::Unavailable | Decided::Revoked | Decided::BadSubject => {
+            Verdict::Relock(server) => {
+                ctx.outcome = Outcome::RelockHint;
+                respond::relock(session, server).await?;
+                Ok(true)
+            }
+            Verdict::Refresh => {
                 ctx.outcome = Outcome::ServerUnavailable;
                 respond::server_unavailable(session).await?;
-                return Ok(true);
+                Ok(true)
+            }
+            Verdict::Loop => {
+                ctx.outcome = Outcome::Refused;
+                respond::forward_loop(session).await?;
+                Ok(true)
             }
         }
-        Ok(false)
     }
 
     async fn upstream_peer(
@@ -467,8 +228,8 @@ impl ProxyHttp for TetherProxy {
         upstream: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> pingora_error::Result<()> {
-        strip_internal_request_headers(upstream);
-        set_forwarded(session, upstream, &self.state.cfg.routing.trusted_proxies)?;
+        headers::strip_internal_request_headers(upstream);
+        headers::set_forwarded(session, upstream, &self.state.cfg.routing.trusted_proxies)?;
         match ctx.target {
             Target::Local(_) if ctx.outcome == Outcome::Forwarded => {
                 if let Some(subject) = ctx.subject.take() {
@@ -478,14 +239,10 @@ impl ProxyHttp for TetherProxy {
                 upstream.insert_header(h::SERVER, self.state.server_header.clone())?;
             }
             Target::Foreign(_) => {
-                let req = session.req_header();
-                let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());
-                let marker = self.state.hop_key.sign(
-                    req.method.as_str(),
-                    pq,
-                    crate::tokens::unix_now(),
-                    &self.state.cfg.server.id,
-                );
+                let marker = self
+                    .state
+                    .hop_key
+                    .mark(session.req_header(), &self.state.cfg.server.id);
                 upstream.insert_header(h::HOP, marker)?;
             }
             _ => {}
@@ -508,7 +265,7 @@ impl ProxyHttp for TetherProxy {
         // The app must not be able to speak the lock protocol to clients;
         // a peer proxy (forward mode) may.
         if matches!(ctx.target, Target::Local(_)) {
-            strip_lock_response_headers(upstream_response);
+            headers::strip_lock_response_headers(upstream_response);
         }
         Ok(())
     }

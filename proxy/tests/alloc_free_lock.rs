@@ -11,7 +11,7 @@ use tether_protocol::registry::Registry;
 use tether_protocol::wire::{ServerEntry, Snapshot};
 use tether_proxy::config::{DownPolicy, TokenConfig};
 use tether_proxy::lock::{self, Route};
-use tether_proxy::sync::RegistryView;
+use tether_proxy::registry::RegistryView;
 use tether_proxy::tokens::{KeyRing, LockTarget, Tokens};
 
 struct Counting;

@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use tether_proxy::config::{DownPolicy, TokenConfig};
-use tether_proxy::service::forwarded_values;
+use tether_proxy::headers::forwarded_values;
 use tether_proxy::tokens::{KeyRing, LockTarget, Tokens};
 
 struct Counting;

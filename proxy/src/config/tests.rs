@@ -1,4 +1,6 @@
 use super::*;
+use std::path::PathBuf;
+use std::time::Duration;
 
 struct Fixture {
     dir: tempfile::TempDir,

@@ -1,5 +1,9 @@
+use super::keyring::ED25519_PKCS8_PREFIX;
 use super::*;
-use crate::config::TokenConfig;
+use jsonwebtoken::{EncodingKey, Header};
+use tether_protocol::claims::AccessClaims;
+use tether_protocol::typ;
+use tether_protocol::validate::MAX_TOKEN_LEN;
 
 const SECRET_HEX: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 
@@ -21,7 +25,7 @@ fn cfg(ring: KeyRing) -> TokenConfig {
         keyring_path: "test".into(),
         keyring: ring,
         refresh_rotation: true,
-        when_discovery_down: crate::config::DownPolicy::FailClosed,
+        when_discovery_down: crate::tokens::DownPolicy::FailClosed,
         verified_cache_entries: 100,
     }
 }

@@ -14,8 +14,9 @@ use std::sync::Mutex;
 use arc_swap::ArcSwap;
 use tether_protocol::claims::{AccessClaims, RefreshClaims};
 
-use crate::config::TokenConfig;
-use crate::tokens::{KeyRing, KeyRingError, LockTarget, Minted, TokenError, Tokens};
+use super::{
+    AccessView, KeyRing, KeyRingError, LockTarget, Minted, TokenConfig, TokenError, Tokens,
+};
 
 pub struct TokenStore {
     current: ArcSwap<Tokens>,
@@ -52,7 +53,7 @@ impl TokenStore {
     pub fn with_access<R>(
         &self,
         token: &str,
-        f: impl FnOnce(crate::tokens::AccessView<'_>) -> R,
+        f: impl FnOnce(AccessView<'_>) -> R,
     ) -> Result<R, TokenError> {
         self.current.load().with_access(token, f)
     }

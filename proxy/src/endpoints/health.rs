@@ -1,0 +1,21 @@
+//! `GET /healthz`: 200 while at least one upstream is healthy, else 503.
+
+use pingora_proxy::Session;
+
+use super::Result;
+use crate::respond;
+use crate::state::State;
+
+pub(super) async fn health(state: &State, session: &mut Session) -> Result<()> {
+    if state.upstream_healthy() {
+        respond::json(session, 200, &b"{\"status\":\"ok\"}"[..], &[]).await
+    } else {
+        respond::json(
+            session,
+            503,
+            &b"{\"status\":\"unavailable\",\"error\":\"upstream_unavailable\"}"[..],
+            &[],
+        )
+        .await
+    }
+}

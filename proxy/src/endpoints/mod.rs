@@ -1,0 +1,158 @@
+//! The proxy's reserved endpoints (DESIGN.md §4), answered by the proxy
+//! itself, one file each:
+//!
+//! - `login`: `POST /auth/login`, the upstream's login call, and the
+//!   first lock;
+//! - `refresh`: `POST /auth/refresh`, where a client is placed again
+//!   (the policy is `tether_protocol::placement`) and its refresh token
+//!   rotated at discovery;
+//! - `logout`: `POST /auth/logout`, revoking a refresh family;
+//! - `closest`: `GET /closestToMe`;
+//! - `health`: `GET /healthz`;
+//! - `jwks`: `GET /.well-known/jwks.json`.
+//!
+//! These are off the hot path, so they may allocate freely; bodies are
+//! bounded by `limits.reserved_body_bytes`.
+
+mod closest;
+mod health;
+mod jwks;
+mod login;
+mod logout;
+mod refresh;
+
+use pingora_proxy::Session;
+use tether_protocol::validate::FieldError;
+use tether_protocol::wire::{ErrorBody, ServerSummary};
+
+use crate::respond;
+use crate::state::State;
+
+type Result<T> = pingora_error::Result<T>;
+
+/// A reserved path, recognised by exact match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Login,
+    Refresh,
+    Logout,
+    Closest,
+    Health,
+    Jwks,
+}
+
+pub fn reserved(path: &str) -> Option<Endpoint> {
+    match path {
+        "/auth/login" => Some(Endpoint::Login),
+        "/auth/refresh" => Some(Endpoint::Refresh),
+        "/auth/logout" => Some(Endpoint::Logout),
+        "/closestToMe" => Some(Endpoint::Closest),
+        "/healthz" => Some(Endpoint::Health),
+        "/.well-known/jwks.json" => Some(Endpoint::Jwks),
+        _ => None,
+    }
+}
+
+pub async fn handle(ep: Endpoint, state: &State, session: &mut Session) -> Result<()> {
+    let method = session.req_header().method.clone();
+    let allowed = match ep {
+        Endpoint::Login | Endpoint::Refresh | Endpoint::Logout => method == http::Method::POST,
+        Endpoint::Closest | Endpoint::Health | Endpoint::Jwks => {
+            method == http::Method::GET || method == http::Method::HEAD
+        }
+    };
+    if !allowed {
+        let allow = if matches!(ep, Endpoint::Closest | Endpoint::Health | Endpoint::Jwks) {
+            "GET, HEAD"
+        } else {
+            "POST"
+        };
+        let body = ErrorBody::new("method_not_allowed")
+            .detail(format!("{method} is not allowed here; use {allow}"));
+        return respond::error(session, 405, &body, &[("allow", allow)]).await;
+    }
+    match ep {
+        Endpoint::Login => login::login(state, session).await,
+        Endpoint::Refresh => refresh::refresh(state, session).await,
+        Endpoint::Logout => logout::logout(state, session).await,
+        Endpoint::Closest => closest::closest(state, session).await,
+        Endpoint::Health => health::health(state, session).await,
+        Endpoint::Jwks => jwks::jwks(state, session).await,
+    }
+}
+
+/// Reads the whole request body, or `None` when it is over `limit`.
+pub(super) async fn read_body(session: &mut Session, limit: usize) -> Result<Option<Vec<u8>>> {
+    let declared = session
+        .req_header()
+        .headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Ok(None);
+    }
+    session.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+    let mut buf = Vec::with_capacity(declared.unwrap_or(512).min(limit));
+    while let Some(chunk) = session.read_request_body().await? {
+        if buf.len() + chunk.len() > limit {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(Some(buf))
+}
+
+pub(super) async fn too_large(session: &mut Session, limit: usize) -> Result<()> {
+    let body = ErrorBody {
+        field: Some("body".into()),
+        ..ErrorBody::new("payload_too_large")
+            .detail(format!("the request body is over {limit} bytes"))
+    };
+    // The rest of an oversized body is not read: close the connection.
+    session.set_keepalive(None);
+    respond::error(session, 413, &body, &[]).await
+}
+
+pub(super) async fn bad_field(session: &mut Session, err: &FieldError) -> Result<()> {
+    respond::error(session, 400, &ErrorBody::invalid_field(err), &[]).await
+}
+
+pub(super) fn summary(id: &str, url: &str, region: &str) -> ServerSummary {
+    ServerSummary {
+        id: id.to_owned(),
+        url: url.to_owned(),
+        region: region.to_owned(),
+    }
+}
+
+/// A cluster-token call to discovery, bounded to 2 s: a refresh or logout
+/// never waits long on it.
+pub(super) async fn discovery_post<T: serde::Serialize>(
+    state: &State,
+    path: &str,
+    body: &T,
+) -> reqwest::Result<reqwest::Response> {
+    let d = &state.cfg.discovery;
+    state
+        .discovery_http
+        .post(format!("{}{path}", d.url))
+        .bearer_auth(&d.cluster_token)
+        .timeout(std::time::Duration::from_secs(2))
+        .json(body)
+        .send()
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserved_paths_are_exact() {
+        assert_eq!(reserved("/auth/login"), Some(Endpoint::Login));
+        assert_eq!(reserved("/closestToMe"), Some(Endpoint::Closest));
+        assert_eq!(reserved("/auth/login/x"), None);
+        assert_eq!(reserved("/healthz/"), None);
+    }
+}

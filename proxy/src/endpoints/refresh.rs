@@ -1,0 +1,224 @@
+//! `POST /auth/refresh`: verify the refresh token, probe a server the
+//! client reports unreachable, place the client again
+//! (`tether_protocol::placement`), rotate the refresh token at discovery,
+//! mint the new pair.
+
+use pingora_proxy::Session;
+use tether_protocol::placement::{self, PlacementError};
+use tether_protocol::validate::parse_json;
+use tether_protocol::wire::{ErrorBody, RefreshRequest, RefreshResponse, ServerSummary};
+
+use super::{bad_field, discovery_post, read_body, too_large, Result};
+use crate::metrics::RefreshRejected;
+use crate::respond;
+use crate::state::State;
+use crate::tokens::{DownPolicy, LockTarget};
+
+pub(super) async fn refresh(state: &State, session: &mut Session) -> Result<()> {
+    let limit = state.cfg.limits.reserved_body_bytes;
+    let Some(body) = read_body(session, limit).await? else {
+        state.metrics.refresh_rejected(RefreshRejected::TooLarge);
+        return too_large(session, limit).await;
+    };
+    let req: RefreshRequest =
+        match parse_json(&body).and_then(|r: RefreshRequest| r.validate().map(|()| r)) {
+            Ok(r) => r,
+            Err(e) => {
+                state.metrics.refresh_rejected(RefreshRejected::BadRequest);
+                return bad_field(session, &e).await;
+            }
+        };
+    let claims = match state.tokens.verify_refresh(&req.refresh_token) {
+        Ok(c) if state.is_revoked(&c.fam) || state.registry.load().registry.is_revoked(&c.fam) => {
+            state.metrics.refresh_rejected(RefreshRejected::Revoked);
+            return respond::invalid_token(session, crate::tokens::TokenError::Revoked.detail())
+                .await;
+        }
+        Ok(c) => c,
+        Err(e) => {
+            state
+                .metrics
+                .refresh_rejected(RefreshRejected::InvalidToken);
+            return respond::invalid_token(session, e.detail()).await;
+        }
+    };
+    let me = &state.cfg.server;
+    let view = state.registry.load_full();
+
+    // Fast failover: believe "unreachable" only after our own probe fails.
+    // Only servers in the registry are probed, at their registry URL.
+    // Servers found dead by recent probes stay excluded until discovery
+    // catches up.
+    let probe = req
+        .unreachable_server_id
+        .as_deref()
+        .filter(|_| state.cfg.routing.fast_failover);
+    if let Some(unreachable) = probe {
+        if unreachable != me.id {
+            if let Some(entry) = view.registry.get(unreachable).filter(|s| s.is_live()) {
+                let alive = state.prober.is_alive(&entry.id, &entry.url).await;
+                state.metrics.probe(alive);
+            }
+        }
+    }
+    let known_dead = if state.cfg.routing.fast_failover {
+        state.prober.known_dead()
+    } else {
+        Vec::new()
+    };
+    let confirmed_dead: Vec<&str> = known_dead
+        .iter()
+        .map(String::as_str)
+        .filter(|id| *id != me.id)
+        .collect();
+
+    let decision = placement::place(
+        &view.registry,
+        &placement::Request {
+            current: &claims.srv,
+            closest: req.closest_server_id.as_deref(),
+            critical_task: req.critical_task_in_progress,
+            home_region: claims.home.as_deref(),
+            answering: &me.id,
+            answering_region: &me.region,
+            confirmed_dead: &confirmed_dead,
+        },
+        &state.cfg.routing.hysteresis,
+    );
+    let decision = match decision {
+        Ok(d) => d,
+        Err(PlacementError::NoServerAvailable) => {
+            state.metrics.refresh_rejected(RefreshRejected::NoServer);
+            let body = ErrorBody::new("no_server_available")
+                .detail("no live server can take this client right now");
+            return respond::error(session, 503, &body, &[("retry-after", "5")]).await;
+        }
+    };
+    let mut target = decision.server.summary();
+    let mut refresh_id = None;
+    if state.cfg.tokens.refresh_rotation {
+        match rotate(state, &claims, &target).await {
+            Rotation::Issue { jti, iat, srv } => {
+                if srv != target.id {
+                    // A retry within the grace window: the successor issued
+                    // first stands, with the placement it was issued for,
+                    // unless that server has died since (then this
+                    // placement; the token id, which rotation tracks, is
+                    // the same either way).
+                    if let Some(s) = view.registry.get(&srv).filter(|s| s.is_live()) {
+                        target = s.summary();
+                    }
+                }
+                refresh_id = Some((jti, iat));
+            }
+            Rotation::Reused => {
+                state.metrics.refresh_rejected(RefreshRejected::Reused);
+                state.revoke(&claims.fam, claims.exp);
+                return respond::invalid_token(
+                    session,
+                    "refresh token reuse detected; the session is revoked",
+                )
+                .await;
+            }
+            Rotation::Unavailable => {
+                state
+                    .metrics
+                    .refresh_rejected(RefreshRejected::DiscoveryDown);
+                let body = ErrorBody::new("refresh_unavailable")
+                    .detail("refresh-token reuse detection is unavailable right now; access tokens keep working, retry shortly");
+                return respond::error(session, 503, &body, &[("retry-after", "5")]).await;
+            }
+            Rotation::Untracked => {}
+        }
+    }
+    state.metrics.decision(decision.reason);
+    let minted = match state.tokens.mint_with(
+        &claims.sub,
+        LockTarget {
+            server_id: &target.id,
+            region: &target.region,
+        },
+        claims.home.as_deref(),
+        Some(&claims.fam),
+        refresh_id.as_ref().map(|(j, i)| (j.as_str(), *i)),
+    ) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!("minting tokens failed: {e}");
+            let body = ErrorBody::new("internal").detail("could not mint tokens");
+            return respond::error(session, 500, &body, &[]).await;
+        }
+    };
+    let answer = RefreshResponse {
+        access_token: minted.access,
+        refresh_token: minted.refresh,
+        token_type: "Bearer".into(),
+        expires_in: minted.expires_in,
+        server_changed: target.id != claims.srv,
+        server: target,
+        previous_server_id: claims.srv.clone(),
+        reason: decision.reason.as_str().into(),
+    };
+    let json = serde_json::to_vec(&answer).unwrap_or_default();
+    respond::json(session, 200, json, &[]).await
+}
+
+/// What the family store said about a refresh.
+enum Rotation {
+    /// Issue the refresh token with this id and `iat`, locked to `srv`.
+    Issue { jti: String, iat: u64, srv: String },
+    /// The presented token was reused: the family is revoked.
+    Reused,
+    /// Discovery could not be asked and the policy is fail-closed.
+    Unavailable,
+    /// Discovery could not be asked and the policy is fail-open: rotate
+    /// without tracking.
+    Untracked,
+}
+
+/// The compare-and-set at discovery (DESIGN.md §3, RFC 9700 §4.14.2).
+async fn rotate(
+    state: &State,
+    claims: &tether_protocol::claims::RefreshClaims,
+    target: &ServerSummary,
+) -> Rotation {
+    use tether_protocol::wire::{RotateOutcome, RotateRequest, RotateResponse};
+    let jti = crate::tokens::successor_jti(&state.successor_key, &claims.fam, &claims.jti);
+    let now = crate::tokens::unix_now();
+    let request = RotateRequest {
+        family: claims.fam.clone(),
+        presented: crate::tokens::sha256_hex(&claims.jti),
+        successor: crate::tokens::sha256_hex(&jti),
+        iat: now,
+        srv: target.id.clone(),
+        rgn: target.region.clone(),
+        expires_at: now + state.cfg.tokens.refresh_ttl.as_secs(),
+    };
+    let answer = discovery_post(state, "/v1/families/rotate", &request).await;
+    let parsed = match answer {
+        Ok(r) if r.status().is_success() => r.json::<RotateResponse>().await.ok(),
+        Ok(r) => {
+            tracing::warn!(status = %r.status(), "discovery refused the refresh rotation");
+            None
+        }
+        Err(e) => {
+            tracing::warn!("refresh rotation at discovery failed: {e}");
+            None
+        }
+    };
+    match parsed {
+        Some(RotateResponse {
+            outcome: RotateOutcome::Revoked,
+            ..
+        }) => Rotation::Reused,
+        Some(RotateResponse {
+            iat: Some(iat),
+            srv: Some(srv),
+            ..
+        }) => Rotation::Issue { jti, iat, srv },
+        _ => match state.cfg.tokens.when_discovery_down {
+            DownPolicy::FailClosed => Rotation::Unavailable,
+            DownPolicy::FailOpen => Rotation::Untracked,
+        },
+    }
+}

@@ -1,0 +1,139 @@
+//! Starting the proxy: the wiring of its services. Pingora owns the
+//! process (runtimes, signals, graceful shutdown); this file only builds
+//! the services and hands them over.
+
+use std::collections::HashMap;
+
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::Server;
+use pingora_core::services::background::background_service;
+use tether_protocol::wire::Snapshot;
+
+use crate::config::ProxyConfig;
+use crate::registry::RegistryView;
+use crate::service::TetherProxy;
+use crate::state::{Error, State};
+use crate::{admin, guard, sync, tls, upstream};
+
+/// Runs the proxy until SIGTERM/SIGINT. Pingora owns the process: its
+/// runtimes, signal handling and graceful shutdown.
+pub fn run(cfg: ProxyConfig) -> Result<(), Error> {
+    let mut conf = ServerConf {
+        threads: cfg.worker_threads.get(),
+        // Measured on 2-core machines: no work stealing keeps a request on
+        // one thread and avoids cross-thread wake-ups (shared/notes).
+        work_stealing: false,
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(2),
+        ..ServerConf::default()
+    };
+    conf.upstream_keepalive_pool_size = 256;
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let lb = upstream::build(&cfg.upstream).map_err(|e| Error::Upstream(e.to_string()))?;
+    let lb_service = background_service("upstream health checks", lb);
+    let lb = lb_service.task();
+
+    let listen = cfg.listen.to_string();
+    let admin_listen = cfg.admin_listen.to_string();
+    let state = State::new(cfg, lb)?;
+    // Until discovery answers, the registry holds this server alone.
+    let me = &state.cfg.server.id;
+    let initial = RegistryView::new(
+        Snapshot::default(),
+        me,
+        || state.self_entry(),
+        HashMap::new(),
+    );
+    state.registry.store(initial);
+
+    // The background work, one service each (`sync`).
+    let heartbeats = background_service(
+        "heartbeats",
+        sync::Heartbeats {
+            state: state.clone(),
+        },
+    );
+    let poller = background_service(
+        "registry poller",
+        sync::Poller {
+            state: state.clone(),
+        },
+    );
+    let reloader = background_service(
+        "key-ring reloader",
+        sync::KeyRingReloader {
+            state: state.clone(),
+        },
+    );
+    let sampler = background_service(
+        "load sampler",
+        sync::LoadSampler {
+            state: state.clone(),
+        },
+    );
+
+    // Pingora's HTTP proxy app, behind the connection caps and the
+    // request-head deadline (`guard`).
+    let app = pingora_proxy::http_proxy(
+        &server.configuration,
+        TetherProxy {
+            state: state.clone(),
+        },
+    );
+    let limits = &state.cfg.limits;
+    let m = &state.metrics;
+    let guarded = guard::Guard::new(
+        app,
+        guard::ConnLimits {
+            max_connections: limits.max_connections,
+            max_connections_per_ip: limits.max_connections_per_ip,
+            header_read_timeout: limits.header_read_timeout,
+        },
+        guard::GuardMetrics {
+            open: m.connections_open.clone(),
+            refused_total: m.connections_refused_total.clone(),
+            refused_per_ip: m.connections_refused_per_ip.clone(),
+            header_timeouts: m.header_timeouts.clone(),
+        },
+    );
+    let mut proxy =
+        pingora_core::services::listening::Service::new("tether proxy".to_owned(), guarded);
+    match &state.cfg.tls {
+        Some(files) => {
+            let settings =
+                tls::settings(&files.cert, &files.key).map_err(|e| Error::Tls(e.to_string()))?;
+            proxy.add_tls_with_settings(&listen, None, settings);
+        }
+        None => proxy.add_tcp(&listen),
+    }
+
+    let mut admin = pingora_core::services::listening::Service::new(
+        "tether admin".to_owned(),
+        admin::Admin {
+            state: state.clone(),
+        },
+    );
+    admin.add_tcp(&admin_listen);
+
+    server.add_service(lb_service);
+    server.add_service(heartbeats);
+    server.add_service(poller);
+    server.add_service(reloader);
+    server.add_service(sampler);
+    server.add_service(proxy);
+    server.add_service(admin);
+    tracing::info!(
+        id = %state.cfg.server.id,
+        region = %state.cfg.server.region,
+        %listen,
+        admin = %admin_listen,
+        "tether proxy starting"
+    );
+    println!(
+        "tether proxy {} listening on http://{listen} admin http://{admin_listen}",
+        state.cfg.server.id
+    );
+    server.run_forever();
+}

@@ -1,0 +1,148 @@
+//! Verifying: the general `jsonwebtoken` path, the borrowed check the
+//! request path uses, and `tether token inspect`.
+//!
+//! Every check that can be made before touching the signature is made
+//! first and cheaply: length, segment count, header `typ`, `kid`,
+//! algorithm allow-list.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use jsonwebtoken::{Algorithm, Validation};
+use tether_protocol::claims::{AccessClaims, RefreshClaims};
+use tether_protocol::typ;
+use tether_protocol::validate::MAX_TOKEN_LEN;
+
+use super::error::map_jwt_error;
+use super::fast::AccessClaimsRef;
+use super::ids::unix_now;
+use super::{TokenError, Tokens};
+
+impl Tokens {
+    /// Verifies an access token: signature, `typ: at+jwt`, `iss`, `aud`,
+    /// `exp`, `nbf` (with the configured leeway).
+    /// A `srv` that is not a well-formed server id (a URL, say) is refused
+    /// here, so no token can ever name an address.
+    pub fn verify_access(&self, token: &str) -> Result<AccessClaims, TokenError> {
+        let now = unix_now();
+        let claims = match self.fast_access_with(token, now, &mut |c| c.owned()) {
+            Some(c) => c,
+            None => match &self.verified {
+                Some(cache) => Arc::unwrap_or_clone(self.verify_cached(cache, token, now)?),
+                None => self.verify(token, typ::ACCESS, &self.access_validation)?,
+            },
+        };
+        if tether_protocol::validate::server_id("srv", &claims.srv).is_err() {
+            return Err(TokenError::BadClaims);
+        }
+        Ok(claims)
+    }
+
+    /// The same checks as [`Tokens::verify_access`], handing `f` the claims
+    /// the request path needs, borrowed. With the verified-token cache on
+    /// (the default), a token's first check fills the cache and later ones
+    /// are hits that allocate nothing; with it off, a valid HS256 token is
+    /// checked and read without a heap allocation (the fast path decodes
+    /// into stack buffers), and other tokens take the general path and are
+    /// borrowed from its result.
+    pub fn with_access<R>(
+        &self,
+        token: &str,
+        f: impl FnOnce(AccessView<'_>) -> R,
+    ) -> Result<R, TokenError> {
+        let now = unix_now();
+        let mut f = Some(f);
+        let mut run = |c: &AccessClaimsRef<'_>| -> Result<R, TokenError> {
+            if tether_protocol::validate::server_id("srv", c.srv).is_err() {
+                return Err(TokenError::BadClaims);
+            }
+            // `run` is called at most once: by the fast path when it
+            // accepts, else once after the general path.
+            match f.take() {
+                Some(f) => Ok(f(AccessView {
+                    sub: c.sub,
+                    srv: c.srv,
+                    fam: c.fam,
+                })),
+                None => Err(TokenError::BadClaims),
+            }
+        };
+        // With the cache on, every access token goes through it: a hit
+        // (a hash of the token and a lookup) is cheaper than even the
+        // HS256 fast path, and borrows the shared claims, so it allocates
+        // nothing either.
+        if let Some(cache) = &self.verified {
+            let claims = self.verify_cached(cache, token, now)?;
+            return run(&AccessClaimsRef::of(&claims));
+        }
+        if let Some(r) = self.fast_access_with(token, now, &mut run) {
+            return r;
+        }
+        let claims: AccessClaims = self.verify(token, typ::ACCESS, &self.access_validation)?;
+        run(&AccessClaimsRef::of(&claims))
+    }
+
+    /// Verifies a refresh token (`typ: rt+jwt`).
+    pub fn verify_refresh(&self, token: &str) -> Result<RefreshClaims, TokenError> {
+        let claims: RefreshClaims = self.verify(token, typ::REFRESH, &self.refresh_validation)?;
+        if tether_protocol::validate::server_id("srv", &claims.srv).is_err() {
+            return Err(TokenError::BadClaims);
+        }
+        Ok(claims)
+    }
+
+    pub(super) fn verify<T: serde::de::DeserializeOwned>(
+        &self,
+        token: &str,
+        want_typ: &str,
+        validations: &HashMap<Algorithm, Validation>,
+    ) -> Result<T, TokenError> {
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(TokenError::TooLarge);
+        }
+        if token.bytes().filter(|&b| b == b'.').count() != 2 {
+            return Err(TokenError::Malformed);
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
+        if header.typ.as_deref() != Some(want_typ) {
+            return Err(TokenError::WrongType);
+        }
+        let kid = header.kid.as_deref().ok_or(TokenError::UnknownKey)?;
+        let key = self.ring.verifying.get(kid).ok_or(TokenError::UnknownKey)?;
+        if header.alg != key.alg {
+            return Err(TokenError::AlgorithmNotAllowed);
+        }
+        let validation = validations
+            .get(&key.alg)
+            .ok_or(TokenError::AlgorithmNotAllowed)?;
+        jsonwebtoken::decode::<T>(token, &key.key, validation)
+            .map(|d| d.claims)
+            .map_err(map_jwt_error)
+    }
+}
+
+/// What the request path reads from a verified access token.
+#[derive(Debug, Clone, Copy)]
+pub struct AccessView<'a> {
+    pub sub: &'a str,
+    pub srv: &'a str,
+    pub fam: &'a str,
+}
+
+/// Decodes a token's header and claims without verifying anything, for
+/// `tether token inspect`.
+pub fn inspect(token: &str) -> Result<serde_json::Value, TokenError> {
+    use base64::Engine;
+    let mut parts = token.split('.');
+    let (Some(h), Some(c), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(TokenError::Malformed);
+    };
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let decode = |s: &str| -> Result<serde_json::Value, TokenError> {
+        let bytes = b64.decode(s).map_err(|_| TokenError::Malformed)?;
+        serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed)
+    };
+    Ok(serde_json::json!({ "header": decode(h)?, "claims": decode(c)? }))
+}
