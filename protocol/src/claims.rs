@@ -1,4 +1,4 @@
-//! Token claims (DESIGN.md §3). Times are Unix seconds.
+//! Token claims (docs/design.md §3). Times are Unix seconds.
 
 use serde::{Deserialize, Serialize};
 

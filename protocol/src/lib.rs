@@ -5,10 +5,10 @@
 //! service and the client SDK.
 //!
 //! Start reading at:
-//! - [`wire`]: the JSON bodies of DESIGN.md §4 and §6, camelCase on the wire;
-//! - [`claims`]: the access- and refresh-token claims of DESIGN.md §3;
+//! - [`wire`]: the JSON bodies of docs/design.md §4 and §6, camelCase on the wire;
+//! - [`claims`]: the access- and refresh-token claims of docs/design.md §3;
 //! - [`registry`]: an indexed, read-only view of a registry snapshot;
-//! - [`placement`]: the re-placement policy of DESIGN.md §5 as a pure
+//! - [`placement`]: the re-placement policy of docs/design.md §5 as a pure
 //!   function over a [`registry::Registry`].
 #![forbid(unsafe_code)]
 
@@ -36,7 +36,7 @@ pub mod headers {
     pub const RELOCK_REFRESH: &str = "refresh";
 }
 
-/// Token `typ` header values (DESIGN.md §3).
+/// Token `typ` header values (docs/design.md §3).
 pub mod typ {
     pub const ACCESS: &str = "at+jwt";
     pub const REFRESH: &str = "rt+jwt";

@@ -1,4 +1,4 @@
-//! The re-placement policy (DESIGN.md §5): where a client is locked after a
+//! The re-placement policy (docs/design.md §5): where a client is locked after a
 //! refresh. A pure function over a [`Registry`]; the proxy supplies the
 //! inputs and turns the [`Decision`] into tokens.
 //!

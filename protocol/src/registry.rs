@@ -149,7 +149,7 @@ pub enum SnapshotError {
 
 /// Checks a snapshot before a proxy swaps it in: every entry valid, no
 /// duplicate ids, the version not going backwards, and nothing implausible
-/// relative to the current registry (DESIGN.md §6: empty, or most servers
+/// relative to the current registry (docs/design.md §6: empty, or most servers
 /// gone at once). A registry of fewer than 4 servers may shrink freely,
 /// since losing one of three is an ordinary failure.
 pub fn check_snapshot(current: &Registry, next: &Snapshot) -> Result<(), SnapshotError> {

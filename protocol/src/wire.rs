@@ -1,6 +1,6 @@
-//! JSON bodies of the public contract (DESIGN.md §4 and §6).
+//! JSON bodies of the public contract (docs/design.md §4 and §6).
 //!
-//! Field names are camelCase on the wire exactly as DESIGN.md spells them.
+//! Field names are camelCase on the wire exactly as docs/design.md spells them.
 //! Request bodies are checked twice: serde rejects wrong shapes (use
 //! [`crate::validate::parse_json`] to get the failing field's path), then
 //! each request type's `validate()` checks the values.

@@ -1,4 +1,4 @@
-//! The lock decision (DESIGN.md §4, items 3–5): where a request with a
+//! The lock decision (docs/design.md §4, items 3–5): where a request with a
 //! verified access token goes. Pure: no I/O, no clock.
 //!
 //! In two steps, because the hop marker is checked between them (only a

@@ -1,4 +1,4 @@
-//! Fast-failover probe (DESIGN.md §5): when a client reports its server
+//! Fast-failover probe (docs/design.md §5): when a client reports its server
 //! unreachable, ask that server's `/healthz` at its registry URL ourselves.
 //!
 //! One probe in flight per server: concurrent refreshes naming the same

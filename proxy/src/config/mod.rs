@@ -23,7 +23,7 @@ pub use typed::{
     ServerIdentity, Source, TlsFiles, UpstreamConfig,
 };
 
-/// Access-token lifetime bounds (DESIGN.md §3), seconds.
+/// Access-token lifetime bounds (docs/design.md §3), seconds.
 pub const ACCESS_TTL_RANGE: (u64, u64) = (60, 300);
 /// Refresh-token lifetime bounds, days.
 pub const REFRESH_TTL_RANGE: (u64, u64) = (7, 30);

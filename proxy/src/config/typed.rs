@@ -86,7 +86,7 @@ pub struct RoutingConfig {
     pub foreign_lock: ForeignLock,
     pub hysteresis: tether_protocol::placement::Hysteresis,
     pub probe_timeout: Duration,
-    /// Probe servers a client reports unreachable (DESIGN.md §5). When
+    /// Probe servers a client reports unreachable (docs/design.md §5). When
     /// off, a dead server is only replaced once discovery evicts it.
     pub fast_failover: bool,
     /// Peers (load balancers, CDNs) whose `X-Forwarded-For`/`Forwarded`

@@ -1,4 +1,4 @@
-//! The proxy's reserved endpoints (DESIGN.md §4), answered by the proxy
+//! The proxy's reserved endpoints (docs/design.md §4), answered by the proxy
 //! itself, one file each:
 //!
 //! - `login`: `POST /auth/login`, the upstream's login call, and the

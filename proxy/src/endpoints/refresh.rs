@@ -176,7 +176,7 @@ enum Rotation {
     Untracked,
 }
 
-/// The compare-and-set at discovery (DESIGN.md §3, RFC 9700 §4.14.2).
+/// The compare-and-set at discovery (docs/design.md §3, RFC 9700 §4.14.2).
 async fn rotate(
     state: &State,
     claims: &tether_protocol::claims::RefreshClaims,

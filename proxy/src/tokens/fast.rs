@@ -69,7 +69,7 @@ impl Tokens {
     /// The fast path for a well-formed, valid HS256 access token: one
     /// base64 pass per segment into stack buffers, header and claims parsed
     /// in place, the HMAC from the precomputed key state, and the checks of
-    /// DESIGN.md §3 made here (typ, kid, algorithm allow-list, signature,
+    /// docs/design.md §3 made here (typ, kid, algorithm allow-list, signature,
     /// iss, aud, exp and nbf with the leeway). It only ever *accepts*:
     /// anything unusual (another algorithm, escaped strings, header fields
     /// other than alg/typ/kid, a large token) and every failure give

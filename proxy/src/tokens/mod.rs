@@ -1,4 +1,4 @@
-//! Tokens (DESIGN.md §3): minting and verifying JWTs with `jsonwebtoken`,
+//! Tokens (docs/design.md §3): minting and verifying JWTs with `jsonwebtoken`,
 //! and the key ring they are signed with.
 //!
 //! - `keyring`: the key-ring file (`keyring.toml`) and the keys in it;
