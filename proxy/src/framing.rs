@@ -53,18 +53,21 @@ pub fn raw_head_has_content_length(head: &[u8]) -> bool {
     })
 }
 
-/// Checks and normalises `req`'s framing. `raw_head` gives the raw head
-/// bytes; it is only called when the request has `Transfer-Encoding`.
-pub fn check(
-    req: &mut RequestHeader,
-    raw_head: impl FnOnce() -> Option<bytes::Bytes>,
-) -> Result<(), FramingError> {
+/// Whether [`check`] needs the raw head: only for a request with
+/// `Transfer-Encoding`, whose `Content-Length` line Pingora dropped.
+pub fn needs_raw_head(req: &RequestHeader) -> bool {
+    req.headers.contains_key(TRANSFER_ENCODING)
+}
+
+/// Checks and normalises `req`'s framing. `raw_head`: the raw head bytes
+/// when [`needs_raw_head`] says so.
+pub fn check(req: &mut RequestHeader, raw_head: Option<&[u8]>) -> Result<(), FramingError> {
     if req.version == Version::HTTP_11 && !req.headers.contains_key(HOST) {
         return Err(FramingError::MissingHost);
     }
     if req.headers.contains_key(TRANSFER_ENCODING) {
         if req.headers.contains_key(CONTENT_LENGTH)
-            || raw_head().is_some_and(|h| raw_head_has_content_length(&h))
+            || raw_head.is_some_and(raw_head_has_content_length)
         {
             return Err(FramingError::ContentLengthAndTransferEncoding);
         }
@@ -108,52 +111,65 @@ mod tests {
     #[test]
     fn host_is_required_on_http11_only() {
         let mut r = req(Version::HTTP_11, &[]);
-        assert_eq!(check(&mut r, || None), Err(FramingError::MissingHost));
+        assert_eq!(check(&mut r, None), Err(FramingError::MissingHost));
         let mut r = req(Version::HTTP_10, &[]);
-        assert_eq!(check(&mut r, || None), Ok(()));
+        assert_eq!(check(&mut r, None), Ok(()));
         let mut r = req(Version::HTTP_11, &[("host", "a")]);
-        assert_eq!(check(&mut r, || None), Ok(()));
+        assert_eq!(check(&mut r, None), Ok(()));
     }
 
     #[test]
     fn content_length_with_transfer_encoding_is_refused() {
-        let head = bytes::Bytes::from_static(
-            b"POST /x HTTP/1.1\r\nHost: a\r\nContent-LENGTH: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
-        );
+        let head: &[u8] = 
+            b"POST /x HTTP/1.1\r\nHost: a\r\nContent-LENGTH: 5\r\nTransfer-Encoding: chunked\r\n\r\n";
         let mut r = req(
             Version::HTTP_11,
             &[("host", "a"), ("transfer-encoding", "chunked")],
         );
         assert_eq!(
-            check(&mut r, || Some(head)),
+            check(&mut r, Some(head)),
             Err(FramingError::ContentLengthAndTransferEncoding)
         );
-        let head = bytes::Bytes::from_static(
-            b"POST /x HTTP/1.1\r\nHost: a\r\nX-Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
-        );
-        assert_eq!(check(&mut r, || Some(head)), Ok(()));
+        let head: &[u8] = 
+            b"POST /x HTTP/1.1\r\nHost: a\r\nX-Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(check(&mut r, Some(head)), Ok(()));
     }
 
     #[test]
     fn listed_content_length_becomes_one_value() {
-        let mut r = req(Version::HTTP_11, &[("host", "a"), ("content-length", "5, 5")]);
-        check(&mut r, || None).expect("ok");
+        let mut r = req(
+            Version::HTTP_11,
+            &[("host", "a"), ("content-length", "5, 5")],
+        );
+        check(&mut r, None).expect("ok");
         let all: Vec<_> = r.headers.get_all(CONTENT_LENGTH).iter().collect();
         assert_eq!(all, [HeaderValue::from_static("5")]);
         let mut r = req(
             Version::HTTP_11,
-            &[("host", "a"), ("content-length", "7"), ("content-length", "7")],
+            &[
+                ("host", "a"),
+                ("content-length", "7"),
+                ("content-length", "7"),
+            ],
         );
-        check(&mut r, || None).expect("ok");
+        check(&mut r, None).expect("ok");
         let all: Vec<_> = r.headers.get_all(CONTENT_LENGTH).iter().collect();
         assert_eq!(all, [HeaderValue::from_static("7")]);
     }
 
     #[test]
     fn raw_head_scan() {
-        assert!(raw_head_has_content_length(b"GET / HTTP/1.1\r\ncontent-length: 1\r\n"));
-        assert!(raw_head_has_content_length(b"GET / HTTP/1.1\r\nCONTENT-LENGTH:1\r\n"));
-        assert!(!raw_head_has_content_length(b"GET /content-length: HTTP/1.1\r\n"));
-        assert!(!raw_head_has_content_length(b"GET / HTTP/1.1\r\ncontent-lengthy: 1\r\n"));
+        assert!(raw_head_has_content_length(
+            b"GET / HTTP/1.1\r\ncontent-length: 1\r\n"
+        ));
+        assert!(raw_head_has_content_length(
+            b"GET / HTTP/1.1\r\nCONTENT-LENGTH:1\r\n"
+        ));
+        assert!(!raw_head_has_content_length(
+            b"GET /content-length: HTTP/1.1\r\n"
+        ));
+        assert!(!raw_head_has_content_length(
+            b"GET / HTTP/1.1\r\ncontent-lengthy: 1\r\n"
+        ));
     }
 }

@@ -29,19 +29,126 @@ pub fn bearer(session: &Session) -> Result<&str, TokenError> {
     Ok(token.trim())
 }
 
-/// Removes client-supplied `Tether-*` and `X-Tether-*` headers from a
-/// request before it goes upstream: internal headers never reach the app
-/// from outside. The common case (none present) costs one scan of the
-/// header names and no allocation.
-pub fn strip_internal_request_headers(req: &mut RequestHeader) {
+/// What a request header name is to the proxy, read the way backends read
+/// names: case-insensitively, and with `_` as `-` (CGI, WSGI and many
+/// frameworks fold `X_Tether_Subject` into `X-Tether-Subject`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameClass {
+    /// `Tether-*`, `X-Tether-*`: the proxy's own; a client never sets them.
+    Internal,
+    /// A header that says where the request came from or which path it
+    /// asks for (`X-Forwarded-*`, `Forwarded`, `X-Real-IP`,
+    /// `X-Original-URL`, …): taken only from a trusted proxy.
+    Forwarding,
+    /// Another name with an underscore: dropped, as nginx does by
+    /// default, since the app cannot tell it from its dashed twin.
+    Underscore,
+    /// Anything else: passed on.
+    Plain,
+}
+
+/// Forwarding headers (folded spelling, lowercase). The proxy sets
+/// `X-Forwarded-For`, `X-Forwarded-Proto` and `Forwarded` itself; the rest
+/// are dropped unless a trusted proxy sent them. `X-Original-URL` and
+/// `X-Rewrite-URL` are path overrides some frameworks honour: they would
+/// let a request checked as one path be served as another.
+const FORWARDING: [&str; 14] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "x-forwarded-scheme",
+    "x-forwarded-ssl",
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+    "x-original-url",
+    "x-rewrite-url",
+];
+
+/// Whether `name` (lowercase, as `http` keeps names) equals `want` or
+/// starts with it (`prefix`), reading `_` as `-`.
+fn folded_match(name: &str, want: &str, prefix: bool) -> bool {
+    let (n, w) = (name.as_bytes(), want.as_bytes());
+    if n.len() < w.len() || (!prefix && n.len() != w.len()) {
+        return false;
+    }
+    n.iter()
+        .zip(w)
+        .all(|(&a, &b)| a == b || (a == b'_' && b == b'-'))
+}
+
+/// The class of a lowercase header name.
+pub fn classify(name: &str) -> NameClass {
+    if folded_match(name, "tether-", true) || folded_match(name, "x-tether-", true) {
+        return NameClass::Internal;
+    }
+    if FORWARDING.iter().any(|f| folded_match(name, f, false)) {
+        return NameClass::Forwarding;
+    }
+    if name.contains('_') {
+        return NameClass::Underscore;
+    }
+    NameClass::Plain
+}
+
+/// Whether a client-sent header `name` is removed before the request goes
+/// to an app; `from_trusted`: the peer is in `routing.trusted_proxies`.
+fn removed(name: &str, from_trusted: bool) -> bool {
+    match classify(name) {
+        NameClass::Internal | NameClass::Underscore => true,
+        // A trusted peer's dashed forwarding headers are kept (and
+        // `X-Forwarded-For` / `Forwarded` appended to); an underscore
+        // spelling never is.
+        NameClass::Forwarding => !from_trusted || name.contains('_'),
+        NameClass::Plain => false,
+    }
+}
+
+/// Removes what a client may not say to the app (see [`classify`]): every
+/// internal header in every spelling, every underscore name, and — unless
+/// the peer is a trusted proxy — every forwarding header. The common case
+/// (none present) is one scan of the names with no allocation.
+pub fn scrub_request(req: &mut RequestHeader, from_trusted: bool) {
     while let Some(name) = req
         .headers
         .keys()
-        .find(|k| is_tether_header(k.as_str()))
+        .find(|k| removed(k.as_str(), from_trusted))
         .cloned()
     {
         req.remove_header(&name);
     }
+}
+
+/// Removes client-supplied internal headers (`Tether-*`, `X-Tether-*`,
+/// in every spelling) from a request: [`scrub_request`] for an untrusted
+/// peer, without the forwarding headers (which [`for_upstream`] replaces).
+pub fn strip_internal_request_headers(req: &mut RequestHeader) {
+    scrub_request(req, false);
+}
+
+/// Everything the proxy does to a request's headers before an app sees
+/// it, on the request path and in the login call alike: the scrub, then
+/// `X-Forwarded-For`, `X-Forwarded-Proto` and `Forwarded` set from the
+/// client's connection.
+pub fn for_upstream(
+    session: &Session,
+    upstream: &mut RequestHeader,
+    trusted: &[ipnet::IpNet],
+) -> pingora_error::Result<()> {
+    let from_trusted = client_ip(session).is_some_and(|ip| trusted.iter().any(|n| n.contains(&ip)));
+    scrub_request(upstream, from_trusted);
+    set_forwarded(session, upstream, trusted)
+}
+
+fn client_ip(session: &Session) -> Option<IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
 }
 
 /// Removes `Tether-*` headers from the local app's response: the app must
@@ -86,11 +193,7 @@ pub fn set_forwarded(
     for name in ["proxy-connection", "keep-alive", "proxy-authorization"] {
         upstream.remove_header(name);
     }
-    let Some(ip) = session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| a.ip())
-    else {
+    let Some(ip) = client_ip(session) else {
         return Ok(());
     };
     let from_trusted = trusted.iter().any(|n| n.contains(&ip));
@@ -223,26 +326,79 @@ const HOP_BY_HOP: [&str; 9] = [
     "upgrade",
 ];
 
-fn is_tether_header(name: &str) -> bool {
-    name.starts_with("tether-") || name.starts_with("x-tether-")
-}
-
-/// Request headers passed to the upstream login call.
+/// Headers of an already scrubbed request ([`for_upstream`]) that the
+/// login call still leaves out: the connection's own (hop-by-hop, `Host`,
+/// `Content-Length`), which the HTTP client sets for its call.
 pub fn forward_request_header(name: &str) -> bool {
     !(HOP_BY_HOP.contains(&name)
         || name == "host"
         || name == "content-length"
-        || is_tether_header(name))
+        || classify(name) == NameClass::Internal)
 }
 
 /// Upstream login-answer headers passed back to the client.
 pub fn pass_response_header(name: &str) -> bool {
-    !(HOP_BY_HOP.contains(&name) || name == "content-length" || is_tether_header(name))
+    !(HOP_BY_HOP.contains(&name)
+        || name == "content-length"
+        || classify(name) == NameClass::Internal)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_are_classified_as_backends_fold_them() {
+        use NameClass::*;
+        for (name, class) in [
+            ("x-tether-subject", Internal),
+            ("x_tether_subject", Internal),
+            ("x-tether_subject", Internal),
+            ("x_tether-server", Internal),
+            ("tether_access_token", Internal),
+            ("tether-relock", Internal),
+            ("x_forwarded_for", Forwarding),
+            ("x-forwarded-host", Forwarding),
+            ("x_forwarded_host", Forwarding),
+            ("forwarded", Forwarding),
+            ("x-real-ip", Forwarding),
+            ("x-original-url", Forwarding),
+            ("x_rewrite_url", Forwarding),
+            ("x_custom", Underscore),
+            ("_", Underscore),
+            ("content-type", Plain),
+            ("x-tether", Plain),
+            ("x-forwarded-forx", Plain),
+            ("tether", Plain),
+        ] {
+            assert_eq!(classify(name), class, "{name}");
+        }
+    }
+
+    #[test]
+    fn scrub_keeps_trusted_forwarding_only_dashed() {
+        let mut r = RequestHeader::build("GET", b"/", None).expect("request");
+        for (n, v) in [
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x_forwarded_for", "6.6.6.6"),
+            ("x-forwarded-host", "evil"),
+            ("x_tether_subject", "admin"),
+            ("content-type", "text/plain"),
+        ] {
+            r.append_header(n, v).expect("header");
+        }
+        let mut untrusted = r.clone();
+        scrub_request(&mut untrusted, false);
+        let names: Vec<_> = untrusted.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["content-type"]);
+        scrub_request(&mut r, true);
+        let mut names: Vec<_> = r.headers.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            ["content-type", "x-forwarded-for", "x-forwarded-host"]
+        );
+    }
 
     #[test]
     fn header_filters() {

@@ -101,7 +101,10 @@ fn hex(b: u8) -> Option<u8> {
 
 /// The byte a `%XY` at `s[i]` stands for.
 fn escape_at(s: &[u8], i: usize) -> Result<u8, PathError> {
-    match (s.get(i + 1).copied().and_then(hex), s.get(i + 2).copied().and_then(hex)) {
+    match (
+        s.get(i + 1).copied().and_then(hex),
+        s.get(i + 2).copied().and_then(hex),
+    ) {
         (Some(h), Some(l)) => Ok(h << 4 | l),
         _ => Err(PathError::BadEscape),
     }
@@ -252,13 +255,27 @@ mod tests {
     use super::*;
 
     fn ok(p: &str) -> String {
-        canonical(p).unwrap_or_else(|e| panic!("{p}: {e}")).into_owned()
+        canonical(p)
+            .unwrap_or_else(|e| panic!("{p}: {e}"))
+            .into_owned()
     }
 
     #[test]
     fn canonical_paths_are_borrowed() {
-        for p in ["/", "/a", "/a/b/", "/public/x.css", "/a..b/c", "/a/.hidden", "/x;y=1", "//a"] {
-            assert!(matches!(canonical(p), Ok(Cow::Borrowed(s)) if s == p), "{p}");
+        for p in [
+            "/",
+            "/a",
+            "/a/b/",
+            "/public/x.css",
+            "/a..b/c",
+            "/a/.hidden",
+            "/x;y=1",
+            "//a",
+        ] {
+            assert!(
+                matches!(canonical(p), Ok(Cow::Borrowed(s)) if s == p),
+                "{p}"
+            );
         }
     }
 
@@ -325,7 +342,13 @@ mod tests {
 
     #[test]
     fn canonical_is_idempotent() {
-        for p in ["/public/../secret", "/a/%2e/b", "/a%3fb", "/a/b/..", "/x/%41/./y/"] {
+        for p in [
+            "/public/../secret",
+            "/a/%2e/b",
+            "/a%3fb",
+            "/a/b/..",
+            "/x/%41/./y/",
+        ] {
             let once = ok(p);
             assert!(matches!(canonical(&once), Ok(Cow::Borrowed(_))), "{p}");
         }

@@ -36,16 +36,33 @@ pub async fn error(
     json(session, status, body.to_json(), headers).await
 }
 
-/// `401 invalid_token` with the `WWW-Authenticate` challenge.
-pub async fn invalid_token(session: &mut Session, detail: &str) -> pingora_error::Result<()> {
+/// `401 invalid_token` with the `WWW-Authenticate` challenge. A request
+/// with no bearer credentials at all gets the bare `Bearer` challenge
+/// (RFC 6750 §3.1: no error code when no credentials were sent).
+pub async fn invalid_token(
+    session: &mut Session,
+    detail: &str,
+    no_credentials: bool,
+) -> pingora_error::Result<()> {
     let body = ErrorBody::new("invalid_token").detail(detail);
-    error(
-        session,
-        401,
-        &body,
-        &[("www-authenticate", "Bearer error=\"invalid_token\"")],
-    )
-    .await
+    let challenge = if no_credentials {
+        "Bearer"
+    } else {
+        "Bearer error=\"invalid_token\""
+    };
+    error(session, 401, &body, &[("www-authenticate", challenge)]).await
+}
+
+/// `400` for a request the proxy will not interpret (framing, path): the
+/// connection is closed, since what follows on it cannot be trusted.
+pub async fn bad_request(
+    session: &mut Session,
+    error_code: &'static str,
+    detail: &'static str,
+) -> pingora_error::Result<()> {
+    let body = ErrorBody::new(error_code).detail(detail);
+    session.set_keepalive(None);
+    error(session, 400, &body, &[]).await
 }
 
 /// `503 upstream_unavailable`: this server's own upstream pool is down.

@@ -20,7 +20,7 @@ use crate::lock::{self, Locked, Verdict};
 use crate::metrics::Outcome;
 use crate::state::State;
 use crate::tokens::TokenError;
-use crate::{endpoints, headers, respond};
+use crate::{endpoints, framing, headers, path, respond};
 
 pub struct TetherProxy {
     pub state: Arc<State>,
@@ -53,6 +53,25 @@ impl TetherProxy {
             .public_prefixes
             .iter()
             .any(|p| path.starts_with(p.as_str()))
+    }
+
+    /// Settles the request before anything reads it: framing refused or
+    /// normalised ([`framing`]), and the one canonical path ([`path`])
+    /// written back into the request, so the reserved-endpoint match, the
+    /// public-prefix test, the hop marker and the forwarded request line
+    /// all see the same path. `Err`: the error code and detail of a 400.
+    fn settle_request(session: &mut Session) -> Result<(), (&'static str, &'static str)> {
+        let raw = framing::needs_raw_head(session.req_header()).then(|| session.to_h1_raw());
+        framing::check(session.req_header_mut(), raw.as_deref())
+            .map_err(|e| ("bad_framing", e.detail()))?;
+        let target = path::canonical_target(session.req_header().raw_path())
+            .map_err(|e| ("invalid_path", e.detail()))?;
+        if let Some(target) = target {
+            let uri = http::Uri::try_from(target)
+                .map_err(|_| ("invalid_path", path::PathError::NotAPath.detail()))?;
+            session.req_header_mut().set_uri(uri);
+        }
+        Ok(())
     }
 
     /// The token check, with the lock located inside it: the claims stay
@@ -130,6 +149,13 @@ impl ProxyHttp for TetherProxy {
         ctx: &mut Ctx,
     ) -> pingora_error::Result<bool> {
         let state = &self.state;
+        // Pipelined requests are answered in order (never left hanging).
+        session.set_pipelining_enabled(true);
+        if let Err(refusal) = Self::settle_request(session) {
+            ctx.outcome = Outcome::Refused;
+            respond::bad_request(session, refusal.0, refusal.1).await?;
+            return Ok(true);
+        }
         let limits = &state.cfg.limits;
         if headers::over_limits(session.req_header(), limits) {
             ctx.outcome = Outcome::Refused;
@@ -153,7 +179,8 @@ impl ProxyHttp for TetherProxy {
             Err(e) => {
                 state.metrics.token_invalid.inc();
                 ctx.outcome = Outcome::InvalidToken;
-                respond::invalid_token(session, e.detail()).await?;
+                let no_credentials = e == TokenError::Missing;
+                respond::invalid_token(session, e.detail(), no_credentials).await?;
                 return Ok(true);
             }
         };
@@ -228,8 +255,7 @@ impl ProxyHttp for TetherProxy {
         upstream: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> pingora_error::Result<()> {
-        headers::strip_internal_request_headers(upstream);
-        headers::set_forwarded(session, upstream, &self.state.cfg.routing.trusted_proxies)?;
+        headers::for_upstream(session, upstream, &self.state.cfg.routing.trusted_proxies)?;
         match ctx.target {
             Target::Local(_) if ctx.outcome == Outcome::Forwarded => {
                 if let Some(subject) = ctx.subject.take() {

@@ -202,3 +202,11 @@ fn short_cluster_token_is_refused() {
         "at least 16",
     );
 }
+
+#[test]
+fn refresh_lifetime_cap_is_the_top_of_the_range() {
+    assert_eq!(
+        crate::tokens::REFRESH_LIFETIME_CAP,
+        super::REFRESH_TTL_RANGE.1 * 86_400
+    );
+}

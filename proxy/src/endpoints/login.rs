@@ -11,36 +11,73 @@ use tether_protocol::wire::{ErrorBody, ServerSummary};
 
 use super::{read_body, summary, too_large, Result};
 use crate::config::Source;
-use crate::headers::{forward_request_header, pass_response_header};
+use crate::headers::{for_upstream, forward_request_header, pass_response_header};
 use crate::metrics::Login;
 use crate::respond;
 use crate::state::State;
 use crate::tokens::LockTarget;
 
-/// Pulls a login field from the upstream's answer. `Ok(None)` = absent or
-/// JSON null; strings are taken as they are, numbers in their JSON form.
-fn extract(
-    source: &Source,
-    headers: &HeaderMap,
-    body: &[u8],
-    parsed: &mut Option<serde_json::Value>,
-) -> Option<String> {
-    match source {
-        Source::Header(name) => headers
-            .get(name.as_str())
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned),
+/// Pulls a login field from the upstream's answer, exactly as the app
+/// wrote it (`None` = absent, JSON null, or not usable):
+/// - a string is taken byte for byte; one with leading or trailing
+///   whitespace is refused, since the app (or a header parser) may trim
+///   it and two users would then share a subject;
+/// - a JSON number is taken only when it is an integer, in its exact
+///   decimal text (`18446744073709551617` stays itself; `1e2`, `100.0`
+///   are refused rather than rewritten);
+/// - anything else (object, array, boolean) is refused.
+fn extract(source: &Source, headers: &HeaderMap, body: &[u8]) -> Option<String> {
+    let value = match source {
+        Source::Header(name) => headers.get(name.as_str())?.to_str().ok()?.to_owned(),
         Source::JsonPointer(ptr) => {
-            if parsed.is_none() {
-                *parsed = serde_json::from_slice(body).ok();
-            }
-            match parsed.as_ref()?.pointer(ptr)? {
-                serde_json::Value::String(s) => Some(s.clone()),
-                serde_json::Value::Number(n) => Some(n.to_string()),
-                _ => None,
+            let raw = pointer_raw(body, ptr)?;
+            let text = raw.get().trim();
+            if text.starts_with('"') {
+                serde_json::from_str::<String>(text).ok()?
+            } else if is_integer_text(text) {
+                text.to_owned()
+            } else {
+                return None;
             }
         }
+    };
+    if value.starts_with(char::is_whitespace) || value.ends_with(char::is_whitespace) {
+        return None;
     }
+    Some(value)
+}
+
+/// `-?(0|[1-9][0-9]*)`: a JSON integer's text.
+fn is_integer_text(t: &str) -> bool {
+    let digits = t.strip_prefix('-').unwrap_or(t);
+    !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (digits == "0" || !digits.starts_with('0'))
+}
+
+/// The raw JSON text at an RFC 6901 pointer, without converting numbers.
+fn pointer_raw<'a>(body: &'a [u8], ptr: &str) -> Option<&'a serde_json::value::RawValue> {
+    use serde_json::value::RawValue;
+    use std::collections::HashMap;
+    let mut at: &RawValue = serde_json::from_slice(body).ok()?;
+    if ptr.is_empty() {
+        return Some(at);
+    }
+    for token in ptr.strip_prefix('/')?.split('/') {
+        let token = token.replace("~1", "/").replace("~0", "~");
+        let text = at.get().trim_start();
+        at = if text.starts_with('{') {
+            let mut map: HashMap<String, &RawValue> = serde_json::from_str(at.get()).ok()?;
+            map.remove(&token)?
+        } else if text.starts_with('[') {
+            let list: Vec<&RawValue> = serde_json::from_str(at.get()).ok()?;
+            let i: usize = token.parse().ok()?;
+            *list.get(i)?
+        } else {
+            return None;
+        };
+    }
+    Some(at)
 }
 
 fn valid_subject(s: &str) -> bool {
@@ -59,13 +96,13 @@ pub(super) async fn login(state: &State, session: &mut Session) -> Result<()> {
     };
     let url = format!("http://{}{}", backend.addr, state.cfg.login.upstream_path);
     let mut call = state.upstream_http.post(&url).body(body);
-    for (name, value) in session.req_header().headers.iter() {
+    // The same header rules as the request path: one function for both.
+    let mut outgoing = session.req_header().clone();
+    for_upstream(session, &mut outgoing, &state.cfg.routing.trusted_proxies)?;
+    for (name, value) in outgoing.headers.iter() {
         if forward_request_header(name.as_str()) {
             call = call.header(name, value);
         }
-    }
-    if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
-        call = call.header("x-forwarded-for", addr.ip().to_string());
     }
     let answer = match call.send().await {
         Ok(a) => a,
@@ -97,9 +134,8 @@ pub(super) async fn login(state: &State, session: &mut Session) -> Result<()> {
     out.insert_header("content-length", bytes.len().to_string())?;
 
     if (200..300).contains(&status) {
-        let mut parsed = None;
-        let subject = extract(&state.cfg.login.subject, &headers, &bytes, &mut parsed)
-            .filter(|s| valid_subject(s));
+        let subject =
+            extract(&state.cfg.login.subject, &headers, &bytes).filter(|s| valid_subject(s));
         let Some(subject) = subject else {
             tracing::error!(
                 "the upstream login answer has no usable subject where login.subject points"
@@ -114,7 +150,7 @@ pub(super) async fn login(state: &State, session: &mut Session) -> Result<()> {
             .login
             .home_region
             .as_ref()
-            .and_then(|src| extract(src, &headers, &bytes, &mut parsed))
+            .and_then(|src| extract(src, &headers, &bytes))
             .filter(|r| {
                 let ok = tether_protocol::validate::region("homeRegion", r).is_ok();
                 if !ok {
@@ -200,28 +236,62 @@ mod tests {
     fn extracts_login_fields() {
         let body = br#"{"user":{"id":"u-1","n":7},"home":null}"#;
         let hm = HeaderMap::new();
-        let mut p = None;
         assert_eq!(
-            extract(&Source::JsonPointer("/user/id".into()), &hm, body, &mut p),
+            extract(&Source::JsonPointer("/user/id".into()), &hm, body),
             Some("u-1".into())
         );
         assert_eq!(
-            extract(&Source::JsonPointer("/user/n".into()), &hm, body, &mut p),
+            extract(&Source::JsonPointer("/user/n".into()), &hm, body),
             Some("7".into())
         );
         assert_eq!(
-            extract(&Source::JsonPointer("/home".into()), &hm, body, &mut p),
+            extract(&Source::JsonPointer("/home".into()), &hm, body),
             None
         );
         assert_eq!(
-            extract(&Source::JsonPointer("/nope".into()), &hm, body, &mut p),
+            extract(&Source::JsonPointer("/nope".into()), &hm, body),
             None
         );
         let mut hm = HeaderMap::new();
         hm.insert("x-user", "bob".parse().unwrap());
         assert_eq!(
-            extract(&Source::Header("x-user".into()), &hm, b"", &mut None),
+            extract(&Source::Header("x-user".into()), &hm, b""),
             Some("bob".into())
         );
+    }
+
+    #[test]
+    fn subjects_are_taken_exactly_or_refused() {
+        let hm = HeaderMap::new();
+        let at = |body: &str| extract(&Source::JsonPointer("/id".into()), &hm, body.as_bytes());
+        assert_eq!(at(r#"{"id":"admin"}"#), Some("admin".into()));
+        assert_eq!(at(r#"{"id":" admin "}"#), None);
+        assert_eq!(at(r#"{"id":"admin\t"}"#), None);
+        assert_eq!(at(r#"{"id":"a\u0062c"}"#), Some("abc".into()));
+        assert_eq!(
+            at(r#"{"id":18446744073709551616}"#),
+            Some("18446744073709551616".into())
+        );
+        assert_eq!(
+            at(r#"{"id":18446744073709551617}"#),
+            Some("18446744073709551617".into())
+        );
+        assert_eq!(at(r#"{"id":-42}"#), Some("-42".into()));
+        assert_eq!(at(r#"{"id":1e2}"#), None);
+        assert_eq!(at(r#"{"id":100.0}"#), None);
+        assert_eq!(at(r#"{"id":true}"#), None);
+        assert_eq!(at(r#"{"id":{"a":1}}"#), None);
+        let nested = r#"{"a/b":{"c~d":["x","y"]}}"#;
+        assert_eq!(
+            extract(
+                &Source::JsonPointer("/a~1b/c~0d/1".into()),
+                &hm,
+                nested.as_bytes()
+            ),
+            Some("y".into())
+        );
+        let mut hm = HeaderMap::new();
+        hm.insert("x-user", " bob".parse().unwrap());
+        assert_eq!(extract(&Source::Header("x-user".into()), &hm, b""), None);
     }
 }

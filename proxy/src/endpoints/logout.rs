@@ -41,6 +41,6 @@ pub(super) async fn logout(state: &State, session: &mut Session) -> Result<()> {
             };
             respond::json(session, 200, body, &[]).await
         }
-        Err(e) => respond::invalid_token(session, e.detail()).await,
+        Err(e) => respond::invalid_token(session, e.detail(), false).await,
     }
 }

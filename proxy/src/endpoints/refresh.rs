@@ -31,15 +31,15 @@ pub(super) async fn refresh(state: &State, session: &mut Session) -> Result<()> 
     let claims = match state.tokens.verify_refresh(&req.refresh_token) {
         Ok(c) if state.is_revoked(&c.fam) || state.registry.load().registry.is_revoked(&c.fam) => {
             state.metrics.refresh_rejected(RefreshRejected::Revoked);
-            return respond::invalid_token(session, crate::tokens::TokenError::Revoked.detail())
-                .await;
+            let revoked = crate::tokens::TokenError::Revoked.detail();
+            return respond::invalid_token(session, revoked, false).await;
         }
         Ok(c) => c,
         Err(e) => {
             state
                 .metrics
                 .refresh_rejected(RefreshRejected::InvalidToken);
-            return respond::invalid_token(session, e.detail()).await;
+            return respond::invalid_token(session, e.detail(), false).await;
         }
     };
     let me = &state.cfg.server;
@@ -117,6 +117,7 @@ pub(super) async fn refresh(state: &State, session: &mut Session) -> Result<()> 
                 return respond::invalid_token(
                     session,
                     "refresh token reuse detected; the session is revoked",
+                    false,
                 )
                 .await;
             }

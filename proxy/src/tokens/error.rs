@@ -18,6 +18,12 @@ pub enum TokenError {
     WrongAudience,
     BadClaims,
     Revoked,
+    /// The header lists critical extensions (`crit`, RFC 7515 §4.1.11);
+    /// tether understands none, so it must refuse the token.
+    CriticalHeader,
+    /// `exp − iat` exceeds the configured lifetime plus the leeway: a
+    /// validly signed token that should never have been minted.
+    LifetimeTooLong,
 }
 
 impl TokenError {
@@ -37,6 +43,8 @@ impl TokenError {
             TokenError::WrongAudience => "token audience is wrong",
             TokenError::BadClaims => "token claims are missing or malformed",
             TokenError::Revoked => "token has been revoked",
+            TokenError::CriticalHeader => "token header lists critical extensions (crit)",
+            TokenError::LifetimeTooLong => "token lifetime is longer than this server allows",
         }
     }
 }

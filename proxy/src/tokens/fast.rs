@@ -118,6 +118,10 @@ impl Tokens {
         if c.exp < now.checked_sub(leeway)? || c.nbf > now + leeway {
             return None;
         }
+        // A lifetime over the configured one: the general path refuses it.
+        if c.exp.saturating_sub(c.iat) > self.access_ttl.as_secs() + self.leeway {
+            return None;
+        }
         if c.iss != self.issuer || c.aud != self.audience {
             return None;
         }

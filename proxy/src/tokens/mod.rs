@@ -33,7 +33,7 @@ pub use ids::{hex, random_id, sha256_hex, successor_jti, unix_now};
 pub use keyring::{KeyRing, KeyRingError, MIN_HS256_SECRET};
 pub use mint::{LockTarget, Minted};
 pub use store::{Reload, TokenStore};
-pub use verify::{inspect, AccessView};
+pub use verify::{inspect, AccessView, REFRESH_LIFETIME_CAP};
 
 use fast::VerifiedCache;
 

@@ -91,7 +91,7 @@ impl Tokens {
         Ok(claims)
     }
 
-    pub(super) fn verify<T: serde::de::DeserializeOwned>(
+    pub(super) fn verify<T: serde::de::DeserializeOwned + Lifetime>(
         &self,
         token: &str,
         want_typ: &str,
@@ -104,6 +104,13 @@ impl Tokens {
             return Err(TokenError::Malformed);
         }
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
+        // RFC 7515 §4.1.11: a recipient must refuse a token whose `crit`
+        // names an extension it does not understand; tether understands
+        // none, so any `crit` (even an empty list, which §4.1.11 forbids)
+        // is refused.
+        if header.crit.is_some() {
+            return Err(TokenError::CriticalHeader);
+        }
         if header.typ.as_deref() != Some(want_typ) {
             return Err(TokenError::WrongType);
         }
@@ -115,9 +122,41 @@ impl Tokens {
         let validation = validations
             .get(&key.alg)
             .ok_or(TokenError::AlgorithmNotAllowed)?;
-        jsonwebtoken::decode::<T>(token, &key.key, validation)
+        let claims = jsonwebtoken::decode::<T>(token, &key.key, validation)
             .map(|d| d.claims)
-            .map_err(map_jwt_error)
+            .map_err(map_jwt_error)?;
+        // Access tokens: the configured lifetime. Refresh tokens: the
+        // longest lifetime any config allows, so shortening
+        // `refresh_ttl_days` does not sign out everyone at once.
+        let max = match want_typ {
+            typ::ACCESS => self.access_ttl.as_secs(),
+            _ => REFRESH_LIFETIME_CAP,
+        };
+        if claims.lifetime() > max + self.leeway {
+            return Err(TokenError::LifetimeTooLong);
+        }
+        Ok(claims)
+    }
+}
+
+/// The longest refresh-token lifetime accepted, seconds: the top of
+/// `config::REFRESH_TTL_RANGE` (30 days; a config test checks they agree).
+pub const REFRESH_LIFETIME_CAP: u64 = 30 * 86_400;
+
+/// `exp − iat` of a token's claims, in seconds (0 when `exp` is earlier).
+pub(super) trait Lifetime {
+    fn lifetime(&self) -> u64;
+}
+
+impl Lifetime for AccessClaims {
+    fn lifetime(&self) -> u64 {
+        self.exp.saturating_sub(self.iat)
+    }
+}
+
+impl Lifetime for RefreshClaims {
+    fn lifetime(&self) -> u64 {
+        self.exp.saturating_sub(self.iat)
     }
 }
 
