@@ -17,8 +17,9 @@
 //!   check that a process group left nothing behind.
 //! - [`conf`]: the shipped `conf/*.toml` loaded as tables and edited key by
 //!   key ([`Conf`]); no config template is written by hand.
-//! - [`cluster`]: [`Cluster`] (temp folder, `tether keygen` secrets,
-//!   discovery) and [`Timing`]; [`proxy`]: [`ProxyBuilder`] and [`Proxy`],
+//! - [`cluster`]: [`Cluster`] (temp folder, `tether keygen` secrets) and
+//!   [`Timing`]; [`discovery`]: `cluster.start_discovery(0)`; [`proxy`]:
+//!   [`ProxyBuilder`] and [`Proxy`],
 //!   `cluster.proxy("eu-1", "eu").upstream(&app).start().await`.
 //! - [`upstream`]: [`Upstream`], an echo app with `/login` and a switchable
 //!   `/health`; [`recording`]: [`RecordingUpstream`], which keeps the raw
@@ -35,6 +36,7 @@ pub mod alloc;
 pub mod client;
 pub mod cluster;
 pub mod conf;
+pub mod discovery;
 pub mod net;
 pub mod poll;
 pub mod proc;
@@ -44,8 +46,9 @@ pub mod sampleapp;
 pub mod upstream;
 
 pub use client::{get, login, metric, mint, refresh, Login};
-pub use cluster::{Cluster, Discovery, Timing};
+pub use cluster::{Cluster, Timing};
 pub use conf::Conf;
+pub use discovery::Discovery;
 pub use net::{addr, free_port, port_open, wait_for_port};
 pub use poll::{eventually, eventually_blocking};
 pub use proc::{group_members, tether_bin, Proc, Spawn, StartError, Started};
