@@ -35,7 +35,7 @@ use tether_protocol::wire::{ServerEntry, Snapshot};
 use tether_proxy::tokens::{LockTarget, Tokens};
 
 #[global_allocator]
-static GLOBAL: support::Counting = support::Counting;
+static GLOBAL: support::Counting = support::COUNTING;
 
 const REGIONS: [&str; 5] = ["eu", "us", "ap", "sa", "af"];
 
@@ -281,13 +281,13 @@ fn bench_headers(c: &mut Criterion) {
 /// Heap allocations per call, counted.
 fn allocations() {
     fn count<R>(n: u64, mut f: impl FnMut() -> R) -> f64 {
-        support::ALLOC_COUNTING.store(true, Ordering::Relaxed);
-        let before = support::ALLOCS.load(Ordering::Relaxed);
+        tether_testkit::alloc::count_process(true);
+        let before = tether_testkit::alloc::process_allocs();
         for _ in 0..n {
             black_box(f());
         }
-        let after = support::ALLOCS.load(Ordering::Relaxed);
-        support::ALLOC_COUNTING.store(false, Ordering::Relaxed);
+        let after = tether_testkit::alloc::process_allocs();
+        tether_testkit::alloc::count_process(false);
         (after - before) as f64 / n as f64
     }
     let (t, t_nocache) = tokens_with(Keys::Hs256);

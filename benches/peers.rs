@@ -30,7 +30,7 @@ mod support;
 use support::*;
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: Counting = COUNTING;
 
 #[derive(serde::Serialize)]
 struct Row {

@@ -22,7 +22,7 @@ use std::path::Path;
 use support::*;
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: Counting = COUNTING;
 
 fn main() {
     run_role_if_asked();

@@ -3,20 +3,29 @@
 
 mod common;
 
-use std::process::Command;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
 
-use common::TETHER;
+use common::{group_members, TETHER};
 
-/// The demos run one at a time: each loads the machine, and the check
-/// that nothing is left running must not see the other's processes.
+/// The demos run one at a time: each loads the machine.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn demo(extra: &[&str]) -> serde_json::Value {
-    let out = Command::new(TETHER)
+/// Runs `tether demo` as the leader of a process group of its own (its
+/// children inherit the group), and returns its JSON report and its
+/// process group id.
+fn demo(extra: &[&str]) -> (serde_json::Value, u32) {
+    let child = Command::new(TETHER)
         .args(["demo", "--json", "--clients", "12", "--phase-seconds", "5"])
         .args(extra)
-        .output()
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("run tether demo");
+    let group = child.id();
+    let out = child.wait_with_output().expect("run tether demo");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "demo failed:\n{stderr}");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
@@ -26,7 +35,7 @@ fn demo(extra: &[&str]) -> serde_json::Value {
         )
     });
     eprintln!("{stderr}");
-    v
+    (v, group)
 }
 
 fn phase(v: &serde_json::Value, i: usize) -> &serde_json::Value {
@@ -39,21 +48,20 @@ fn n(v: &serde_json::Value, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("{key} missing in {v}"))
 }
 
-fn assert_nothing_left_running() {
-    let out = Command::new("pgrep").args(["-f", "tether-demo-"]).output();
-    if let Ok(out) = out {
-        assert!(
-            out.stdout.is_empty(),
-            "processes of the demo are still running: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-    }
+/// Nothing the demo started is still running: its process group (the
+/// demo's own children and theirs; nothing else on the machine) is empty.
+fn assert_nothing_left_running(group: u32) {
+    let left = group_members(group);
+    assert!(
+        left.is_empty(),
+        "processes of the demo are still running: {left:?}"
+    );
 }
 
 #[test]
 fn demo_shows_the_failure_and_the_cure() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let v = demo(&[]);
+    let (v, group) = demo(&[]);
     assert_eq!(v["phases"].as_array().unwrap().len(), 3);
     let (p1, p2, p3) = (phase(&v, 0), phase(&v, 1), phase(&v, 2));
 
@@ -90,14 +98,14 @@ fn demo_shows_the_failure_and_the_cure() {
         .expect("every affected client recovered");
     assert!(recovery <= 3.0, "fast failover recovery {recovery} s");
     assert!(v["staleEventsIgnored"].as_u64().is_some());
-    assert_nothing_left_running();
+    assert_nothing_left_running(group);
 }
 
 #[test]
 fn without_fast_failover_recovery_waits_for_eviction() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let (ttl_ms, heartbeat_ms, wait_ms) = (1500u64, 300u64, 1000u64);
-    let v = demo(&[
+    let (v, group) = demo(&[
         "--no-fast-failover",
         "--ttl-ms",
         &ttl_ms.to_string(),
@@ -123,5 +131,5 @@ fn without_fast_failover_recovery_waits_for_eviction() {
         recovery >= (ttl_ms - heartbeat_ms) as f64 / 1000.0 - 0.1,
         "recovery {recovery} s is faster than eviction"
     );
-    assert_nothing_left_running();
+    assert_nothing_left_running(group);
 }

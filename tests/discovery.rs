@@ -2,13 +2,13 @@
 //! on 127.0.0.1:0 driven with reqwest, plus the `tether` binary as a child
 //! process.
 
-use std::io::BufRead;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tether_discovery::{Config, Running};
+use tether_testkit::{eventually, Spawn};
 
 const CLUSTER: &str = "test-cluster-token-0123456789";
 const ADMIN: &str = "test-admin-token-0123456789";
@@ -243,7 +243,10 @@ async fn silence_past_the_ttl_evicts() {
         1.0
     );
     // The background sweeper evicts without any read.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    eventually(Duration::from_secs(5), "the sweeper evicts", || async {
+        d.metric("tether_discovery_evictions_total").await >= 2.0
+    })
+    .await;
     assert_eq!(d.metric("tether_discovery_evictions_total").await, 2.0);
     assert_eq!(d.metric("tether_discovery_servers").await, 0.0);
 }
@@ -737,7 +740,11 @@ async fn warm_up_answers_503_but_takes_heartbeats() {
             .await,
         1.0
     );
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    eventually(Duration::from_secs(5), "the warm-up ends", || async {
+        let r = d.http.get(d.url("/v1/servers")).send().await.unwrap();
+        r.status() != StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
     let list = d.list().await;
     assert_eq!(list["version"], ack["registryVersion"]);
     assert_eq!(list["servers"][0]["id"], "a");
@@ -810,16 +817,6 @@ async fn health_unknown_paths_and_wrong_methods_answer_json() {
     }
 }
 
-/// Kills the child on drop, so a failing test never leaves a server behind.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn tether() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tether"));
     cmd.env("TETHER_CLUSTER_TOKEN", CLUSTER)
@@ -837,30 +834,24 @@ async fn the_binary_serves_discovery() {
         "[discovery]\nlisten = \"127.0.0.1:0\"\nwarmup_ms = 0\ncluster_token_env = \"TETHER_CLUSTER_TOKEN\"\nadmin_token_env = \"TETHER_ADMIN_TOKEN\"\n",
     )
     .unwrap();
-    let child = tether()
+    // Its first stdout line is the ready line.
+    let started = Spawn::tether("discovery")
+        .env("TETHER_CLUSTER_TOKEN", CLUSTER)
+        .env("TETHER_ADMIN_TOKEN", ADMIN)
+        .env("TETHER_LOG", "warn")
         .args(["discovery", "--config"])
         .arg(&config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut child = ChildGuard(child);
-    let stdout = child.0.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let read = std::io::BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(read.map(|_| line));
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("ready line within 30 s")
-        .unwrap();
+        .log(&dir.path().join("discovery.log"))
+        .ready("")
+        .ready_within(Duration::from_secs(30))
+        .start()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let line = started.first();
     let base = line
-        .trim_end()
         .strip_prefix("tether discovery listening on ")
         .unwrap_or_else(|| panic!("unexpected ready line {line:?}"))
         .to_owned();
+    let child = started.proc;
     assert!(base.starts_with("http://127.0.0.1:"), "{base}");
 
     let http = reqwest::Client::new();

@@ -833,8 +833,21 @@ async fn key_rotation_under_load_refuses_no_valid_token() {
     assert!(a.proc.is_running(), "SIGHUP reloads, it does not kill");
 
     // A broken file is ignored: the current keys stay.
+    let failed = || async {
+        metric(
+            &a.metrics(&c.http).await,
+            "tether_proxy_keyring_reloads_total{result=\"failed\"",
+        )
+        .unwrap_or(0.0)
+    };
+    let failed_before = failed().await;
     std::fs::write(&ring, "signing_kid = \"k9\"\n").unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    eventually(
+        Duration::from_secs(5),
+        "the broken key ring read and refused",
+        || async { failed().await > failed_before },
+    )
+    .await;
     assert_eq!(
         get(&c.http, &format!("{}/x", a.url), Some(&old.access))
             .await

@@ -2,59 +2,23 @@
 //! 127.0.0.1 with ephemeral ports.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tether_sampleapp::{ClusterConfig, SampleCluster};
-
-/// Kills and reaps the child however the test ends.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ignored = self.0.kill();
-        let _ignored = self.0.wait();
-    }
-}
+use tether_testkit::SampleApp;
 
 /// Starts `tether sample-app` and returns it with region → URL from its
 /// ready lines.
-fn spawn_app(args: &[&str], regions: usize) -> (KillOnDrop, BTreeMap<String, String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
-        .arg("sample-app")
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn tether sample-app");
-    let stdout = child.stdout.take().unwrap();
-    let guard = KillOnDrop(child);
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut urls = BTreeMap::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while urls.len() < regions {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx.recv_timeout(left).expect("ready lines within 20 s");
-        let rest = line
-            .strip_prefix("tether sample-app region=")
-            .unwrap_or_else(|| panic!("unexpected line {line:?}"));
-        let (region, url) = rest.split_once(" listening on ").unwrap();
+fn spawn_app(args: &[&str], regions: usize) -> (SampleApp, BTreeMap<String, String>) {
+    let app = SampleApp::start(args, regions);
+    for url in app.urls.values() {
         assert!(url.starts_with("http://127.0.0.1:"), "{url}");
-        urls.insert(region.to_owned(), url.to_owned());
     }
-    (guard, urls)
+    let urls = app.urls.clone();
+    (app, urls)
 }
 
 async fn post(url: &str, body: Value) -> (StatusCode, String, Value) {
@@ -221,7 +185,7 @@ async fn three_regions_in_process_workflow_and_lag() {
 #[test]
 fn binary_stops_cleanly_on_sigterm() {
     let (mut app, _urls) = spawn_app(&["--regions", "eu"], 1);
-    let pid = app.0.id().to_string();
+    let pid = app.proc.pid().to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])
         .status()
@@ -229,7 +193,7 @@ fn binary_stops_cleanly_on_sigterm() {
         .success());
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
-        if let Some(status) = app.0.try_wait().unwrap() {
+        if let Some(status) = app.proc.try_status() {
             break status;
         }
         assert!(

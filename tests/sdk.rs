@@ -243,14 +243,13 @@ async fn dead_server_fails_over_at_once_and_reconnects_when_all_is_dark() {
         let cfg = b.write_config(port, free_port());
         async move {
             tokio::time::sleep(Duration::from_millis(1200)).await;
-            let out = std::process::Command::new(TETHER)
+            // Killed on drop, however the test ends.
+            Spawn::new("proxy eu-1 (restarted)", TETHER)
                 .args(["proxy", "--config"])
                 .arg(cfg)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .unwrap();
-            out
+                .start()
+                .unwrap_or_else(|e| panic!("{e}"))
+                .proc
         }
     });
     let r = client.get("/orders/none").await;
@@ -271,8 +270,7 @@ async fn dead_server_fails_over_at_once_and_reconnects_when_all_is_dark() {
         }
     }
     assert!(waited >= 1, "a Reconnecting event was emitted");
-    let _ = child.kill();
-    let _ = child.wait();
+    child.kill();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

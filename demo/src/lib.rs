@@ -179,7 +179,7 @@ async fn run_async(opts: &DemoOptions) -> Result<Summary, DemoError> {
         .iter_mut()
         .find(|r| r.code == opts.kill_region)
         .ok_or_else(|| DemoError::Options(format!("no region {}", opts.kill_region)))?;
-    let proxy = std::mem::replace(&mut victim.proxy, cluster::ChildProc::empty());
+    let proxy = std::mem::replace(&mut victim.proxy, tether_testkit::Proc::empty());
     let kill = load::Kill {
         at: opts.phase.mul_f64(opts.kill_at),
         server_id: victim.server_id.clone(),

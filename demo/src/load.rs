@@ -276,7 +276,7 @@ pub async fn direct(opts: &DemoOptions, apps: Vec<String>, name: &str) -> PhaseR
 pub struct Kill {
     pub at: Duration,
     pub server_id: String,
-    pub proxy: crate::cluster::ChildProc,
+    pub proxy: tether_testkit::Proc,
 }
 
 struct Recovery {

@@ -1,10 +1,8 @@
 //! The lock decision allocates nothing: checking a valid HS256 access
 //! token and deciding where its request goes (registry lookup included)
-//! makes no heap allocation. Counted with a counting global allocator in
+//! makes no heap allocation. Counted with the test kit's counting allocator in
 //! this test binary (one test, so no other thread allocates meanwhile).
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tether_protocol::registry::Registry;
@@ -14,26 +12,10 @@ use tether_proxy::lock::{self, Route};
 use tether_proxy::registry::RegistryView;
 use tether_proxy::tokens::{KeyRing, LockTarget, Tokens};
 
-struct Counting;
-
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+use tether_testkit::alloc::{self, Counting};
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: Counting = Counting::SYSTEM;
 
 fn entry(id: &str, region: &str) -> ServerEntry {
     ServerEntry {
@@ -122,12 +104,13 @@ fn valid_hs256_token_check_and_lock_decision_allocate_nothing() {
     assert_eq!(decide(&local), 1);
     assert_eq!(decide(&foreign), 2);
 
-    let before = ALLOCS.load(Ordering::Relaxed);
+    alloc::count_process(true);
+    let before = alloc::process_allocs();
     let mut routes = 0;
     for _ in 0..1000 {
         routes += decide(&local) + decide(&foreign);
     }
-    let allocs = ALLOCS.load(Ordering::Relaxed) - before;
+    let allocs = alloc::process_allocs() - before;
     assert_eq!(routes, 3000);
     assert_eq!(
         allocs, 0,

@@ -2,12 +2,10 @@
 //! access-token check allocates nothing, and the `X-Forwarded-For` /
 //! `Forwarded` values cost one allocation each (their own buffers).
 //!
-//! The counting allocator counts per thread (a `const` thread-local, so
-//! the allocator itself never allocates to count), so the tests of this
-//! binary may run in parallel.
+//! The test kit's counting allocator counts per thread here (a `const`
+//! thread-local, so the allocator itself never allocates to count), so the
+//! tests of this binary may run in parallel.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -15,41 +13,16 @@ use tether_proxy::config::{DownPolicy, TokenConfig};
 use tether_proxy::headers::forwarded_values;
 use tether_proxy::tokens::{KeyRing, LockTarget, Tokens};
 
-struct Counting;
-
-thread_local! {
-    static ALLOCS: Cell<u64> = const { Cell::new(0) };
-}
-
-fn count() {
-    // `try_with`: nothing to count once the thread's locals are gone.
-    let _ = ALLOCS.try_with(|n| n.set(n.get() + 1));
-}
-
-fn allocs() -> u64 {
-    ALLOCS.with(Cell::get)
-}
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count();
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count();
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count();
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+use tether_testkit::alloc::{self, Counting};
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: Counting = Counting::SYSTEM;
+
+/// This thread's allocations so far (counting switched on first).
+fn allocs() -> u64 {
+    alloc::count_threads(true);
+    alloc::thread_allocs()
+}
 
 fn tokens_with(ring: &str, cache_entries: usize) -> Tokens {
     let ring = KeyRing::parse(ring, "test").unwrap();

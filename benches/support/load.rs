@@ -1,0 +1,146 @@
+//! Loads: what to send (`LoadSpec`), what came back (`LoadResult`), and the
+//! closed-loop (wrk, else the bench's own generator) and open-loop runs.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+
+use super::process::{find_bin, Pinning, LOAD_CORE};
+use super::roles::ROLE;
+use super::targets::Target;
+use super::CONNECTIONS;
+
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug)]
+pub struct LoadSpec {
+    pub addr: SocketAddr,
+    pub bearer: Option<String>,
+    pub connections: usize,
+    pub warmup_ms: u64,
+    pub duration_ms: u64,
+    /// Requests per second for an open-loop load; `None` = closed loop.
+    pub rate: Option<f64>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, Default)]
+pub struct LoadResult {
+    pub requests: u64,
+    /// Non-200 answers and broken connections.
+    pub errors: u64,
+    pub seconds: f64,
+    pub rps: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    /// Which generator produced this.
+    pub tool: String,
+}
+
+/// Closed loop with wrk when installed (the notes' method), else the
+/// bench's own generator.
+pub fn closed_loop(pin: &Pinning, target: &Target, token: Option<&str>, secs: u64) -> LoadResult {
+    let bearer = token.filter(|_| target.bearer);
+    if let Some(wrk) = find_bin("wrk") {
+        let run = |d: u64| {
+            let mut cmd = pin.command(LOAD_CORE, &wrk);
+            cmd.args([
+                "-t1",
+                &format!("-c{CONNECTIONS}"),
+                &format!("-d{d}s"),
+                "--latency",
+            ]);
+            if let Some(t) = bearer {
+                cmd.arg("-H").arg(format!("Authorization: Bearer {t}"));
+            }
+            cmd.arg(format!("http://{}/", target.addr));
+            let out = cmd.output().expect("run wrk");
+            parse_wrk(&String::from_utf8_lossy(&out.stdout))
+        };
+        run(1); // warm-up
+        return run(secs);
+    }
+    let spec = LoadSpec {
+        addr: target.addr,
+        bearer: bearer.map(str::to_owned),
+        connections: CONNECTIONS,
+        warmup_ms: 1000,
+        duration_ms: secs * 1000,
+        rate: None,
+    };
+    run_loadgen(pin, &spec)
+}
+
+/// Open loop at `rate` requests/s, latency corrected for coordinated
+/// omission (see `loadgen`).
+pub fn open_loop(
+    pin: &Pinning,
+    target: &Target,
+    token: Option<&str>,
+    rate: f64,
+    secs: u64,
+) -> LoadResult {
+    let spec = LoadSpec {
+        addr: target.addr,
+        bearer: token.filter(|_| target.bearer).map(str::to_owned),
+        connections: CONNECTIONS,
+        warmup_ms: 1000,
+        duration_ms: secs * 1000,
+        rate: Some(rate),
+    };
+    run_loadgen(pin, &spec)
+}
+
+pub fn run_loadgen(pin: &Pinning, spec: &LoadSpec) -> LoadResult {
+    let mut cmd = pin.command(LOAD_CORE, &std::env::current_exe().expect("bench exe"));
+    cmd.env(ROLE, "loadgen")
+        .env(
+            "TETHER_BENCH_LOAD",
+            serde_json::to_string(spec).expect("json"),
+        )
+        .stderr(Stdio::inherit());
+    let out = cmd.output().expect("run load generator");
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("load generator: {e}: {text}"))
+}
+
+fn parse_wrk(out: &str) -> LoadResult {
+    let mut r = LoadResult {
+        tool: "wrk".into(),
+        ..LoadResult::default()
+    };
+    let dur = |s: &str| -> f64 {
+        let s = s.trim();
+        let (num, mul) = if let Some(v) = s.strip_suffix("us") {
+            (v, 1.0)
+        } else if let Some(v) = s.strip_suffix("ms") {
+            (v, 1e3)
+        } else if let Some(v) = s.strip_suffix('s') {
+            (v, 1e6)
+        } else {
+            (s, 1.0)
+        };
+        num.parse::<f64>().unwrap_or(f64::NAN) * mul
+    };
+    for line in out.lines() {
+        let l = line.trim();
+        let words: Vec<&str> = l.split_whitespace().collect();
+        match words.as_slice() {
+            ["50%", v] => r.p50_us = dur(v),
+            ["99%", v] => r.p99_us = dur(v),
+            ["Requests/sec:", v] => r.rps = v.parse().unwrap_or(0.0),
+            [n, "requests", "in", secs, ..] => {
+                r.requests = n.parse().unwrap_or(0);
+                r.seconds = dur(secs.trim_end_matches(',')) / 1e6;
+            }
+            ["Non-2xx", "or", "3xx", "responses:", n] => r.errors += n.parse::<u64>().unwrap_or(0),
+            ["Socket", "errors:", rest @ ..] => {
+                r.errors += rest
+                    .iter()
+                    .filter_map(|w| w.trim_end_matches(',').parse::<u64>().ok())
+                    .sum::<u64>();
+            }
+            _ => {}
+        }
+    }
+    r.p999_us = f64::NAN;
+    r
+}

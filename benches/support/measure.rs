@@ -1,0 +1,122 @@
+//! Measuring a run: CPU per request, medians, allocations per request, and
+//! the knobs and labels of the reports.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tether_testkit::alloc::read_published_count;
+
+use super::load::{run_loadgen, LoadResult, LoadSpec};
+use super::process::Pinning;
+use super::targets::Target;
+use super::CONNECTIONS;
+
+/// One measured run of one target.
+#[derive(serde::Serialize, Clone, Debug)]
+pub struct Run {
+    pub load: LoadResult,
+    /// CPU time of the target per request, microseconds.
+    pub cpu_us_per_req: f64,
+}
+
+pub fn measured<F: FnOnce() -> LoadResult>(target: &Target, f: F) -> Run {
+    let before = target.proc.cpu();
+    let load = f();
+    let cpu = target.proc.cpu().saturating_sub(before);
+    let cpu_us_per_req = if load.requests > 0 {
+        cpu.as_secs_f64() * 1e6 / load.requests as f64
+    } else {
+        f64::NAN
+    };
+    Run {
+        load,
+        cpu_us_per_req,
+    }
+}
+
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Allocations per proxied request of a process started with
+/// `TETHER_BENCH_ALLOC_FILE`: a warm-up, an idle window (background work
+/// only) and a loaded window; the idle rate is subtracted.
+pub fn allocs_per_request(
+    pin: &Pinning,
+    target: &Target,
+    token: Option<&str>,
+    file: &Path,
+) -> (f64, u64) {
+    let spec = |ms: u64| LoadSpec {
+        addr: target.addr,
+        bearer: token.filter(|_| target.bearer).map(str::to_owned),
+        connections: CONNECTIONS,
+        warmup_ms: 0,
+        duration_ms: ms,
+        rate: None,
+    };
+    run_loadgen(pin, &spec(500));
+    let settle = Duration::from_millis(50);
+    std::thread::sleep(settle);
+    let idle0 = read_published_count(file);
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_millis(1000));
+    let idle = read_published_count(file) - idle0;
+    let idle_rate = idle as f64 / t0.elapsed().as_secs_f64();
+    let a0 = read_published_count(file);
+    let t1 = Instant::now();
+    let r = run_loadgen(pin, &spec(2000));
+    std::thread::sleep(settle);
+    let a1 = read_published_count(file);
+    let background = idle_rate * t1.elapsed().as_secs_f64();
+    let per = ((a1 - a0) as f64 - background).max(0.0) / r.requests.max(1) as f64;
+    (per, r.requests)
+}
+
+/// Where JSON results go: the cargo target directory.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
+}
+
+/// Rounds and seconds per run, from the environment when set.
+pub fn knob(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+pub fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    format!("{cores} cores, {cpu}")
+}
+
+pub fn fmt_us(us: f64) -> String {
+    if !us.is_finite() {
+        "-".into()
+    } else if us >= 1000.0 {
+        format!("{:.2} ms", us / 1000.0)
+    } else {
+        format!("{us:.0} µs")
+    }
+}
