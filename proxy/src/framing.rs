@@ -120,7 +120,7 @@ mod tests {
 
     #[test]
     fn content_length_with_transfer_encoding_is_refused() {
-        let head: &[u8] = 
+        let head: &[u8] =
             b"POST /x HTTP/1.1\r\nHost: a\r\nContent-LENGTH: 5\r\nTransfer-Encoding: chunked\r\n\r\n";
         let mut r = req(
             Version::HTTP_11,
@@ -130,7 +130,7 @@ mod tests {
             check(&mut r, Some(head)),
             Err(FramingError::ContentLengthAndTransferEncoding)
         );
-        let head: &[u8] = 
+        let head: &[u8] =
             b"POST /x HTTP/1.1\r\nHost: a\r\nX-Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert_eq!(check(&mut r, Some(head)), Ok(()));
     }
