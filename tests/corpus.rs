@@ -21,6 +21,8 @@ mod common;
 // One file per input class (tests/corpus/), each with its case table.
 #[path = "corpus/configs.rs"]
 mod configs;
+#[path = "corpus/edge.rs"]
+mod edge;
 #[path = "corpus/heartbeats.rs"]
 mod heartbeats;
 #[path = "corpus/refresh.rs"]
@@ -181,9 +183,24 @@ fn assert_not_5xx(status: u16, case: &str) {
 // One test per input class, so a failure names its class. Each adds its
 // case count to the tally; the last class to finish prints the corpus size.
 
-/// Case counts per class (tokens, refresh bodies, heartbeats, configs) and
-/// how many classes have finished.
-static TALLY: [AtomicUsize; 4] = [const { AtomicUsize::new(0) }; 4];
+/// The classes, in the order the summary line names them.
+const CLASSES: [&str; 11] = [
+    "tokens and Authorization",
+    "refresh bodies",
+    "heartbeats",
+    "configs",
+    "paths",
+    "identity headers",
+    "forwarding headers",
+    "login subjects",
+    "token headers",
+    "framing",
+    "HTTP niceties",
+];
+
+/// Case counts per class (as in [`CLASSES`]) and how many classes have
+/// finished.
+static TALLY: [AtomicUsize; CLASSES.len()] = [const { AtomicUsize::new(0) }; CLASSES.len()];
 static FINISHED: AtomicUsize = AtomicUsize::new(0);
 
 /// Each class must finish within this.
@@ -194,10 +211,14 @@ fn tally(class: usize, cases: usize) {
     if FINISHED.fetch_add(1, Ordering::SeqCst) + 1 < TALLY.len() {
         return;
     }
-    let [tokens, refresh, heartbeats, configs] =
-        [0, 1, 2, 3].map(|i| TALLY[i].load(Ordering::SeqCst));
-    let total = tokens + refresh + heartbeats + configs;
-    println!("corpus: {total} cases (tokens and Authorization {tokens}, refresh bodies {refresh}, heartbeats {heartbeats}, configs {configs})");
+    let counts: Vec<usize> = TALLY.iter().map(|t| t.load(Ordering::SeqCst)).collect();
+    let total: usize = counts.iter().sum();
+    let parts: Vec<String> = CLASSES
+        .iter()
+        .zip(&counts)
+        .map(|(name, n)| format!("{name} {n}"))
+        .collect();
+    println!("corpus: {total} cases ({})", parts.join(", "));
     assert!(
         total >= 40,
         "the corpus must hold at least 40 cases, has {total}"
@@ -237,6 +258,49 @@ fn hostile_configs() {
         "the config cases finish within 2 minutes"
     );
     tally(3, cases);
+}
+
+/// Runs one async class within [`CLASS_WITHIN`] and tallies it.
+async fn class<F: std::future::Future<Output = usize>>(index: usize, cases: F) {
+    let n = tokio::time::timeout(CLASS_WITHIN, cases)
+        .await
+        .unwrap_or_else(|_| panic!("the {} cases finish within 2 minutes", CLASSES[index]));
+    tally(index, n);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_paths() {
+    class(4, edge::paths()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_identity_header_spellings() {
+    class(5, edge::identity_headers()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_forwarding_headers() {
+    class(6, edge::forwarding_headers()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_login_subjects() {
+    class(7, edge::login_subjects()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_token_headers() {
+    class(8, edge::token_headers()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_framing() {
+    class(9, edge::framing()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_niceties() {
+    class(10, edge::niceties()).await;
 }
 
 // ------------------------------------------------------- regression tests

@@ -144,17 +144,8 @@ pub fn canonical(path: &str) -> Result<Cow<'_, str>, PathError> {
         match v {
             b'/' | b'\\' => return Err(PathError::EncodedSeparator),
             0x00..=0x1f | 0x7f => return Err(PathError::EncodedControl),
-            b'%' => {
-                // `%25` then two hex digits (`%252e`): decoded once more by
-                // a lenient backend, it must not turn into a dot or a
-                // separator.
-                if let Ok(inner) = escape_at(b, i + 2) {
-                    if matches!(inner, b'.' | b'/' | b'\\') {
-                        return Err(PathError::DoubleEncoded);
-                    }
-                }
-                decoded.extend_from_slice(&b[i..i + 3]);
-            }
+            // Kept as is; checked for double encoding once all is decoded.
+            b'%' => decoded.extend_from_slice(b"%25"),
             v if unreserved(v) => decoded.push(v),
             _ => {
                 // Kept escaped, hex digits upper-cased (§6.2.2.1).
@@ -164,6 +155,19 @@ pub fn canonical(path: &str) -> Result<Cow<'_, str>, PathError> {
             }
         }
         i += 3;
+    }
+
+    // `%25` then two hex digits (`%252e`, also when the digits were
+    // themselves escaped, `%25%32%65`): decoded once more by a lenient
+    // backend, it must not turn into a dot or a separator.
+    for (at, _) in decoded.iter().enumerate().filter(|(_, &c)| c == b'%') {
+        if decoded.get(at + 1..at + 3) == Some(b"25") {
+            if let Ok(inner) = escape_at(&decoded, at + 2) {
+                if matches!(inner, b'.' | b'/' | b'\\') {
+                    return Err(PathError::DoubleEncoded);
+                }
+            }
+        }
     }
 
     // 2. Remove dot-segments (§5.2.4), refusing a climb above the root.
@@ -322,6 +326,8 @@ mod tests {
             ("/public/%2e%2e;x/secret", DotSegmentParams),
             ("/public/%252e%252e/secret", DoubleEncoded),
             ("/public/..%252fsecret", DoubleEncoded),
+            ("/public/%25%32%65%25%32%65/secret", DoubleEncoded),
+            ("/public/%25%32e/secret", DoubleEncoded),
             ("/a%00b", EncodedControl),
             ("/a%0d%0ab", EncodedControl),
             ("/a%7f", EncodedControl),

@@ -53,6 +53,15 @@ pub async fn invalid_token(
     error(session, 401, &body, &[("www-authenticate", challenge)]).await
 }
 
+/// `408 request_timeout`: the client stalled its request body; the
+/// connection is closed.
+pub async fn request_timeout(session: &mut Session) -> pingora_error::Result<()> {
+    let body = ErrorBody::new("request_timeout")
+        .detail("the request body did not arrive in time (limits.body_read_timeout_ms)");
+    session.set_keepalive(None);
+    error(session, 408, &body, &[("connection", "close")]).await
+}
+
 /// `400` for a request the proxy will not interpret (framing, path): the
 /// connection is closed, since what follows on it cannot be trusted.
 pub async fn bad_request(

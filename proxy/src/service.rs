@@ -149,8 +149,10 @@ impl ProxyHttp for TetherProxy {
         ctx: &mut Ctx,
     ) -> pingora_error::Result<bool> {
         let state = &self.state;
-        // Pipelined requests are answered in order (never left hanging).
+        // Pipelined requests are answered in order (never left hanging);
+        // a stalled request body ends in a 408 (`fail_to_proxy`).
         session.set_pipelining_enabled(true);
+        session.set_read_timeout(Some(state.cfg.limits.body_read_timeout));
         if let Err(refusal) = Self::settle_request(session) {
             ctx.outcome = Outcome::Refused;
             respond::bad_request(session, refusal.0, refusal.1).await?;
@@ -326,9 +328,12 @@ impl ProxyHttp for TetherProxy {
                 503
             }
             _ => {
+                let downstream = e.esource() == &pingora_error::ErrorSource::Downstream;
                 let code = match e.etype() {
                     ErrorType::HTTPStatus(c) => *c,
-                    _ if e.esource() == &pingora_error::ErrorSource::Downstream => 400,
+                    // The client stalled its body: its slowness, a 408.
+                    ErrorType::ReadTimedout if downstream => 408,
+                    _ if downstream => 400,
                     _ => 502,
                 };
                 if before_response {

@@ -51,6 +51,9 @@ impl Recorded {
     }
 }
 
+/// Builds the answer (status, content type, body) to a recorded request.
+pub type Answer = Arc<dyn Fn(&Recorded) -> (u16, &'static str, Vec<u8>) + Send + Sync>;
+
 /// The server; stops when dropped.
 pub struct RecordingUpstream {
     pub addr: SocketAddr,
@@ -68,6 +71,15 @@ impl RecordingUpstream {
     /// Binds 127.0.0.1:0 and serves (keep-alive, Content-Length and
     /// chunked request bodies).
     pub async fn start() -> RecordingUpstream {
+        RecordingUpstream::start_answering(Arc::new(|_: &Recorded| {
+            (200, "text/plain", BODY.as_bytes().to_vec())
+        }))
+        .await
+    }
+
+    /// Like [`RecordingUpstream::start`], answering each request with
+    /// `answer` (a login answer a test chooses, say).
+    pub async fn start_answering(answer: Answer) -> RecordingUpstream {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind recording upstream");
@@ -80,7 +92,7 @@ impl RecordingUpstream {
                     let Ok((sock, _)) = listener.accept().await else {
                         continue;
                     };
-                    tokio::spawn(serve(sock, recorded.clone()));
+                    tokio::spawn(serve(sock, recorded.clone(), answer.clone()));
                 }
             }
         });
@@ -109,7 +121,11 @@ impl RecordingUpstream {
     }
 }
 
-async fn serve(mut sock: tokio::net::TcpStream, recorded: Arc<Mutex<Vec<Recorded>>>) {
+async fn serve(
+    mut sock: tokio::net::TcpStream,
+    recorded: Arc<Mutex<Vec<Recorded>>>,
+    answer: Answer,
+) {
     let mut buf: Vec<u8> = Vec::new();
     let mut chunk = [0u8; 16 * 1024];
     loop {
@@ -151,16 +167,20 @@ async fn serve(mut sock: tokio::net::TcpStream, recorded: Arc<Mutex<Vec<Recorded
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
             }
         };
-        recorded.lock().expect("lock").push(Recorded {
+        let request = Recorded {
             raw: buf[..end].to_vec(),
             head_len,
-        });
+        };
+        let (status, content_type, body) = answer(&request);
+        recorded.lock().expect("lock").push(request);
         buf.drain(..end);
-        let answer = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{BODY}",
-            BODY.len()
-        );
-        if sock.write_all(answer.as_bytes()).await.is_err() {
+        let mut out = format!(
+            "HTTP/1.1 {status} OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        out.extend_from_slice(&body);
+        if sock.write_all(&out).await.is_err() {
             return;
         }
     }

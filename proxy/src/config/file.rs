@@ -214,6 +214,8 @@ pub(super) struct FileLimits {
     pub(super) max_request_headers: usize,
     #[serde(default = "default_header_read_timeout")]
     pub(super) header_read_timeout_ms: u64,
+    #[serde(default = "default_body_read_timeout")]
+    pub(super) body_read_timeout_ms: u64,
     #[serde(default = "default_max_connections")]
     pub(super) max_connections: usize,
     #[serde(default = "default_max_connections_per_ip")]
@@ -221,6 +223,9 @@ pub(super) struct FileLimits {
 }
 
 fn default_header_read_timeout() -> u64 {
+    10_000
+}
+fn default_body_read_timeout() -> u64 {
     10_000
 }
 fn default_max_connections() -> usize {
@@ -245,6 +250,7 @@ impl Default for FileLimits {
             max_request_header_bytes: default_header_bytes(),
             max_request_headers: default_header_count(),
             header_read_timeout_ms: default_header_read_timeout(),
+            body_read_timeout_ms: default_body_read_timeout(),
             max_connections: default_max_connections(),
             max_connections_per_ip: default_max_connections_per_ip(),
         }

@@ -109,6 +109,10 @@ pub struct Limits {
     /// From a request's first byte (a connection's first request: from
     /// accept) to the end of its head.
     pub header_read_timeout: std::time::Duration,
+    /// Longest wait for the next piece of a request body once its head is
+    /// in; a client that stalls longer gets `408` and the connection is
+    /// closed (a client's slowness is never a 5xx).
+    pub body_read_timeout: std::time::Duration,
     /// Concurrent client connections, in all and per client IP (0: no
     /// per-IP cap).
     pub max_connections: usize,

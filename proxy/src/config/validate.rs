@@ -352,6 +352,12 @@ impl Validator<'_> {
                 (100, 600_000),
                 "",
             )?),
+            body_read_timeout: Duration::from_millis(self.range(
+                "limits.body_read_timeout_ms",
+                l.body_read_timeout_ms,
+                (100, 600_000),
+                "",
+            )?),
             max_connections: self.range(
                 "limits.max_connections",
                 l.max_connections,

@@ -71,13 +71,24 @@ pub async fn handle(ep: Endpoint, state: &State, session: &mut Session) -> Resul
             .detail(format!("{method} is not allowed here; use {allow}"));
         return respond::error(session, 405, &body, &[("allow", allow)]).await;
     }
-    match ep {
+    let answered = match ep {
         Endpoint::Login => login::login(state, session).await,
         Endpoint::Refresh => refresh::refresh(state, session).await,
         Endpoint::Logout => logout::logout(state, session).await,
         Endpoint::Closest => closest::closest(state, session).await,
         Endpoint::Health => health::health(state, session).await,
         Endpoint::Jwks => jwks::jwks(state, session).await,
+    };
+    match answered {
+        // A client that stalled its body (limits.body_read_timeout_ms):
+        // its slowness is a 408, never a 5xx.
+        Err(e)
+            if *e.etype() == pingora_error::ErrorType::ReadTimedout
+                && session.response_written().is_none() =>
+        {
+            respond::request_timeout(session).await
+        }
+        other => other,
     }
 }
 
@@ -92,7 +103,6 @@ pub(super) async fn read_body(session: &mut Session, limit: usize) -> Result<Opt
     if declared.is_some_and(|n| n > limit) {
         return Ok(None);
     }
-    session.set_read_timeout(Some(std::time::Duration::from_secs(10)));
     let mut buf = Vec::with_capacity(declared.unwrap_or(512).min(limit));
     while let Some(chunk) = session.read_request_body().await? {
         if buf.len() + chunk.len() > limit {

@@ -108,7 +108,7 @@ impl Tokens {
         // names an extension it does not understand; tether understands
         // none, so any `crit` (even an empty list, which §4.1.11 forbids)
         // is refused.
-        if header.crit.is_some() {
+        if header.crit.is_some() || header_has_crit(token) {
             return Err(TokenError::CriticalHeader);
         }
         if header.typ.as_deref() != Some(want_typ) {
@@ -137,6 +137,20 @@ impl Tokens {
         }
         Ok(claims)
     }
+}
+
+/// Whether the token's header has a `crit` member in any form (`null`
+/// included, which `jsonwebtoken` reads as absent).
+fn header_has_crit(token: &str) -> bool {
+    use base64::Engine;
+    let Some(segment) = token.split('.').next() else {
+        return false;
+    };
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(segment)
+        .ok()
+        .and_then(|h| serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&h).ok())
+        .is_some_and(|h| h.contains_key("crit"))
 }
 
 /// The longest refresh-token lifetime accepted, seconds: the top of
