@@ -9,6 +9,7 @@ use kit::{eventually, hb, Etcd, Node, ADMIN, CLUSTER};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
+/// A 64-hex-digit stand-in for a token-id hash (`c` is a hex digit).
 fn hash(c: char) -> String {
     c.to_string().repeat(64)
 }
@@ -112,7 +113,15 @@ async fn versions_etags_and_long_polls_agree_across_nodes() {
     let (version, etag) = eventually(10, "both nodes at one version", || async {
         let la = a.list().await;
         let (_, etag_b, lb) = b.get("", None).await;
-        (la["version"] == lb["version"] && la["servers"] == lb["servers"])
+        let ids = |l: &Value| {
+            l["servers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["id"].clone())
+                .collect::<Vec<_>>()
+        };
+        (la["version"] == lb["version"] && ids(&la) == ids(&lb) && ids(&la).len() == 3)
             .then(|| (la["version"].as_u64().unwrap(), etag_b))
     })
     .await;
@@ -228,11 +237,11 @@ async fn families_and_revocations_survive_a_restart_of_every_node() {
     assert!(answers.iter().all(|r| r["iat"] == *iat), "{answers:?}");
 
     // A live family on which we will test reuse after the restart.
-    rotate_on(&a, &rotate("fam2", 'p', 'q', 1)).await;
-    rotate_on(&a, &rotate("fam2", 'q', 'r', 2)).await;
+    rotate_on(&a, &rotate("fam2", '1', '2', 1)).await;
+    rotate_on(&a, &rotate("fam2", '2', '3', 2)).await;
     // Reuse of 'a' (two generations old) revokes fam1; logout revokes fam3.
     assert_eq!(
-        rotate_on(&b, &rotate("fam1", 'a', 'z', 9)).await["outcome"],
+        rotate_on(&b, &rotate("fam1", 'a', 'f', 9)).await["outcome"],
         "revoked"
     );
     let r = a
@@ -258,12 +267,12 @@ async fn families_and_revocations_survive_a_restart_of_every_node() {
         assert_eq!(revoked_families(&l), vec!["fam1", "fam3"]);
         assert!(l["version"].as_u64().unwrap() >= version_before);
         // Still revoked: even the newest token of fam1.
-        let r = rotate_on(n, &rotate("fam1", 'd', 'y', 10)).await;
+        let r = rotate_on(n, &rotate("fam1", 'd', '9', 10)).await;
         assert_eq!(r["outcome"], "revoked");
     }
-    // fam2's state survived: 'q' is the previous token, so it is reuse now.
+    // fam2's state survived: '2' is the previous token, so it is reuse now.
     assert_eq!(
-        rotate_on(&c, &rotate("fam2", 'q', 's', 3)).await["outcome"],
+        rotate_on(&c, &rotate("fam2", '2', '4', 3)).await["outcome"],
         "revoked"
     );
     eventually(10, "fam2 revoked on both new nodes", || async {
@@ -365,8 +374,9 @@ async fn check_deltas(a: &Node, b: &Node, evicts: bool) {
     assert!(size < 1024, "{size} bytes: {d}");
     let v2 = d["version"].as_u64().unwrap();
 
-    // Too old, or from the future: the full snapshot.
-    for since in [0, v2 + 1_000_000] {
+    // From the future (another deployment, or a bogus value): the full
+    // snapshot. (Too old is checked per store below.)
+    for since in [v2 + 1_000_000] {
         let (_, _, d) = b.get(&format!("?since={since}"), None).await;
         assert_eq!(d["full"], true, "since={since}: {d}");
         assert_eq!(d["changed"].as_array().unwrap().len(), 5);
@@ -430,6 +440,17 @@ async fn deltas_over_etcd() {
     let a = Node::over(&etcd, |_| {}).await;
     let b = Node::over(&etcd, |_| {}).await;
     check_deltas(&a, &b, true).await;
+    // A node started now cannot answer for history before its start (as
+    // after compaction): older `since` values get the full snapshot;
+    // current ones an empty delta.
+    let c = Node::over(&etcd, |_| {}).await;
+    let v = c.list().await["version"].as_u64().unwrap();
+    let (_, _, d) = c.get("?since=1", None).await;
+    assert_eq!(d["full"], true, "{d}");
+    assert_eq!(d["version"].as_u64().unwrap(), v, "{d}");
+    let (_, _, d) = c.get(&format!("?since={v}"), None).await;
+    assert_eq!(d["full"], false, "{d}");
+    assert!(d["changed"].as_array().unwrap().is_empty(), "{d}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -437,6 +458,9 @@ async fn deltas_in_memory() {
     let mut config = tether_discovery::Config::loopback(CLUSTER, ADMIN);
     config.ttl = Duration::from_secs(2);
     let a = Node::start(config).await;
+    // Versions start at the start time: 0 is older than anything.
+    let (_, _, d) = a.get("?since=0", None).await;
+    assert_eq!(d["full"], true, "{d}");
     check_deltas(&a, &a, true).await;
 }
 
@@ -468,21 +492,21 @@ async fn one_member_lost_the_service_continues() {
     })
     .await;
     // Steady service from now on: ten rounds, every answer 200.
-    for _ in 0..10 {
-        assert_eq!(
-            a.heartbeat(&hb("s0", "http://10.0.0.0:1", 1.0))
-                .await
-                .status(),
-            StatusCode::OK
-        );
-        assert_eq!(
-            b.heartbeat(&hb("s1", "http://10.0.0.1:1", 1.0))
-                .await
-                .status(),
-            StatusCode::OK
-        );
-        assert_eq!(a.get("", None).await.0, StatusCode::OK);
-        assert_eq!(b.get("", None).await.0, StatusCode::OK);
+    for round in 0..10 {
+        for (node, id) in [(&a, "s0"), (&b, "s1")] {
+            let r = node
+                .heartbeat(&hb(id, &format!("http://10.0.0.{}:1", &id[1..]), 1.0))
+                .await;
+            let status = r.status();
+            assert_eq!(
+                status,
+                StatusCode::OK,
+                "round {round}: {}",
+                r.text().await.unwrap()
+            );
+            let (status, _, body) = node.get("", None).await;
+            assert_eq!(status, StatusCode::OK, "round {round}: {body}");
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -508,12 +532,14 @@ async fn no_quorum_answers_503_and_recovers_by_itself() {
         .post("/v1/families/rotate", CLUSTER, &rotate("f", 'a', 'b', 1))
         .await;
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(a.metric("tether_discovery_store_up").await, 0.0);
-    assert!(
-        a.metric("tether_discovery_store_errors_total{op=\"probe\"}")
+    eventually(10, "probe errors counted, store down", || async {
+        (a.metric("tether_discovery_store_errors_total{op=\"probe\"}")
             .await
             >= 1.0
-    );
+            && a.metric("tether_discovery_store_up").await == 0.0)
+            .then_some(())
+    })
+    .await;
 
     etcd.restart(1);
     etcd.restart(2);

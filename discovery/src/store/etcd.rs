@@ -451,43 +451,78 @@ impl EtcdStore {
         Ok(())
     }
 
-    /// Runs one etcd request with the timeout, timing it.
-    async fn call<T, F>(&self, op: &'static str, fut: F) -> Result<T, Fail>
+    /// Runs one etcd request within the timeout, timing it. A request
+    /// that could not reach a member (connection refused: a member is
+    /// down; or `Unavailable`) is tried again at once, up to three times:
+    /// the client balances over every endpoint, so the retry usually goes
+    /// to a live member. Retrying a compare-and-set is safe: if the first
+    /// attempt was applied, the retry's compare fails and the caller reads
+    /// its own write.
+    async fn call<T, F, Fut>(&self, op: &'static str, mut f: F) -> Result<T, Fail>
     where
-        F: Future<Output = Result<T, etcd_client::Error>>,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
         let start = std::time::Instant::now();
-        let result = tokio::time::timeout(self.timeout, fut).await;
-        let secs = start.elapsed().as_secs_f64();
-        let result = match result {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => {
-                let message = e.to_string();
-                Err(Fail {
-                    lease_gone: message.contains("lease not found"),
-                    message,
-                })
+        let deadline = Instant::now() + self.timeout;
+        let mut attempts = 0;
+        let result = loop {
+            attempts += 1;
+            match tokio::time::timeout_at(deadline, f()).await {
+                Ok(Ok(v)) => break Ok(v),
+                Ok(Err(e)) if attempts < 3 && unreachable(&e) => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Ok(Err(e)) => {
+                    let message = e.to_string();
+                    break Err(Fail {
+                        lease_gone: message.contains("lease not found"),
+                        message,
+                    });
+                }
+                Err(_) => {
+                    break Err(Fail {
+                        lease_gone: false,
+                        message: format!("{op} timed out after {} ms", self.timeout.as_millis()),
+                    })
+                }
             }
-            Err(_) => Err(Fail {
-                lease_gone: false,
-                message: format!("{op} timed out after {} ms", self.timeout.as_millis()),
-            }),
         };
+        let secs = start.elapsed().as_secs_f64();
         self.metrics.store_op(op, secs, result.is_ok());
         result
     }
 
     async fn txn(&self, op: &'static str, txn: Txn) -> Result<TxnResponse, Fail> {
-        let mut kv = self.client.kv_client();
-        self.call(op, kv.txn(txn)).await
+        self.call(op, || {
+            let mut kv = self.client.kv_client();
+            let txn = txn.clone();
+            async move { kv.txn(txn).await }
+        })
+        .await
+    }
+
+    async fn get(
+        &self,
+        op: &'static str,
+        key: &str,
+        options: Option<GetOptions>,
+    ) -> Result<etcd_client::GetResponse, Fail> {
+        self.call(op, || {
+            let mut kv = self.client.kv_client();
+            let key = key.to_owned();
+            let options = options.clone();
+            async move { kv.get(key, options).await }
+        })
+        .await
     }
 
     /// One keep-alive of `lease`: `Ok(false)` when etcd no longer has it.
     async fn keep_alive(&self, lease: i64) -> Result<bool, Fail> {
-        let mut client = self.client.lease_client();
         match self
-            .call("keep_alive", async move {
-                client.keep_alive(lease).await.map(|_| ())
+            .call("keep_alive", || {
+                let mut client = self.client.lease_client();
+                async move { client.keep_alive(lease).await.map(|_| ()) }
             })
             .await
         {
@@ -498,9 +533,9 @@ impl EtcdStore {
     }
 
     async fn grant(&self, ttl: i64) -> Result<i64, Fail> {
-        let mut client = self.client.lease_client();
-        self.call("grant", async move {
-            client.grant(ttl, None).await.map(|r| r.id())
+        self.call("grant", || {
+            let mut client = self.client.lease_client();
+            async move { client.grant(ttl, None).await.map(|r| r.id()) }
         })
         .await
     }
@@ -936,11 +971,7 @@ impl EtcdStore {
         let fam_key = format!("{}{family}", self.keys.families);
         let rev_key = format!("{}{family}", self.keys.revoked);
         for _ in 0..CAS_ATTEMPTS {
-            let mut kv = self.client.kv_client();
-            let key = fam_key.clone();
-            let got = self
-                .call("revoke", async move { kv.get(key, None).await })
-                .await?;
+            let got = self.get("revoke", &fam_key, None).await?;
             let (until, mod_rev) = match got.kvs().first() {
                 Some(kv) => (
                     serde_json::from_slice::<FamilyRecord>(kv.value())
@@ -1013,12 +1044,12 @@ impl EtcdStore {
     /// Reads `reg/`, then follows it with one watch until it fails
     /// (`Err`) or the service stops (`Ok`).
     async fn sync_and_watch(&self, stop: &mut watch::Receiver<bool>) -> Result<(), String> {
-        let mut kv = self.client.kv_client();
-        let prefix = self.keys.reg.clone();
         let mut got = self
-            .call("sync", async move {
-                kv.get(prefix, Some(GetOptions::new().with_prefix())).await
-            })
+            .get(
+                "sync",
+                &self.keys.reg,
+                Some(GetOptions::new().with_prefix()),
+            )
             .await
             .map_err(|f| f.message)?;
         let read_rev = got.header().map_or(0, |h| h.revision());
@@ -1042,16 +1073,17 @@ impl EtcdStore {
         // read are applied and the version matches every other node.
         let mut start = newest + 1;
         loop {
-            let mut watch_client = self.client.watch_client();
             let options = WatchOptions::new()
                 .with_prefix()
                 .with_start_revision(start)
                 .with_progress_notify();
             let mut stream = self
-                .call(
-                    "watch",
-                    watch_client.watch(self.keys.reg.clone(), Some(options)),
-                )
+                .call("watch", || {
+                    let mut watch_client = self.client.watch_client();
+                    let key = self.keys.reg.clone();
+                    let options = options.clone();
+                    async move { watch_client.watch(key, Some(options)).await }
+                })
                 .await
                 .map_err(|f| f.message)?;
             let mut applied = start - 1;
@@ -1156,16 +1188,20 @@ impl EtcdStore {
     /// needs a leader with quorum), and refreshes the store gauges.
     async fn probe_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut round: u64 = 0;
+        let mut failures = 0;
         loop {
-            let mut kv = self.client.kv_client();
-            let key = self.keys.reg.clone();
-            let ok = self
-                .call("probe", async move {
-                    kv.get(key, Some(GetOptions::new().with_keys_only().with_limit(1)))
-                        .await
-                })
+            let answered = self
+                .get(
+                    "probe",
+                    &self.keys.reg,
+                    Some(GetOptions::new().with_keys_only().with_limit(1)),
+                )
                 .await
                 .is_ok();
+            // Two failures in a row (about a second) before answering 503:
+            // one slow answer during a re-election is not an outage.
+            failures = if answered { 0 } else { failures + 1 };
+            let ok = failures < 2 && (answered || self.healthy.load(Ordering::Acquire));
             let was = self.healthy.swap(ok, Ordering::AcqRel);
             if was != ok {
                 if ok {
@@ -1194,18 +1230,28 @@ impl EtcdStore {
             (leases.len(), c.revoked.len())
         };
         self.metrics.set_store_leases("server", server_leases);
-        let mut kv = self.client.kv_client();
-        let key = self.keys.families.clone();
         if let Ok(r) = self
-            .call("count", async move {
-                kv.get(key, Some(GetOptions::new().with_prefix().with_count_only()))
-                    .await
-            })
+            .get(
+                "count",
+                &self.keys.families,
+                Some(GetOptions::new().with_prefix().with_count_only()),
+            )
             .await
         {
             self.metrics
                 .set_store_families(usize::try_from(r.count()).unwrap_or(0), revoked);
         }
+    }
+}
+
+/// A request that never reached a live member: worth trying again.
+fn unreachable(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::TransportError(_) => true,
+        // 14 = UNAVAILABLE (connection refused, member shutting down, no
+        // leader on that member).
+        etcd_client::Error::GRpcStatus(s) => s.code() as i32 == 14,
+        _ => false,
     }
 }
 
