@@ -470,13 +470,11 @@ fn store_config(section: StoreSection, path: &Path) -> Result<StoreConfig, Confi
     }
     let mut tls = false;
     for e in &endpoints {
-        let rest = if let Some(rest) = e.strip_prefix("https://") {
+        let rest: &str = if let Some(rest) = e.strip_prefix("https://") {
             tls = true;
             rest
-        } else if let Some(rest) = e.strip_prefix("http://") {
-            rest
         } else {
-            ""
+            e.strip_prefix("http://").unwrap_or_default()
         };
         let host_port_ok = rest
             .rsplit_once(':')

@@ -49,6 +49,9 @@ pub struct Memory {
     pub families: Families,
 }
 
+// One `Store` per service, never moved after start: the size difference
+// between the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Store {
     Memory(Memory),
     Etcd(Arc<etcd::EtcdStore>),

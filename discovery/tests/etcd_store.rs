@@ -364,7 +364,7 @@ async fn check_deltas(a: &Node, b: &Node, evicts: bool) {
             .unwrap();
         let text = r.text().await.unwrap();
         let d: Value = serde_json::from_str(&text).unwrap();
-        (d["version"].as_u64().unwrap() > v).then(|| (d, text.len()))
+        (d["version"].as_u64().unwrap() > v).then_some((d, text.len()))
     })
     .await;
     assert_eq!(d["full"], false);
@@ -473,24 +473,37 @@ async fn one_member_lost_the_service_continues() {
     a.beat(&hb("s0", "http://10.0.0.0:1", 1.0)).await;
     etcd.kill(0);
     // After at most a re-election, both nodes take heartbeats and list.
-    eventually(20, "service through the two remaining members", || async {
-        let ok_a = a
-            .heartbeat(&hb("s0", "http://10.0.0.0:1", 1.0))
-            .await
-            .status()
-            == StatusCode::OK;
-        let ok_b = b
-            .heartbeat(&hb("s1", "http://10.0.0.1:1", 1.0))
-            .await
-            .status()
-            == StatusCode::OK;
-        let (sa, _, la) = a.get("", None).await;
-        let (sb, _, lb) = b.get("", None).await;
-        let both = |l: &Value| l["servers"].as_array().is_some_and(|s| s.len() == 2);
-        (ok_a && ok_b && sa == StatusCode::OK && sb == StatusCode::OK && both(&la) && both(&lb))
-            .then_some(())
+    let last = std::sync::Mutex::new(String::new());
+    let served = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let mut seen = Vec::new();
+            for (node, id) in [(&a, "s0"), (&b, "s1")] {
+                let r = node
+                    .heartbeat(&hb(id, &format!("http://10.0.0.{}:1", &id[1..]), 1.0))
+                    .await;
+                seen.push((r.status(), r.text().await.unwrap()));
+            }
+            for node in [&a, &b] {
+                let (status, _, body) = node.get("", None).await;
+                let two = body["servers"].as_array().is_some_and(|s| s.len() == 2);
+                seen.push((
+                    if two { status } else { StatusCode::IM_A_TEAPOT },
+                    body.to_string(),
+                ));
+            }
+            if seen.iter().all(|(s, _)| *s == StatusCode::OK) {
+                return;
+            }
+            *last.lock().unwrap() = format!("{seen:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     })
     .await;
+    assert!(
+        served.is_ok(),
+        "no steady service through the two remaining members; last answers: {}",
+        last.lock().unwrap()
+    );
     // Steady service from now on: ten rounds, every answer 200.
     for round in 0..10 {
         for (node, id) in [(&a, "s0"), (&b, "s1")] {

@@ -50,9 +50,7 @@ impl Delta {
             snapshot.servers.sort_by(|a, b| a.id.cmp(&b.id));
             snapshot.revoked_families = self.revoked_families.clone();
         } else {
-            snapshot
-                .servers
-                .retain(|s| !self.removed.iter().any(|r| *r == s.id));
+            snapshot.servers.retain(|s| !self.removed.contains(&s.id));
             for entry in &self.changed {
                 match snapshot.servers.binary_search_by(|s| s.id.cmp(&entry.id)) {
                     Ok(i) => snapshot.servers[i] = entry.clone(),

@@ -1212,7 +1212,7 @@ impl EtcdStore {
             }
             self.metrics
                 .set_store_up(ok && self.synced.load(Ordering::Acquire));
-            if ok && round % 10 == 0 {
+            if ok && round.is_multiple_of(10) {
                 self.refresh_gauges().await;
             }
             round += 1;
