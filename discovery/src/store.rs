@@ -59,6 +59,7 @@ pub enum Store {
 
 impl Store {
     pub fn memory(ttl: Duration, grace: Duration, metrics: Arc<Metrics>) -> Store {
+        metrics.set_store_up(true);
         Store::Memory(Memory {
             registry: Registry::new(ttl, crate::registry::initial_version(), metrics),
             families: Families::new(grace),

@@ -9,6 +9,7 @@
 //! | `reg/drain/<id>` | `1` (an operator's drain mark) | the server's lease, so the mark dies with the entry |
 //! | `reg/revoked/<family>` | `{"until"}` | an expiry bucket (below) |
 //! | `families/<family>` | the rotation state (hashes, never tokens) | an expiry bucket |
+//! | `meta/epoch` | Unix microseconds when the deployment's first node started | none |
 //!
 //! **Heartbeats and eviction.** A server's key lives under a lease whose
 //! TTL is the eviction TTL, so etcd itself evicts a silent server (the
@@ -28,8 +29,13 @@
 //! version would never stand still.)
 //!
 //! **Versions.** The version is the etcd revision of the last change under
-//! `reg/`: identical on every node that has seen the same history, and it
-//! grows forever, across restarts of discovery and of etcd. Family
+//! `reg/`, plus an epoch: identical on every node that has seen the same
+//! history, and it grows forever, across restarts of discovery and of etcd.
+//! The epoch (`meta/epoch`) is the Unix time in microseconds when the first
+//! node of the deployment started, written once (put-if-absent) and read by
+//! every node; it keeps versions above those an in-memory discovery handed
+//! out before the deployment moved to etcd, since proxies refuse a version
+//! that goes backwards. Family
 //! rotations live outside `reg/`, so they never move it. Each node holds
 //! ONE watch on `reg/`, which feeds a local copy of the registry (listings
 //! and deltas are served from it, without an etcd round trip) and wakes
@@ -62,7 +68,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -145,6 +151,7 @@ struct Keys {
     drain: String,
     revoked: String,
     families: String,
+    epoch: String,
 }
 
 impl Keys {
@@ -155,6 +162,7 @@ impl Keys {
             drain: format!("{prefix}reg/drain/"),
             revoked: format!("{prefix}reg/revoked/"),
             families: format!("{prefix}families/"),
+            epoch: format!("{prefix}meta/epoch"),
         }
     }
 }
@@ -323,8 +331,10 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-fn as_version(rev: i64) -> u64 {
-    u64::try_from(rev).unwrap_or(0)
+fn unix_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2))
 }
 
 /// An etcd request that failed; `lease_gone` when it named a lease etcd
@@ -364,6 +374,8 @@ pub struct EtcdStore {
     healthy: AtomicBool,
     /// Expiry bucket (Unix seconds) → lease granted by this node.
     buckets: Mutex<HashMap<u64, i64>>,
+    /// Added to revisions to make versions (`meta/epoch`); 0 until read.
+    epoch: AtomicU64,
 }
 
 impl EtcdStore {
@@ -420,6 +432,7 @@ impl EtcdStore {
             synced: AtomicBool::new(false),
             healthy: AtomicBool::new(false),
             buckets: Mutex::new(HashMap::new()),
+            epoch: AtomicU64::new(0),
         });
         metrics.set_store_up(false);
         tokio::spawn(store.clone().watch_loop(stop.clone()));
@@ -429,6 +442,43 @@ impl EtcdStore {
 
     pub fn ttl(&self) -> Duration {
         self.ttl
+    }
+
+    /// The registry version for etcd revision `rev`: the deployment's
+    /// epoch plus the revision (see the module comment).
+    fn as_version(&self, rev: i64) -> u64 {
+        self.epoch
+            .load(Ordering::Acquire)
+            .saturating_add(u64::try_from(rev).unwrap_or(0))
+    }
+
+    /// Reads the deployment's epoch, creating it on first use (one
+    /// put-if-absent transaction, so every node reads the same value).
+    async fn load_epoch(&self) -> Result<(), String> {
+        if self.epoch.load(Ordering::Acquire) != 0 {
+            return Ok(());
+        }
+        let key = self.keys.epoch.clone();
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key.clone(), unix_micros().to_string(), None)])
+            .or_else([TxnOp::get(key.clone(), None)]);
+        self.txn("sync", txn).await.map_err(|f| f.message)?;
+        let got = self.get("sync", &key, None).await.map_err(|f| f.message)?;
+        let epoch = got
+            .kvs()
+            .first()
+            .and_then(|kv| {
+                std::str::from_utf8(kv.value())
+                    .ok()?
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+            .filter(|&e| e > 0)
+            .ok_or_else(|| format!("{key} in etcd does not hold a version epoch"))?;
+        self.epoch.store(epoch, Ordering::Release);
+        Ok(())
     }
 
     fn cache(&self) -> MutexGuard<'_, Cache> {
@@ -556,7 +606,7 @@ impl EtcdStore {
 
     pub fn current_version(&self) -> Result<u64, StoreError> {
         self.check()?;
-        Ok(as_version(self.cache().version))
+        Ok(self.as_version(self.cache().version))
     }
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {
@@ -578,7 +628,7 @@ impl EtcdStore {
         if let Some((rec, lease, _)) = &cached {
             if !rec.material(&new) && self.keep_alive(*lease).await? {
                 self.touch(&hb.id, now);
-                return Ok(as_version(self.cache().version));
+                return Ok(self.as_version(self.cache().version));
             }
         }
         let value = serde_json::to_vec(&new).expect("serialising a server record");
@@ -635,7 +685,7 @@ impl EtcdStore {
                 let rev = resp.header().map_or(0, |h| h.revision());
                 self.wait_applied(rev).await;
                 self.touch(&hb.id, now);
-                return Ok(as_version(rev));
+                return Ok(self.as_version(rev));
             }
             observed = first_get(&resp).and_then(|(value, lease, mod_rev)| {
                 serde_json::from_slice::<Record>(&value)
@@ -666,7 +716,7 @@ impl EtcdStore {
         let mut body = Vec::with_capacity(c.listing_len_hint);
         let mut num = itoa::Buffer::new();
         body.extend_from_slice(b"{\"version\":");
-        body.extend_from_slice(num.format(as_version(c.version)).as_bytes());
+        body.extend_from_slice(num.format(self.as_version(c.version)).as_bytes());
         body.extend_from_slice(b",\"servers\":[");
         for (i, e) in c.servers.values().enumerate() {
             if i > 0 {
@@ -687,7 +737,7 @@ impl EtcdStore {
         body.push(b'}');
         c.listing_len_hint = body.len() + body.len() / 64 + 64;
         Ok(Listing {
-            version: as_version(c.version),
+            version: self.as_version(c.version),
             body,
         })
     }
@@ -695,9 +745,11 @@ impl EtcdStore {
     pub fn delta(&self, since: u64, now: Instant) -> Result<Delta, StoreError> {
         self.check()?;
         let c = self.cache();
-        let version = as_version(c.version);
-        let since_rev = i64::try_from(since).unwrap_or(i64::MAX);
-        if since > version || since_rev < c.floor {
+        let version = self.as_version(c.version);
+        let since_rev = since
+            .checked_sub(self.epoch.load(Ordering::Acquire))
+            .and_then(|r| i64::try_from(r).ok());
+        if since > version || since_rev.is_none_or(|r| r < c.floor) {
             return Ok(Delta {
                 version,
                 full: true,
@@ -710,6 +762,7 @@ impl EtcdStore {
                 revoked_families: c.revoked.keys().cloned().collect(),
             });
         }
+        let since_rev = since_rev.unwrap_or(i64::MAX);
         let changed = c
             .servers
             .iter()
@@ -1044,6 +1097,7 @@ impl EtcdStore {
     /// Reads `reg/`, then follows it with one watch until it fails
     /// (`Err`) or the service stops (`Ok`).
     async fn sync_and_watch(&self, stop: &mut watch::Receiver<bool>) -> Result<(), String> {
+        self.load_epoch().await?;
         let mut got = self
             .get(
                 "sync",
@@ -1148,7 +1202,7 @@ impl EtcdStore {
                         cache.apply(&self.keys, kv.key(), put, kv.mod_revision(), now);
                         applied = applied.max(kv.mod_revision());
                     }
-                    let version = as_version(cache.version);
+                    let version = self.as_version(cache.version);
                     self.metrics.set_version(version);
                     self.metrics.set_servers(cache.servers.len());
                     drop(cache);
@@ -1173,7 +1227,7 @@ impl EtcdStore {
     fn mark_synced(&self) {
         let (version, servers) = {
             let c = self.cache();
-            (as_version(c.version), c.servers.len())
+            (self.as_version(c.version), c.servers.len())
         };
         self.metrics.set_version(version);
         self.metrics.set_servers(servers);
