@@ -89,10 +89,14 @@ async fn heartbeat_list_conflict_and_eviction_by_lease() {
         (a.ids().await.is_empty() && b.ids().await.is_empty()).then_some(())
     })
     .await;
+    // The eviction moved the version; a node started now (which never saw
+    // the server) reports the very same version: it replays the deletion.
+    let evicted_at = a.list().await["version"].as_u64().unwrap();
+    assert_eq!(b.list().await["version"].as_u64().unwrap(), evicted_at);
+    let c = Node::over(&etcd, |_| {}).await;
+    assert_eq!(c.list().await["version"].as_u64().unwrap(), evicted_at);
     // The id is free again, for another URL.
     a.beat(&hb("eu-1", "http://10.0.0.9:8080", 1.0)).await;
-    let list = b.list().await;
-    let _ = list;
     eventually(10, "the new holder is listed on B", || async {
         let l = b.list().await;
         (l["servers"][0]["url"] == "http://10.0.0.9:8080").then_some(())

@@ -10,6 +10,7 @@
 //! | `reg/revoked/<family>` | `{"until"}` | an expiry bucket (below) |
 //! | `families/<family>` | the rotation state (hashes, never tokens) | an expiry bucket |
 //! | `meta/epoch` | Unix microseconds when the deployment's first node started | none |
+//! | `meta/sync` | empty: written by a node when (re)starting its watch | none |
 //!
 //! **Heartbeats and eviction.** A server's key lives under a lease whose
 //! TTL is the eviction TTL, so etcd itself evicts a silent server (the
@@ -37,7 +38,7 @@
 //! out before the deployment moved to etcd, since proxies refuse a version
 //! that goes backwards. Family
 //! rotations live outside `reg/`, so they never move it. Each node holds
-//! ONE watch on `reg/`, which feeds a local copy of the registry (listings
+//! ONE watch (on `reg/`, and `meta/` for its own sync marker), which feeds a local copy of the registry (listings
 //! and deltas are served from it, without an etcd round trip) and wakes
 //! long-polls. On start the node reads `reg/` at revision R; the newest
 //! mod revision in it is M; it watches from M + 1, so that deletions
@@ -152,6 +153,10 @@ struct Keys {
     revoked: String,
     families: String,
     epoch: String,
+    meta: String,
+    sync: String,
+    /// End of the watched range: `meta/` up to and including `reg/`.
+    watch_end: String,
 }
 
 impl Keys {
@@ -163,6 +168,10 @@ impl Keys {
             revoked: format!("{prefix}reg/revoked/"),
             families: format!("{prefix}families/"),
             epoch: format!("{prefix}meta/epoch"),
+            meta: format!("{prefix}meta/"),
+            sync: format!("{prefix}meta/sync"),
+            // "reg0" is the first key after every "reg/..." key.
+            watch_end: format!("{prefix}reg0"),
         }
     }
 }
@@ -1127,33 +1136,35 @@ impl EtcdStore {
         // read are applied and the version matches every other node.
         let mut start = newest + 1;
         loop {
+            // The watch covers `meta/` and `reg/` (adjacent in key
+            // order): `reg/` is the registry, and the write to
+            // `meta/sync` below tells the node when the replay is over.
             let options = WatchOptions::new()
-                .with_prefix()
-                .with_start_revision(start)
-                .with_progress_notify();
+                .with_range(self.keys.watch_end.clone())
+                .with_start_revision(start);
             let mut stream = self
                 .call("watch", || {
                     let mut watch_client = self.client.watch_client();
-                    let key = self.keys.reg.clone();
+                    let key = self.keys.meta.clone();
                     let options = options.clone();
                     async move { watch_client.watch(key, Some(options)).await }
                 })
                 .await
                 .map_err(|f| f.message)?;
+            // Events arrive in revision order, so once this marker's
+            // revision has been delivered, so has everything before it
+            // (etcd 3.4's progress requests do not promise that).
+            let marker = Txn::new().and_then([TxnOp::put(self.keys.sync.clone(), "", None)]);
+            let caught_up_at = self
+                .txn("sync", marker)
+                .await
+                .map_err(|f| f.message)?
+                .header()
+                .map_or(read_rev, |h| h.revision());
             let mut applied = start - 1;
-            if applied >= read_rev {
-                self.mark_synced();
-            } else {
-                stream.request_progress().await.map_err(|e| e.to_string())?;
-            }
-            let mut progress_tick = tokio::time::interval(Duration::from_millis(250));
             loop {
                 let msg = tokio::select! {
                     m = stream.message() => m,
-                    _ = progress_tick.tick(), if !self.synced.load(Ordering::Acquire) => {
-                        let _ = stream.request_progress().await;
-                        continue;
-                    }
                     () = stopped(stop) => return Ok(()),
                 };
                 let resp = match msg {
@@ -1186,11 +1197,7 @@ impl EtcdStore {
                     continue;
                 }
                 let events = resp.events();
-                if events.is_empty() {
-                    // A progress notification: everything up to the
-                    // header's revision has been delivered.
-                    applied = applied.max(resp.header().map_or(0, |h| h.revision()));
-                } else {
+                if !events.is_empty() {
                     let now = Instant::now();
                     let mut cache = self.cache();
                     for ev in events {
@@ -1217,7 +1224,7 @@ impl EtcdStore {
                     *a = (*a).max(applied);
                     moved
                 });
-                if applied >= read_rev && !self.synced.load(Ordering::Acquire) {
+                if applied >= caught_up_at && !self.synced.load(Ordering::Acquire) {
                     self.mark_synced();
                 }
             }
