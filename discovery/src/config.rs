@@ -44,7 +44,60 @@ pub struct Config {
     /// How long after a refresh-token rotation a retry with the previous
     /// token still gets the same successor (default 10 s; 0–120 s).
     pub refresh_grace: Duration,
+    /// Where the registry, drain marks and refresh families live
+    /// (`[store]`; default: in this process's memory).
+    pub store: StoreConfig,
 }
+
+/// `[store]`: the in-memory default, or an etcd cluster shared by any
+/// number of discovery nodes (DESIGN.md §6a).
+#[derive(Debug, Clone, Default)]
+pub enum StoreConfig {
+    #[default]
+    Memory,
+    Etcd(EtcdConfig),
+}
+
+/// `[store] kind = "etcd"`, checked: files already read.
+#[derive(Debug, Clone)]
+pub struct EtcdConfig {
+    /// `http://host:port` or `https://host:port`, one per member.
+    pub endpoints: Vec<String>,
+    /// Every key discovery writes starts with this (default `/tether/`).
+    pub prefix: String,
+    /// User name and password (read from `password_file`) when etcd has
+    /// authentication on.
+    pub user: Option<(String, Secret)>,
+    /// PEM CA bundle that signs the members' certificates.
+    pub ca_pem: Option<Vec<u8>>,
+    /// PEM client certificate and key, for etcd's `--client-cert-auth`.
+    pub identity_pem: Option<(Vec<u8>, Vec<u8>)>,
+    /// Connecting to one member (default 2 s).
+    pub connect_timeout: Duration,
+    /// One etcd request (default 2 s). A request that takes longer counts
+    /// as an error; the HTTP answer is then 503.
+    pub request_timeout: Duration,
+}
+
+impl EtcdConfig {
+    /// Plain-text etcd at `endpoints`, defaults for everything else (tests,
+    /// the demo).
+    pub fn new(endpoints: Vec<String>) -> EtcdConfig {
+        EtcdConfig {
+            endpoints,
+            prefix: DEFAULT_ETCD_PREFIX.to_owned(),
+            user: None,
+            ca_pem: None,
+            identity_pem: None,
+            connect_timeout: Duration::from_millis(DEFAULT_ETCD_TIMEOUT_MS),
+            request_timeout: Duration::from_millis(DEFAULT_ETCD_TIMEOUT_MS),
+        }
+    }
+}
+
+/// Default `[store] prefix`.
+pub const DEFAULT_ETCD_PREFIX: &str = "/tether/";
+const DEFAULT_ETCD_TIMEOUT_MS: u64 = 2000;
 
 impl Config {
     /// A config for in-process use (tests, the demo): listens on
@@ -61,6 +114,7 @@ impl Config {
             cluster_token: Secret::new(cluster_token),
             admin_token: Secret::new(admin_token),
             refresh_grace: Duration::from_millis(DEFAULT_REFRESH_GRACE_MS),
+            store: StoreConfig::Memory,
         }
     }
 }
@@ -110,6 +164,14 @@ pub enum ConfigError {
         value: String,
         allowed: String,
     },
+    /// A `[store]` value that is not allowed.
+    #[error("{}: store.{key} = {value}: {allowed}", path.display())]
+    InvalidStore {
+        path: PathBuf,
+        key: &'static str,
+        value: String,
+        allowed: String,
+    },
 }
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
@@ -125,6 +187,25 @@ pub const MIN_TOKEN_LEN: usize = 16;
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub discovery: DiscoverySection,
+    #[serde(default)]
+    pub store: Option<StoreSection>,
+}
+
+/// `[store]`. Optional; without it the registry lives in memory.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    /// `"memory"` (default) or `"etcd"`.
+    pub kind: Option<String>,
+    pub endpoints: Option<Vec<String>>,
+    pub prefix: Option<String>,
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub connect_timeout_ms: Option<u64>,
+    pub request_timeout_ms: Option<u64>,
 }
 
 /// `[discovery]`. Every key is optional except the two token sources.
@@ -210,6 +291,10 @@ impl FileConfig {
         path: &Path,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
+        let store = match self.store {
+            None => StoreConfig::Memory,
+            Some(section) => store_config(section, path)?,
+        };
         let d = self.discovery;
         let invalid =
             |key: &'static str, value: &dyn fmt::Display, allowed: String| ConfigError::Invalid {
@@ -329,8 +414,200 @@ impl FileConfig {
             cluster_token,
             admin_token,
             refresh_grace: Duration::from_millis(grace_ms),
+            store,
         })
     }
+}
+
+/// Checks `[store]` and reads the files it names (relative to the config
+/// file's folder).
+fn store_config(section: StoreSection, path: &Path) -> Result<StoreConfig, ConfigError> {
+    let invalid = |key: &'static str, value: String, allowed: String| ConfigError::InvalidStore {
+        path: path.to_owned(),
+        key,
+        value,
+        allowed,
+    };
+    let kind = section.kind.as_deref().unwrap_or("memory");
+    match kind {
+        "memory" => {
+            let etcd_only: [(&'static str, bool); 9] = [
+                ("endpoints", section.endpoints.is_some()),
+                ("prefix", section.prefix.is_some()),
+                ("username", section.username.is_some()),
+                ("password_file", section.password_file.is_some()),
+                ("ca_file", section.ca_file.is_some()),
+                ("cert_file", section.cert_file.is_some()),
+                ("key_file", section.key_file.is_some()),
+                ("connect_timeout_ms", section.connect_timeout_ms.is_some()),
+                ("request_timeout_ms", section.request_timeout_ms.is_some()),
+            ];
+            if let Some((key, _)) = etcd_only.iter().find(|(_, set)| *set) {
+                return Err(invalid(
+                    key,
+                    "(set)".into(),
+                    "only applies with kind = \"etcd\"; the memory store takes no other key".into(),
+                ));
+            }
+            return Ok(StoreConfig::Memory);
+        }
+        "etcd" => {}
+        other => {
+            return Err(invalid(
+                "kind",
+                format!("{other:?}"),
+                "must be \"memory\" (one process, the default) or \"etcd\" (any number of nodes over an etcd cluster)".into(),
+            ))
+        }
+    }
+    let endpoints = section.endpoints.unwrap_or_default();
+    if endpoints.is_empty() {
+        return Err(invalid(
+            "endpoints",
+            "(missing)".into(),
+            "kind = \"etcd\" needs the members' client URLs, e.g. [\"http://10.0.0.1:2379\", \"http://10.0.0.2:2379\", \"http://10.0.0.3:2379\"]".into(),
+        ));
+    }
+    let mut tls = false;
+    for e in &endpoints {
+        let rest: &str = if let Some(rest) = e.strip_prefix("https://") {
+            tls = true;
+            rest
+        } else {
+            e.strip_prefix("http://").unwrap_or_default()
+        };
+        let host_port_ok = rest
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+        if !host_port_ok {
+            return Err(invalid(
+                "endpoints",
+                format!("{e:?}"),
+                "each endpoint is http://HOST:PORT or https://HOST:PORT (etcd's client URL), with no path".into(),
+            ));
+        }
+    }
+    let prefix = section
+        .prefix
+        .unwrap_or_else(|| DEFAULT_ETCD_PREFIX.to_owned());
+    if prefix.is_empty()
+        || !prefix.ends_with('/')
+        || prefix.len() > 128
+        || prefix.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(invalid(
+            "prefix",
+            format!("{prefix:?}"),
+            "must end with \"/\", be at most 128 characters and hold no whitespace, e.g. \"/tether/\" (one prefix per deployment sharing the etcd cluster)".into(),
+        ));
+    }
+    let read = |key: &'static str, file: &Path| -> Result<Vec<u8>, ConfigError> {
+        let full = match path.parent() {
+            Some(dir) if file.is_relative() => dir.join(file),
+            _ => file.to_owned(),
+        };
+        std::fs::read(&full).map_err(|e| {
+            invalid(
+                key,
+                format!("{:?}", file.display().to_string()),
+                format!(
+                    "cannot read {} ({e}); relative paths start at the config file's folder",
+                    full.display()
+                ),
+            )
+        })
+    };
+    let user = match (section.username, section.password_file) {
+        (None, None) => None,
+        (Some(u), Some(f)) if !u.is_empty() => {
+            let raw = read("password_file", &f)?;
+            let password = String::from_utf8(raw)
+                .map_err(|_| {
+                    invalid(
+                        "password_file",
+                        format!("{:?}", f.display().to_string()),
+                        "must hold the password as UTF-8 text".into(),
+                    )
+                })?
+                .trim()
+                .to_owned();
+            if password.is_empty() {
+                return Err(invalid(
+                    "password_file",
+                    format!("{:?}", f.display().to_string()),
+                    "the file is empty".into(),
+                ));
+            }
+            Some((u, Secret::new(password)))
+        }
+        (Some(u), Some(_)) => {
+            return Err(invalid(
+                "username",
+                format!("{u:?}"),
+                "must not be empty".into(),
+            ))
+        }
+        (Some(u), None) => {
+            return Err(invalid(
+                "password_file",
+                "(missing)".into(),
+                format!("username = {u:?} needs password_file (a file holding the password; passwords are never written in the config)"),
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(invalid(
+                "username",
+                "(missing)".into(),
+                "password_file needs a username".into(),
+            ))
+        }
+    };
+    let ca_pem = section
+        .ca_file
+        .as_deref()
+        .map(|f| read("ca_file", f))
+        .transpose()?;
+    let identity_pem = match (section.cert_file, section.key_file) {
+        (None, None) => None,
+        (Some(c), Some(k)) => Some((read("cert_file", &c)?, read("key_file", &k)?)),
+        (Some(_), None) => {
+            return Err(invalid(
+                "key_file",
+                "(missing)".into(),
+                "cert_file needs key_file (the client certificate's private key)".into(),
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(invalid(
+                "cert_file",
+                "(missing)".into(),
+                "key_file needs cert_file".into(),
+            ))
+        }
+    };
+    if !tls && (ca_pem.is_some() || identity_pem.is_some()) {
+        return Err(invalid(
+            "endpoints",
+            format!("{:?}", endpoints[0]),
+            "ca_file, cert_file and key_file take https:// endpoints".into(),
+        ));
+    }
+    let timeout = |key: &'static str, v: Option<u64>| -> Result<Duration, ConfigError> {
+        let ms = v.unwrap_or(DEFAULT_ETCD_TIMEOUT_MS);
+        if !(50..=60_000).contains(&ms) {
+            return Err(invalid(key, ms.to_string(), "must be 50..=60000".into()));
+        }
+        Ok(Duration::from_millis(ms))
+    };
+    Ok(StoreConfig::Etcd(EtcdConfig {
+        endpoints,
+        prefix,
+        user,
+        ca_pem,
+        identity_pem,
+        connect_timeout: timeout("connect_timeout_ms", section.connect_timeout_ms)?,
+        request_timeout: timeout("request_timeout_ms", section.request_timeout_ms)?,
+    }))
 }
 
 /// Default refresh-token grace window, ms.

@@ -27,6 +27,7 @@ use tokio::time::Instant;
 use crate::auth::bearer_matches;
 use crate::metrics::{HeartbeatOutcome, WaiterGuard};
 use crate::registry::HeartbeatRejected;
+use crate::store::{HeartbeatError, StoreError};
 use crate::App;
 
 pub(crate) fn router(app: Arc<App>) -> Router {
@@ -59,6 +60,21 @@ fn json(status: StatusCode, body: Vec<u8>) -> Response {
 
 fn error(status: StatusCode, body: &ErrorBody) -> Response {
     json(status, body.to_json().into_bytes())
+}
+
+/// 503 when the store cannot answer (etcd without quorum, unreachable, or
+/// this node not in sync yet). Proxies keep their last good snapshot and
+/// try again, or another discovery node.
+fn unavailable(err: &StoreError) -> Response {
+    let mut r = error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &ErrorBody::new("store_unavailable").detail(format!(
+            "discovery's store cannot answer right now: {err}; keep the last good snapshot and retry (or another discovery node)"
+        )),
+    );
+    r.headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    r
 }
 
 fn invalid(err: &FieldError) -> Response {
@@ -124,22 +140,23 @@ async fn heartbeat_inner(
         Ok(hb) => hb,
         Err(e) => return (HeartbeatOutcome::BadRequest, invalid(&e)),
     };
-    match app.registry.heartbeat(hb, Instant::now()) {
+    match app.store.heartbeat(hb, Instant::now()).await {
         Ok(version) => {
             let ack = HeartbeatAck {
-                ttl_ms: u64::try_from(app.registry.ttl().as_millis()).unwrap_or(u64::MAX),
+                ttl_ms: u64::try_from(app.store.ttl().as_millis()).unwrap_or(u64::MAX),
                 registry_version: version,
             };
             // Two integers: serialisation cannot fail.
             let body = serde_json::to_vec(&ack).expect("serialising a heartbeat ack");
             (HeartbeatOutcome::Accepted, json(StatusCode::OK, body))
         }
-        Err(HeartbeatRejected::IdConflict { id, url }) => {
+        Err(HeartbeatError::Unavailable(e)) => (HeartbeatOutcome::Unavailable, unavailable(&e)),
+        Err(HeartbeatError::Rejected(HeartbeatRejected::IdConflict { id, url })) => {
             let body = ErrorBody {
                 field: Some("id".to_owned()),
                 ..ErrorBody::new("id_conflict").detail(format!(
                     "server id {id:?} is held by a live server at {url}; the id frees up {} ms after that server's last heartbeat",
-                    app.registry.ttl().as_millis()
+                    app.store.ttl().as_millis()
                 ))
             };
             (
@@ -199,12 +216,11 @@ async fn rotate_family(State(app): State<Arc<App>>, headers: HeaderMap, body: Bo
     if let Err(e) = req.validate() {
         return invalid(&e);
     }
-    let (answer, revoked_changed) = app.families.rotate(&req, Instant::now());
+    let answer = match app.store.rotate(&req, Instant::now(), &app.metrics).await {
+        Ok(a) => a,
+        Err(e) => return unavailable(&e),
+    };
     app.metrics.family_rotation(answer.outcome);
-    if revoked_changed {
-        tracing::warn!(family = %req.family, "refresh-token reuse detected: family revoked");
-        app.registry.set_revoked_families(app.families.revoked());
-    }
     // Plain strings and integers: serialisation cannot fail.
     json(
         StatusCode::OK,
@@ -222,10 +238,15 @@ async fn revoke_family(State(app): State<Arc<App>>, headers: HeaderMap, body: Bo
     if let Err(e) = req.validate() {
         return invalid(&e);
     }
-    app.families.revoke(&req.family, req.expires_at);
+    if let Err(e) = app
+        .store
+        .revoke(&req.family, req.expires_at, &app.metrics)
+        .await
+    {
+        return unavailable(&e);
+    }
     app.metrics
         .family_rotation(tether_protocol::wire::RotateOutcome::Revoked);
-    app.registry.set_revoked_families(app.families.revoked());
     json(StatusCode::OK, b"{\"revoked\":true}".to_vec())
 }
 
@@ -290,6 +311,10 @@ async fn servers(
         Ok(w) => w,
         Err(e) => return invalid(&e),
     };
+    let since = match parse_since(query.as_deref()) {
+        Ok(s) => s,
+        Err(e) => return invalid(&e),
+    };
     let now = Instant::now();
     if let Some(remaining) = app.warmup_remaining(now) {
         app.metrics.snapshot(503);
@@ -304,24 +329,49 @@ async fn servers(
             .insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
         return r;
     }
-    let current = app.registry.current_version(now);
+    let current = match app.store.current_version(now) {
+        Ok(v) => v,
+        Err(e) => {
+            app.metrics.snapshot(503);
+            return unavailable(&e);
+        }
+    };
     let matches = headers
         .get(IF_NONE_MATCH)
         .is_some_and(|v| etag_matches(v.as_bytes(), current));
-    if matches {
+    // With `since` at the current version, the caller already holds
+    // everything: a long-poll waits as it does for a matching ETag.
+    if matches || since == Some(current) {
         let changed = match wait {
             Some(wait) if !wait.is_zero() => wait_for_change(&app, current, wait).await,
             _ => false,
         };
-        if !changed {
+        if !changed && matches {
             app.metrics.snapshot(304);
             return (StatusCode::NOT_MODIFIED, [(ETAG, etag(current))]).into_response();
         }
     }
-    let listing = app.registry.listing(Instant::now());
+    let answer = match since {
+        None => app
+            .store
+            .listing(Instant::now())
+            .map(|l| (l.version, l.body)),
+        Some(since) => app.store.delta(since, Instant::now()).map(|d| {
+            // Strings, numbers and bools: serialisation cannot fail.
+            let body = serde_json::to_vec(&d).expect("serialising a delta");
+            (d.version, body)
+        }),
+    };
+    let (version, body) = match answer {
+        Ok(a) => a,
+        Err(e) => {
+            app.metrics.snapshot(503);
+            return unavailable(&e);
+        }
+    };
     app.metrics.snapshot(200);
-    let mut r = json(StatusCode::OK, listing.body);
-    r.headers_mut().insert(ETAG, etag(listing.version));
+    let mut r = json(StatusCode::OK, body);
+    r.headers_mut().insert(ETAG, etag(version));
     r
 }
 
@@ -329,7 +379,7 @@ async fn servers(
 /// elapses or the service shuts down (false).
 async fn wait_for_change(app: &App, seen: u64, wait: Duration) -> bool {
     let _waiting = WaiterGuard::new(&app.metrics.longpoll_waiters);
-    let mut rx = app.registry.subscribe();
+    let mut rx = app.store.subscribe();
     let mut shutdown = app.shutdown.clone();
     let changed = async move {
         loop {
@@ -348,6 +398,26 @@ async fn wait_for_change(app: &App, seen: u64, wait: Duration) -> bool {
         () = tokio::time::sleep(wait) => false,
         _ = shutdown.wait_for(|stop| *stop) => false,
     }
+}
+
+/// `?since=V`: a registry version the caller holds (an unsigned integer).
+fn parse_since(query: Option<&str>) -> Result<Option<u64>, FieldError> {
+    let Some(query) = query else { return Ok(None) };
+    let mut since = None;
+    for pair in query.split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if key != "since" {
+            continue;
+        }
+        let v = value.parse::<u64>().map_err(|_| {
+            FieldError::new(
+                "since",
+                format!("{value:?} is not allowed: since is a registry version (an unsigned integer from an earlier answer)"),
+            )
+        })?;
+        since = Some(v);
+    }
+    Ok(since)
 }
 
 /// `?wait=N`: whole seconds, `0..=max`. Other parameters are ignored.
@@ -405,7 +475,7 @@ async fn drain(
     headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
 ) -> Response {
-    set_drain(&app, &headers, id, true)
+    set_drain(&app, &headers, id, true).await
 }
 
 async fn undrain(
@@ -413,10 +483,10 @@ async fn undrain(
     headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
 ) -> Response {
-    set_drain(&app, &headers, id, false)
+    set_drain(&app, &headers, id, false).await
 }
 
-fn set_drain(
+async fn set_drain(
     app: &App,
     headers: &HeaderMap,
     id: Result<Path<String>, PathRejection>,
@@ -432,8 +502,9 @@ fn set_drain(
     if let Err(e) = validate::server_id("id", &id) {
         return invalid(&e);
     }
-    match app.registry.set_admin_drain(&id, drain, Instant::now()) {
-        Some(entry) => {
+    match app.store.set_admin_drain(&id, drain, Instant::now()).await {
+        Err(e) => unavailable(&e),
+        Ok(Some(entry)) => {
             tracing::info!(server = %id, drain, "admin drain changed");
             // Strings, numbers and bools: serialisation cannot fail.
             json(
@@ -441,7 +512,7 @@ fn set_drain(
                 serde_json::to_vec(&entry).expect("serialising a server entry"),
             )
         }
-        None => error(
+        Ok(None) => error(
             StatusCode::NOT_FOUND,
             &ErrorBody::new("unknown_server").detail(format!("no live server has the id {id:?}")),
         ),

@@ -2,15 +2,17 @@
 //! themselves with heartbeats, and pull the registry of live servers as a
 //! versioned snapshot that they can long-poll.
 //!
-//! This is the embedded default: one process, state in memory. Proxies keep
-//! their last good snapshot when discovery is down or restarting (the
-//! warm-up answer tells them to), so discovery is never on a client's
-//! request path.
+//! The embedded default keeps its state in one process's memory; with
+//! `[store] kind = "etcd"` any number of stateless nodes share an etcd
+//! cluster (see [`store`]). Proxies keep their last good snapshot when
+//! discovery is down or restarting (the warm-up answer and every 503 tell
+//! them to), so discovery is never on a client's request path.
 //!
 //! Start reading at:
 //! - [`run`] / [`bind`] (this file): the listener, the sweeper, shutdown;
 //! - `http.rs`: the routes and every status code of the contract;
-//! - [`registry`]: the state, versioning and eviction rules;
+//! - [`store`]: memory or etcd; [`registry`]: the in-memory state,
+//!   versioning and eviction rules; `store/etcd.rs`: the same over etcd;
 //! - [`config`]: the TOML file and its checks; [`metrics`]: the Prometheus
 //!   series.
 //!
@@ -23,15 +25,13 @@
 //! built for proxying rather than for serving an API, and it owns the
 //! process (signals, daemonising), which gets in the way of starting
 //! discovery in-process in tests and in the demo.
-//!
-//! A later store of refresh-token families (hashes with compare-and-set,
-//! issue 6) belongs beside the registry in `App`, with its own lock.
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod families;
 pub mod metrics;
 pub mod registry;
+pub mod store;
 
 mod auth;
 mod http;
@@ -49,7 +49,7 @@ use tokio::time::Instant;
 
 pub use config::Config;
 use metrics::Metrics;
-use registry::Registry;
+use store::Store;
 
 /// Why the service could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +69,8 @@ pub enum Error {
     Ready(std::io::Error),
     #[error("the server task ended abnormally: {0}")]
     Task(String),
+    #[error("starting the store: {0}")]
+    Store(#[from] store::StoreError),
 }
 
 /// How long shutdown waits for open requests before closing them.
@@ -77,10 +79,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// State shared by every handler.
 pub(crate) struct App {
     pub(crate) config: Config,
-    pub(crate) registry: Registry,
+    /// The registry, drain marks and refresh-token families.
+    pub(crate) store: Store,
     pub(crate) metrics: Arc<Metrics>,
-    /// Refresh-token families (rotation with reuse detection).
-    pub(crate) families: families::Families,
     started: Instant,
     /// Turns true on shutdown, so long-polls answer at once instead of
     /// holding the graceful shutdown open for their whole wait.
@@ -89,7 +90,11 @@ pub(crate) struct App {
 
 impl App {
     /// `Some(time left)` while the service is warming up.
+    /// Only the in-memory store warms up: over etcd the state survives.
     pub(crate) fn warmup_remaining(&self, now: Instant) -> Option<Duration> {
+        if !self.store.warms_up() {
+            return None;
+        }
         let end = self.started + self.config.warmup;
         (now < end).then(|| end - now)
     }
@@ -159,12 +164,25 @@ pub async fn bind(config: Config) -> Result<Running, Error> {
         source,
     })?;
     let metrics = Arc::new(Metrics::new()?);
-    let registry = Registry::new(config.ttl, registry::initial_version(), metrics.clone());
     let (stop, stop_rx) = watch::channel(false);
+    let store = match &config.store {
+        config::StoreConfig::Memory => {
+            Store::memory(config.ttl, config.refresh_grace, metrics.clone())
+        }
+        config::StoreConfig::Etcd(etcd) => Store::Etcd(
+            store::etcd::EtcdStore::start(
+                etcd,
+                config.ttl,
+                config.refresh_grace,
+                metrics.clone(),
+                stop_rx.clone(),
+            )
+            .await?,
+        ),
+    };
     let app = Arc::new(App {
-        families: families::Families::new(config.refresh_grace),
         config,
-        registry,
+        store,
         metrics,
         started: Instant::now(),
         shutdown: stop_rx.clone(),
@@ -256,12 +274,16 @@ async fn shutdown_signal() -> Result<&'static str, Error> {
 /// Sleeps until the next server could expire, but never less than a small
 /// granularity, so a registry of thousands of staggered servers is scanned a
 /// few times per TTL rather than once per server.
+/// (The etcd store needs none: etcd expires the leases.)
 async fn sweep(app: Arc<App>, mut stop: watch::Receiver<bool>) {
-    let ttl = app.registry.ttl();
+    let Store::Memory(memory) = &app.store else {
+        return;
+    };
+    let ttl = memory.registry.ttl();
     let granularity = (ttl / 50).clamp(Duration::from_millis(5), Duration::from_millis(100));
     loop {
         let now = Instant::now();
-        let sweep = app.registry.sweep(now);
+        let sweep = memory.registry.sweep(now);
         let next = sweep
             .next_expiry
             .unwrap_or(now + ttl)

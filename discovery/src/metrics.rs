@@ -5,7 +5,10 @@
 //! Children of labelled series with a fixed label set are resolved once
 //! here, so counting on the request path is one atomic add.
 
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    TextEncoder,
+};
 
 /// How a heartbeat ended (`outcome` label of `heartbeats_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,6 +18,8 @@ pub enum HeartbeatOutcome {
     Unauthorized,
     Conflict,
     TooLarge,
+    /// The store could not record it (etcd without quorum): 503.
+    Unavailable,
 }
 
 pub struct Metrics {
@@ -24,6 +29,7 @@ pub struct Metrics {
     hb_unauthorized: IntCounter,
     hb_conflict: IntCounter,
     hb_too_large: IntCounter,
+    hb_unavailable: IntCounter,
     live_servers: IntGaugeVec,
     evictions: IntCounter,
     snapshot_200: IntCounter,
@@ -33,6 +39,12 @@ pub struct Metrics {
     registry_version: IntGauge,
     servers: IntGauge,
     families: IntCounterVec,
+    store_seconds: HistogramVec,
+    store_errors: IntCounterVec,
+    store_leases: IntGaugeVec,
+    store_families: IntGaugeVec,
+    store_up: IntGauge,
+    watch_restarts: IntCounter,
 }
 
 impl Metrics {
@@ -90,12 +102,64 @@ impl Metrics {
             &["outcome"],
         )?;
         registry.register(Box::new(families.clone()))?;
+        let store_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "tether_discovery_store_seconds",
+                "Latency of store requests (etcd round trips), by operation.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+            &["op"],
+        )?;
+        let store_errors = IntCounterVec::new(
+            Opts::new(
+                "tether_discovery_store_errors_total",
+                "Store requests that failed or timed out, by operation.",
+            ),
+            &["op"],
+        )?;
+        let store_leases = IntGaugeVec::new(
+            Opts::new(
+                "tether_discovery_store_leases",
+                "etcd leases in use: kind=server (one per registered server, seen by this node), kind=family (expiry buckets this node granted for refresh families).",
+            ),
+            &["kind"],
+        )?;
+        let store_families = IntGaugeVec::new(
+            Opts::new(
+                "tether_discovery_store_families",
+                "Refresh families stored, by state (live, revoked).",
+            ),
+            &["state"],
+        )?;
+        let store_up = IntGauge::new(
+            "tether_discovery_store_up",
+            "1 when the store answers (etcd: synced and linearizable reads succeed), else 0.",
+        )?;
+        let watch_restarts = IntCounter::new(
+            "tether_discovery_store_watch_restarts_total",
+            "Times this node's etcd watch was re-established (error, member loss or compaction).",
+        )?;
+        registry.register(Box::new(store_seconds.clone()))?;
+        registry.register(Box::new(store_errors.clone()))?;
+        registry.register(Box::new(store_leases.clone()))?;
+        registry.register(Box::new(store_families.clone()))?;
+        registry.register(Box::new(store_up.clone()))?;
+        registry.register(Box::new(watch_restarts.clone()))?;
         Ok(Metrics {
+            store_seconds,
+            store_errors,
+            store_leases,
+            store_families,
+            store_up,
+            watch_restarts,
             hb_accepted: heartbeats.with_label_values(&["accepted"]),
             hb_bad_request: heartbeats.with_label_values(&["bad_request"]),
             hb_unauthorized: heartbeats.with_label_values(&["unauthorized"]),
             hb_conflict: heartbeats.with_label_values(&["conflict"]),
             hb_too_large: heartbeats.with_label_values(&["too_large"]),
+            hb_unavailable: heartbeats.with_label_values(&["unavailable"]),
             snapshot_200: snapshots.with_label_values(&["200"]),
             snapshot_304: snapshots.with_label_values(&["304"]),
             snapshot_503: snapshots.with_label_values(&["503"]),
@@ -126,6 +190,7 @@ impl Metrics {
             HeartbeatOutcome::Unauthorized => &self.hb_unauthorized,
             HeartbeatOutcome::Conflict => &self.hb_conflict,
             HeartbeatOutcome::TooLarge => &self.hb_too_large,
+            HeartbeatOutcome::Unavailable => &self.hb_unavailable,
         }
         .inc();
     }
@@ -157,6 +222,37 @@ impl Metrics {
 
     pub fn set_servers(&self, n: usize) {
         self.servers.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// One store request: its latency, and whether it failed.
+    pub fn store_op(&self, op: &str, seconds: f64, ok: bool) {
+        self.store_seconds.with_label_values(&[op]).observe(seconds);
+        if !ok {
+            self.store_errors.with_label_values(&[op]).inc();
+        }
+    }
+
+    pub fn set_store_leases(&self, kind: &str, n: usize) {
+        self.store_leases
+            .with_label_values(&[kind])
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    pub fn set_store_families(&self, live: usize, revoked: usize) {
+        self.store_families
+            .with_label_values(&["live"])
+            .set(i64::try_from(live).unwrap_or(i64::MAX));
+        self.store_families
+            .with_label_values(&["revoked"])
+            .set(i64::try_from(revoked).unwrap_or(i64::MAX));
+    }
+
+    pub fn set_store_up(&self, up: bool) {
+        self.store_up.set(i64::from(up));
+    }
+
+    pub fn watch_restarted(&self) {
+        self.watch_restarts.inc();
     }
 
     /// The Prometheus text exposition of every series.

@@ -19,11 +19,12 @@
 //! `lastSeen` (and store the new load), so steady heartbeats do not churn
 //! the version and wake every long-poll.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use serde::Serialize;
+use tether_protocol::delta::Delta;
 use tether_protocol::wire::{Heartbeat, ServerEntry, Snapshot};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -97,7 +98,20 @@ struct Inner {
     /// Revoked refresh families, sorted; listed so every proxy refuses
     /// their tokens (see `families.rs`).
     revoked_families: Vec<String>,
+    /// The version at which each revoked family was first listed, for
+    /// deltas.
+    revoked_at: HashMap<String, u64>,
+    /// Servers removed, with the version that removed them, oldest first;
+    /// at most [`REMOVED_LOG`] of them.
+    removed: VecDeque<(u64, String)>,
+    /// The oldest `since` a delta can be answered for: the start version,
+    /// raised whenever the removal log forgets an entry.
+    delta_floor: u64,
 }
+
+/// Removals remembered for deltas. A proxy more than this many removals
+/// behind gets a full snapshot instead.
+pub const REMOVED_LOG: usize = 16_384;
 
 struct Entry {
     region: String,
@@ -110,6 +124,9 @@ struct Entry {
     /// cannot undo it, only `DELETE /v1/servers/{id}/drain` or eviction).
     admin_drain: bool,
     last_seen: Instant,
+    /// The version at which something listed about this entry last
+    /// changed (for deltas).
+    changed_at: u64,
     /// This entry's listing JSON up to and including `"lastSeenMs":`,
     /// rebuilt whenever a stored value changes, so a listing only appends
     /// the age and a closing brace per server.
@@ -188,6 +205,9 @@ impl Registry {
                 no_expiry_before: None,
                 listing_len_hint: 64,
                 revoked_families: Vec::new(),
+                revoked_at: HashMap::new(),
+                removed: VecDeque::new(),
+                delta_floor: initial_version,
             }),
             ttl,
             version_tx,
@@ -239,6 +259,8 @@ impl Registry {
             .is_some_and(|e| e.expired(self.ttl, now))
         {
             self.remove(inner, &hb.id);
+            let at = inner.version + 1;
+            self.log_removal(inner, at, hb.id.clone());
             self.metrics.evicted(1);
             changed = true;
         }
@@ -272,6 +294,9 @@ impl Registry {
                     e.reported_draining = hb.draining;
                     e.rebuild_head(&hb.id);
                 }
+                if material {
+                    e.changed_at = inner.version + 1;
+                }
                 if let Some(((old_region, old_healthy), (new_region, new_healthy))) = live_move {
                     if old_healthy {
                         self.adjust_live(inner, &old_region, -1);
@@ -291,6 +316,7 @@ impl Registry {
                     reported_draining: hb.draining,
                     admin_drain: false,
                     last_seen: now,
+                    changed_at: inner.version + 1,
                     head: Vec::with_capacity(160),
                 };
                 e.rebuild_head(&hb.id);
@@ -324,6 +350,7 @@ impl Registry {
         let changed = was != e.draining();
         if changed {
             e.rebuild_head(id);
+            e.changed_at = inner.version + 1;
         }
         let entry = e.to_wire(id, now);
         if changed {
@@ -395,9 +422,17 @@ impl Registry {
     /// (waking every long-poll) when it changed.
     pub fn set_revoked_families(&self, families: Vec<String>) {
         let mut g = self.lock();
-        if g.revoked_families != families {
-            g.revoked_families = families;
-            self.bump(&mut g);
+        let inner = &mut *g;
+        if inner.revoked_families != families {
+            let next = inner.version + 1;
+            for f in &families {
+                inner.revoked_at.entry(f.clone()).or_insert(next);
+            }
+            inner
+                .revoked_at
+                .retain(|f, _| families.binary_search(f).is_ok());
+            inner.revoked_families = families;
+            self.bump(inner);
         }
     }
 
@@ -417,13 +452,79 @@ impl Registry {
             self.remove(inner, id);
         }
         inner.no_expiry_before = inner.servers.values().map(|e| e.deadline(ttl)).min();
-        if !expired.is_empty() {
-            self.metrics.evicted(expired.len() as u64);
+        let n = expired.len();
+        if n > 0 {
+            self.metrics.evicted(n as u64);
             // One version step per evicted server, as if each left alone.
-            inner.version += expired.len() as u64 - 1;
+            inner.version += n as u64 - 1;
+            let at = inner.version + 1;
+            for id in expired {
+                self.log_removal(inner, at, id);
+            }
             self.bump(inner);
         }
-        expired.len()
+        n
+    }
+
+    fn log_removal(&self, inner: &mut Inner, at: u64, id: String) {
+        inner.removed.push_back((at, id));
+        while inner.removed.len() > REMOVED_LOG {
+            if let Some((v, _)) = inner.removed.pop_front() {
+                // A `since` below `v` may have missed this removal.
+                inner.delta_floor = inner.delta_floor.max(v);
+            }
+        }
+    }
+
+    /// What changed after `since`, as of `now` (expired servers evicted
+    /// first); the whole registry (`full`) when `since` is newer than the
+    /// current version or older than the change log reaches.
+    pub fn delta(&self, since: u64, now: Instant) -> Delta {
+        let mut g = self.lock();
+        let inner = &mut *g;
+        self.evict_expired(inner, now);
+        if since > inner.version || since < inner.delta_floor {
+            return Delta {
+                version: inner.version,
+                full: true,
+                changed: inner
+                    .servers
+                    .iter()
+                    .map(|(id, e)| e.to_wire(id, now))
+                    .collect(),
+                removed: Vec::new(),
+                revoked_families: inner.revoked_families.clone(),
+            };
+        }
+        let changed = inner
+            .servers
+            .iter()
+            .filter(|(_, e)| e.changed_at > since)
+            .map(|(id, e)| e.to_wire(id, now))
+            .collect();
+        let mut removed: Vec<String> = inner
+            .removed
+            .iter()
+            .rev()
+            .take_while(|(v, _)| *v > since)
+            .filter(|(_, id)| !inner.servers.contains_key(id))
+            .map(|(_, id)| id.clone())
+            .collect();
+        removed.sort();
+        removed.dedup();
+        let revoked_families = inner
+            .revoked_families
+            .iter()
+            .filter(|f| inner.revoked_at.get(*f).is_some_and(|v| *v > since))
+            .cloned()
+            .collect();
+        Delta {
+            version: inner.version,
+            full: false,
+            changed,
+            removed,
+            revoked_families,
+        }
     }
 
     fn remove(&self, inner: &mut Inner, id: &str) {

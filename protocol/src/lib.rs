@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod claims;
+pub mod delta;
 pub mod placement;
 pub mod registry;
 pub mod validate;

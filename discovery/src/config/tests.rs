@@ -179,3 +179,66 @@ fn token_files_are_relative_to_the_config_file() {
     assert_eq!(c.admin_token.expose(), ADMIN);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+fn parse_store(store: &str) -> Result<Config, ConfigError> {
+    parse_with_env(
+        &format!("[discovery]\n{TOKENS}\n[store]\n{store}"),
+        Path::new("conf/x.toml"),
+        &env,
+    )
+}
+
+#[test]
+fn store_defaults_to_memory() {
+    assert!(matches!(
+        parse_body(TOKENS).unwrap().store,
+        StoreConfig::Memory
+    ));
+    assert!(matches!(
+        parse_store("kind = \"memory\"\n").unwrap().store,
+        StoreConfig::Memory
+    ));
+}
+
+#[test]
+fn etcd_store() {
+    let c = parse_store(
+        "kind = \"etcd\"\nendpoints = [\"http://10.0.0.1:2379\", \"http://10.0.0.2:2379\"]\nrequest_timeout_ms = 500\n",
+    )
+    .unwrap();
+    let StoreConfig::Etcd(e) = c.store else {
+        panic!("etcd expected")
+    };
+    assert_eq!(e.endpoints.len(), 2);
+    assert_eq!(e.prefix, "/tether/");
+    assert_eq!(e.request_timeout, Duration::from_millis(500));
+    assert_eq!(e.connect_timeout, Duration::from_secs(2));
+    assert!(e.user.is_none() && e.ca_pem.is_none());
+}
+
+#[test]
+fn store_errors_name_the_key() {
+    let err = |s: &str| parse_store(s).expect_err(s).to_string();
+    let m = err("kind = \"redis\"\n");
+    assert!(m.contains("store.kind = \"redis\""), "{m}");
+    let m = err("kind = \"etcd\"\n");
+    assert!(m.contains("store.endpoints = (missing)"), "{m}");
+    let m = err("kind = \"etcd\"\nendpoints = [\"10.0.0.1:2379\"]\n");
+    assert!(m.contains("store.endpoints = \"10.0.0.1:2379\""), "{m}");
+    let m = err("endpoints = [\"http://a:1\"]\n");
+    assert!(
+        m.contains("store.endpoints") && m.contains("kind = \"etcd\""),
+        "{m}"
+    );
+    let m = err("kind = \"etcd\"\nendpoints = [\"http://a:1\"]\nprefix = \"tether\"\n");
+    assert!(m.contains("store.prefix = \"tether\""), "{m}");
+    let m = err("kind = \"etcd\"\nendpoints = [\"http://a:1\"]\nusername = \"u\"\n");
+    assert!(m.contains("store.password_file = (missing)"), "{m}");
+    let m =
+        err("kind = \"etcd\"\nendpoints = [\"http://a:1\"]\nca_file = \"/nonexistent/ca.pem\"\n");
+    assert!(m.contains("store.ca_file"), "{m}");
+    let m = err("kind = \"etcd\"\nendpoints = [\"http://a:1\"]\nrequest_timeout_ms = 1\n");
+    assert!(m.contains("store.request_timeout_ms = 1"), "{m}");
+    let m = err("kind = \"etcd\"\nendpoints = [\"http://a:1\"]\nendpoint = \"x\"\n");
+    assert!(m.contains("endpoint"), "{m}");
+}

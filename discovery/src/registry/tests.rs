@@ -209,3 +209,37 @@ fn watchers_see_each_change() {
     r.heartbeat(hb("a", 1.0), Instant::now()).unwrap();
     assert!(!rx.has_changed().unwrap());
 }
+
+#[test]
+fn deltas_follow_changes_and_fall_back_to_full() {
+    let r = registry();
+    let t0 = Instant::now();
+    r.heartbeat(hb("a", 1.0), t0).unwrap();
+    r.heartbeat(hb("b", 1.0), t0).unwrap();
+    let v1 = r.version();
+    // Nothing since v1.
+    let d = r.delta(v1, t0);
+    assert!(!d.full && d.changed.is_empty() && d.removed.is_empty());
+    // One material change, one drain, one revocation.
+    r.heartbeat(hb("a", 50.0), t0).unwrap();
+    r.set_admin_drain("b", true, t0).unwrap();
+    r.set_revoked_families(vec!["f1".into()]);
+    let d = r.delta(v1, t0);
+    let ids: Vec<_> = d.changed.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, vec!["a", "b"]);
+    assert!(d.changed[1].draining);
+    assert_eq!(d.revoked_families, vec!["f1".to_owned()]);
+    let v2 = d.version;
+    // Evictions show up as removals; a since from before the start, or
+    // from the future, gets everything.
+    r.heartbeat(hb("c", 1.0), t0 + TTL / 2).unwrap();
+    let later = t0 + TTL + Duration::from_millis(1);
+    let d = r.delta(v2, later);
+    assert_eq!(d.removed, vec!["a".to_owned(), "b".to_owned()]);
+    assert_eq!(d.changed.len(), 1);
+    assert!(r.delta(999, later).full);
+    assert!(r.delta(d.version + 1, later).full);
+    let full = r.delta(0, later);
+    assert_eq!(full.changed.len(), 1);
+    assert_eq!(full.revoked_families, vec!["f1".to_owned()]);
+}
