@@ -1,4 +1,4 @@
-//! The discovery service over real HTTP (DESIGN.md §6): an in-process server
+//! The discovery service over real HTTP (docs/design.md §6): an in-process server
 //! on 127.0.0.1:0 driven with reqwest, plus the `tether` binary as a child
 //! process.
 

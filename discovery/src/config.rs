@@ -50,7 +50,7 @@ pub struct Config {
 }
 
 /// `[store]`: the in-memory default, or an etcd cluster shared by any
-/// number of discovery nodes (DESIGN.md §6a).
+/// number of discovery nodes (docs/design.md §6a).
 #[derive(Debug, Clone, Default)]
 pub enum StoreConfig {
     #[default]

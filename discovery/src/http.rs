@@ -1,4 +1,4 @@
-//! The HTTP surface of DESIGN.md §6: routes, request checks, and the
+//! The HTTP surface of docs/design.md §6: routes, request checks, and the
 //! mapping of every outcome to a status and a JSON body.
 //!
 //! Handlers take raw bytes and headers rather than axum's `Json` and

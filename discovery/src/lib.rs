@@ -1,4 +1,4 @@
-//! tether's central discovery service (DESIGN.md §6): proxies announce
+//! tether's central discovery service (docs/design.md §6): proxies announce
 //! themselves with heartbeats, and pull the registry of live servers as a
 //! versioned snapshot that they can long-poll.
 //!

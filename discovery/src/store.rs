@@ -1,5 +1,5 @@
 //! Where discovery keeps its state: the registry, drain marks and refresh
-//! families (DESIGN.md §6, §6a).
+//! families (docs/design.md §6, §6a).
 //!
 //! - [`Store::Memory`], the embedded default: one process, the
 //!   [`Registry`] and [`Families`] in memory, lost on restart (proxies keep

@@ -1,5 +1,5 @@
 //! The etcd store: any number of stateless discovery nodes share one etcd
-//! cluster and agree on every answer (DESIGN.md §6a).
+//! cluster and agree on every answer (docs/design.md §6a).
 //!
 //! **Keys** (under the configured prefix, `/tether/` by default):
 //!
