@@ -1,4 +1,4 @@
-//! Discovery over a real etcd (DESIGN.md §6a): two in-process discovery
+//! Discovery over a real etcd (docs/design.md §6a): two in-process discovery
 //! nodes sharing one cluster started by the kit, driven over HTTP.
 
 mod kit;

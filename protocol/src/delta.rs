@@ -1,4 +1,4 @@
-//! `GET /v1/servers?since=<version>` (DESIGN.md §6a): what changed in the
+//! `GET /v1/servers?since=<version>` (docs/design.md §6a): what changed in the
 //! registry after a version the caller already holds, so a proxy polling
 //! a large registry downloads one entry per change instead of every
 //! server.
