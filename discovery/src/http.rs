@@ -348,7 +348,15 @@ async fn servers(
         };
         if !changed && matches {
             app.metrics.snapshot(304);
-            return (StatusCode::NOT_MODIFIED, [(ETAG, etag(current))]).into_response();
+            // The same Cache-Control as the 200 (RFC 9110 §15.4.5).
+            return (
+                StatusCode::NOT_MODIFIED,
+                [
+                    (ETAG, etag(current)),
+                    (CACHE_CONTROL, HeaderValue::from_static("no-store")),
+                ],
+            )
+                .into_response();
         }
     }
     let answer = match since {

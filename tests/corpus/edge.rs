@@ -16,7 +16,8 @@
 //! - token headers: `crit`, over-long lifetimes;
 //! - framing: `Content-Length` with `Transfer-Encoding`, no `Host`,
 //!   pipelining, list-valued `Content-Length`, stalled bodies;
-//! - HTTP niceties: the bare `Bearer` challenge, a cacheable JWKS.
+//! - HTTP niceties: the bare `Bearer` challenge, a cacheable JWKS,
+//!   discovery's 304 with its Cache-Control.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -629,5 +630,25 @@ pub(super) async fn niceties() -> usize {
         .await
         .expect("jwks");
     assert_eq!(r.status(), 200, "JWKS with a stale tag");
-    5
+
+    // Discovery's 304 carries the Cache-Control of its 200.
+    let servers = format!("{}/v1/servers", c.discovery_url());
+    let r = c.http.get(&servers).send().await.expect("servers");
+    assert_eq!(r.status(), 200);
+    let cache = r.headers()["cache-control"].clone();
+    let etag = r.headers()["etag"].clone();
+    let r = c
+        .http
+        .get(&servers)
+        .header("if-none-match", etag)
+        .send()
+        .await
+        .expect("servers");
+    assert_eq!(r.status(), 304, "discovery revalidation");
+    assert_eq!(
+        r.headers().get("cache-control"),
+        Some(&cache),
+        "discovery 304 Cache-Control"
+    );
+    6
 }
