@@ -22,6 +22,7 @@ pub mod config;
 pub mod endpoints;
 pub mod guard;
 pub mod hop;
+pub mod idempotency;
 pub mod keys;
 pub mod load;
 pub mod lock;
