@@ -62,7 +62,10 @@ fn hostile_keys_are_refused_with_a_named_problem() {
         (b"ab\x00c".to_vec(), "control character at position 2"),
         (b"a\tb".to_vec(), "control character at position 1"),
         (b"ab\x7fc".to_vec(), "control character at position 2"),
-        ("\"caf\u{e9}\"".as_bytes().to_vec(), "non-ASCII byte at position 4"),
+        (
+            "\"caf\u{e9}\"".as_bytes().to_vec(),
+            "non-ASCII byte at position 4",
+        ),
         (vec![b'k', 0xff, b'k'], "non-ASCII byte at position 1"),
         (b"\"abc".to_vec(), "not terminated"),
         (b"\"abc\\".to_vec(), "not terminated"),
@@ -114,7 +117,11 @@ fn fingerprints_cover_method_path_query_and_body_not_chunking() {
     assert_eq!(base, fp(Method::POST, "/orders?x=1", &[b"{\"a\"", b":1}"]));
     assert_eq!(
         base,
-        fp(Method::POST, "http://example.com/orders?x=1", &[b"{\"a\":1}"])
+        fp(
+            Method::POST,
+            "http://example.com/orders?x=1",
+            &[b"{\"a\":1}"]
+        )
     );
     assert_ne!(base, fp(Method::PATCH, "/orders?x=1", &[b"{\"a\":1}"]));
     assert_ne!(base, fp(Method::POST, "/orders?x=2", &[b"{\"a\":1}"]));
@@ -143,7 +150,10 @@ fn stored(status: u16, body: &'static [u8]) -> StoredResponse {
                 http::header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             ),
-            (http::header::LOCATION, HeaderValue::from_static("/orders/7")),
+            (
+                http::header::LOCATION,
+                HeaderValue::from_static("/orders/7"),
+            ),
         ],
         body: Bytes::from_static(body),
     }
@@ -159,7 +169,10 @@ fn records_round_trip_and_corrupt_ones_are_refused() {
     assert_eq!(StoredResponse::decode(empty.encode()).unwrap(), empty);
     // Truncated at every length, one trailing byte, a wrong magic.
     for n in 0..enc.len() {
-        assert!(StoredResponse::decode(enc.slice(..n)).is_err(), "cut at {n}");
+        assert!(
+            StoredResponse::decode(enc.slice(..n)).is_err(),
+            "cut at {n}"
+        );
     }
     let mut longer = enc.to_vec();
     longer.push(0);
@@ -214,7 +227,12 @@ fn problem_bodies_follow_rfc_9457() {
             "idempotency-key-malformed",
             None,
         ),
-        (problem::in_flight(), 409, "idempotency-key-in-flight", Some(1)),
+        (
+            problem::in_flight(),
+            409,
+            "idempotency-key-in-flight",
+            Some(1),
+        ),
         (problem::key_reused(), 422, "idempotency-key-reused", None),
         (
             problem::store_unavailable(),
@@ -235,18 +253,12 @@ fn problem_bodies_follow_rfc_9457() {
         assert!(!v["detail"].as_str().unwrap().is_empty());
         let header = phases::problem_header(&p).unwrap();
         assert_eq!(header.status.as_u16(), status);
-        assert_eq!(
-            header.headers["content-type"],
-            "application/problem+json"
-        );
+        assert_eq!(header.headers["content-type"], "application/problem+json");
         assert_eq!(
             header.headers["content-length"],
             p.body.len().to_string().as_str()
         );
-        assert_eq!(
-            header.headers.get("retry-after").is_some(),
-            retry.is_some()
-        );
+        assert_eq!(header.headers.get("retry-after").is_some(), retry.is_some());
     }
 }
 
@@ -317,7 +329,10 @@ fn config_errors_name_the_key() {
             "idempotency.max_stored_response_bytes",
         ),
         ("on_store_error = \"ignore\"", "idempotency.on_store_error"),
-        ("[store]\nkind = \"disk\"", "idempotency.store.kind = \"disk\""),
+        (
+            "[store]\nkind = \"disk\"",
+            "idempotency.store.kind = \"disk\"",
+        ),
         ("[store]\nkind = \"redis\"", "idempotency.store.url"),
         (
             "[store]\nkind = \"redis\"\nurl = \"http://x\"",
@@ -351,7 +366,10 @@ fn config_errors_name_the_key() {
     ];
     for (text, expected) in cases {
         let err = config::parse_table(text).expect_err(text);
-        assert!(err.contains(expected), "{text:?}: {err:?} lacks {expected:?}");
+        assert!(
+            err.contains(expected),
+            "{text:?}: {err:?} lacks {expected:?}"
+        );
     }
 }
 
@@ -378,10 +396,16 @@ async fn memory_claims_complete_and_replay() {
     let s = memory(10, 1 << 20, &clock);
     let (t1, t2) = (ClaimToken::random(), ClaimToken::random());
     assert_eq!(s.claim(&scope(1), &t1, MIN).await, Ok(ClaimResult::Claimed));
-    assert_eq!(s.claim(&scope(1), &t2, MIN).await, Ok(ClaimResult::InFlight));
+    assert_eq!(
+        s.claim(&scope(1), &t2, MIN).await,
+        Ok(ClaimResult::InFlight)
+    );
     // Only the owner completes.
     let rec = Bytes::from_static(b"answer");
-    assert_eq!(s.complete(&scope(1), &t2, rec.clone(), DAY).await, Ok(false));
+    assert_eq!(
+        s.complete(&scope(1), &t2, rec.clone(), DAY).await,
+        Ok(false)
+    );
     assert_eq!(s.complete(&scope(1), &t1, rec.clone(), DAY).await, Ok(true));
     assert_eq!(
         s.claim(&scope(1), &t2, MIN).await,
@@ -389,7 +413,10 @@ async fn memory_claims_complete_and_replay() {
     );
     // A completed record cannot be released or completed again.
     assert_eq!(s.release(&scope(1), &t1).await, Ok(false));
-    assert_eq!(s.complete(&scope(1), &t1, rec.clone(), DAY).await, Ok(false));
+    assert_eq!(
+        s.complete(&scope(1), &t1, rec.clone(), DAY).await,
+        Ok(false)
+    );
 }
 
 #[tokio::test]
@@ -443,9 +470,15 @@ async fn memory_in_flight_claims_expire_and_lose_their_owner() {
     let (dead, retry) = (ClaimToken::random(), ClaimToken::random());
     s.claim(&scope(1), &dead, MIN).await.unwrap();
     clock.advance(MIN - Duration::from_millis(1));
-    assert_eq!(s.claim(&scope(1), &retry, MIN).await, Ok(ClaimResult::InFlight));
+    assert_eq!(
+        s.claim(&scope(1), &retry, MIN).await,
+        Ok(ClaimResult::InFlight)
+    );
     clock.advance(Duration::from_millis(1));
-    assert_eq!(s.claim(&scope(1), &retry, MIN).await, Ok(ClaimResult::Claimed));
+    assert_eq!(
+        s.claim(&scope(1), &retry, MIN).await,
+        Ok(ClaimResult::Claimed)
+    );
     // The first request finishing late does not overwrite the retry's.
     assert_eq!(
         s.complete(&scope(1), &dead, Bytes::from_static(b"late"), DAY)
@@ -453,7 +486,10 @@ async fn memory_in_flight_claims_expire_and_lose_their_owner() {
         Ok(false)
     );
     assert_eq!(s.release(&scope(1), &dead).await, Ok(false));
-    assert_eq!(s.claim(&scope(1), &dead, MIN).await, Ok(ClaimResult::InFlight));
+    assert_eq!(
+        s.claim(&scope(1), &dead, MIN).await,
+        Ok(ClaimResult::InFlight)
+    );
 }
 
 async fn store_answer(s: &MemoryStore, n: u32, len: usize) {
@@ -529,8 +565,12 @@ async fn memory_byte_bound_evicts_the_oldest_answers() {
 async fn memory_never_evicts_live_claims() {
     let clock = Arc::new(ManualClock::new());
     let s = memory(2, 1 << 20, &clock);
-    s.claim(&scope(1), &ClaimToken::random(), MIN).await.unwrap();
-    s.claim(&scope(2), &ClaimToken::random(), MIN).await.unwrap();
+    s.claim(&scope(1), &ClaimToken::random(), MIN)
+        .await
+        .unwrap();
+    s.claim(&scope(2), &ClaimToken::random(), MIN)
+        .await
+        .unwrap();
     assert_eq!(
         s.claim(&scope(3), &ClaimToken::random(), MIN).await,
         Err(StoreError::Full)
@@ -544,10 +584,7 @@ async fn memory_never_evicts_live_claims() {
 
 // ----------------------------------------------------------- state machine
 
-fn engine_with(
-    table: &str,
-    store: Arc<dyn IdempotencyStore>,
-) -> Arc<Idempotency> {
+fn engine_with(table: &str, store: Arc<dyn IdempotencyStore>) -> Arc<Idempotency> {
     let cfg = config::parse_table(table).unwrap();
     Idempotency::with_store(cfg, store, IdempotencyMetrics::unregistered().unwrap())
 }
@@ -567,7 +604,13 @@ fn headers(key: Option<&str>) -> HeaderMap {
     h
 }
 
-async fn begin(e: &Arc<Idempotency>, subject: &str, method: Method, path: &str, key: Option<&str>) -> Begin {
+async fn begin(
+    e: &Arc<Idempotency>,
+    subject: &str,
+    method: Method,
+    path: &str,
+    key: Option<&str>,
+) -> Begin {
     e.begin(
         subject.as_bytes(),
         &method,
@@ -678,7 +721,10 @@ async fn missing_and_malformed_keys_and_uncovered_requests() {
     let b = begin(&e, "alice", Method::GET, "/orders", None).await;
     assert!(matches!(b, Begin::Pass), "GET is not covered");
     let b = begin(&e, "alice", Method::PUT, "/orders", Some("k")).await;
-    assert!(matches!(b, Begin::Pass), "PUT is not in the default methods");
+    assert!(
+        matches!(b, Begin::Pass),
+        "PUT is not in the default methods"
+    );
     let b = begin(&e, "alice", Method::POST, "/other", Some("a b")).await;
     assert_eq!(status_of(&b), Some(400), "malformed anywhere is 400");
     assert_eq!(e.metrics().count(Outcome::Missing400), 1);
@@ -780,10 +826,21 @@ struct Broken;
 
 #[async_trait]
 impl IdempotencyStore for Broken {
-    async fn claim(&self, _: &Scope, _: &ClaimToken, _: Duration) -> Result<ClaimResult, StoreError> {
+    async fn claim(
+        &self,
+        _: &Scope,
+        _: &ClaimToken,
+        _: Duration,
+    ) -> Result<ClaimResult, StoreError> {
         Err(StoreError::Unavailable("down".into()))
     }
-    async fn complete(&self, _: &Scope, _: &ClaimToken, _: Bytes, _: Duration) -> Result<bool, StoreError> {
+    async fn complete(
+        &self,
+        _: &Scope,
+        _: &ClaimToken,
+        _: Bytes,
+        _: Duration,
+    ) -> Result<bool, StoreError> {
         Err(StoreError::Unavailable("down".into()))
     }
     async fn release(&self, _: &Scope, _: &ClaimToken) -> Result<bool, StoreError> {
@@ -796,10 +853,21 @@ struct Garbage;
 
 #[async_trait]
 impl IdempotencyStore for Garbage {
-    async fn claim(&self, _: &Scope, _: &ClaimToken, _: Duration) -> Result<ClaimResult, StoreError> {
+    async fn claim(
+        &self,
+        _: &Scope,
+        _: &ClaimToken,
+        _: Duration,
+    ) -> Result<ClaimResult, StoreError> {
         Ok(ClaimResult::Completed(Bytes::from_static(b"nonsense")))
     }
-    async fn complete(&self, _: &Scope, _: &ClaimToken, _: Bytes, _: Duration) -> Result<bool, StoreError> {
+    async fn complete(
+        &self,
+        _: &Scope,
+        _: &ClaimToken,
+        _: Bytes,
+        _: Duration,
+    ) -> Result<bool, StoreError> {
         Ok(false)
     }
     async fn release(&self, _: &Scope, _: &ClaimToken) -> Result<bool, StoreError> {
@@ -816,14 +884,21 @@ async fn store_errors_follow_on_store_error() {
     assert!(matches!(b, Begin::Pass), "no key: the store is not asked");
     assert_eq!(reject.metrics().count(Outcome::StoreError), 1);
 
-    let forward = engine_with("enabled = true\non_store_error = \"forward\"", Arc::new(Broken));
+    let forward = engine_with(
+        "enabled = true\non_store_error = \"forward\"",
+        Arc::new(Broken),
+    );
     let b = begin(&forward, "a", Method::POST, "/x", Some("k")).await;
     assert!(matches!(b, Begin::Pass));
     assert_eq!(forward.metrics().count(Outcome::StoreError), 1);
 
     let garbage = engine_with("enabled = true", Arc::new(Garbage));
     let b = begin(&garbage, "a", Method::POST, "/x", Some("k")).await;
-    assert_eq!(status_of(&b), Some(503), "a corrupt record is a store error");
+    assert_eq!(
+        status_of(&b),
+        Some(503),
+        "a corrupt record is a store error"
+    );
 }
 
 #[tokio::test]
@@ -832,10 +907,21 @@ async fn store_errors_after_forwarding_are_counted_not_raised() {
     struct ClaimOnly(MemoryStore);
     #[async_trait]
     impl IdempotencyStore for ClaimOnly {
-        async fn claim(&self, s: &Scope, t: &ClaimToken, d: Duration) -> Result<ClaimResult, StoreError> {
+        async fn claim(
+            &self,
+            s: &Scope,
+            t: &ClaimToken,
+            d: Duration,
+        ) -> Result<ClaimResult, StoreError> {
             self.0.claim(s, t, d).await
         }
-        async fn complete(&self, _: &Scope, _: &ClaimToken, _: Bytes, _: Duration) -> Result<bool, StoreError> {
+        async fn complete(
+            &self,
+            _: &Scope,
+            _: &ClaimToken,
+            _: Bytes,
+            _: Duration,
+        ) -> Result<bool, StoreError> {
             Err(StoreError::Timeout(Duration::from_millis(200)))
         }
         async fn release(&self, _: &Scope, _: &ClaimToken) -> Result<bool, StoreError> {
@@ -843,7 +929,10 @@ async fn store_errors_after_forwarding_are_counted_not_raised() {
         }
     }
     let clock = Arc::new(ManualClock::new());
-    let e = engine_with("enabled = true", Arc::new(ClaimOnly(memory(10, 1 << 20, &clock))));
+    let e = engine_with(
+        "enabled = true",
+        Arc::new(ClaimOnly(memory(10, 1 << 20, &clock))),
+    );
     let b = begin(&e, "a", Method::POST, "/x", Some("k")).await;
     assert_eq!(run(b, b"x", 200, b"ok").await, Finished::StoreError);
     let b = begin(&e, "a", Method::POST, "/x", Some("k2")).await;
@@ -853,16 +942,22 @@ async fn store_errors_after_forwarding_are_counted_not_raised() {
 
 #[test]
 fn metrics_register_every_label_at_zero() {
-    let registry =
-        prometheus::Registry::new_custom(Some("tether_proxy".into()), None).unwrap();
+    let registry = prometheus::Registry::new_custom(Some("tether_proxy".into()), None).unwrap();
     let m = IdempotencyMetrics::new(&registry).unwrap();
     m.observe(metrics::Op::Claim, 0.001);
     let mut buf = Vec::new();
-    prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &registry.gather(), &mut buf)
-        .unwrap();
+    prometheus::Encoder::encode(
+        &prometheus::TextEncoder::new(),
+        &registry.gather(),
+        &mut buf,
+    )
+    .unwrap();
     let text = String::from_utf8(buf).unwrap();
     for o in Outcome::ALL {
-        let line = format!("tether_proxy_idempotency_total{{outcome=\"{}\"}} 0", o.label());
+        let line = format!(
+            "tether_proxy_idempotency_total{{outcome=\"{}\"}} 0",
+            o.label()
+        );
         assert!(text.contains(&line), "{line} missing from\n{text}");
     }
     assert!(text.contains("tether_proxy_idempotency_store_seconds_count{op=\"claim\"} 1"));
