@@ -30,7 +30,7 @@
 //! let idem = Idempotency::new(cfg.idempotency.clone(), &metrics_registry)?;
 //! ```
 //!
-//! The per-request `CTX` gains `idem: Option<idempotency::Tracker>`
+//! The per-request `CTX` gains `idem: Option<Box<idempotency::Tracker>>`
 //! (`None` in `new_ctx`). Then, phase by phase:
 //!
 //! ```text

@@ -17,8 +17,9 @@ pub enum Step {
     /// `Ok(true)` from `request_filter`.
     Answered,
     /// Forward. `Some`: keep the tracker in the `CTX` and feed it; `None`:
-    /// the request is not covered.
-    Forward(Option<Tracker>),
+    /// the request is not covered. (Boxed: a tracker holds hash state and
+    /// the answer being captured; uncovered requests carry a null pointer.)
+    Forward(Option<Box<Tracker>>),
 }
 
 impl Idempotency {
@@ -47,7 +48,7 @@ impl Idempotency {
                 // after sending its request: the answer is what its retry
                 // will get.
                 session.downstream_session.set_abort_on_close(false);
-                Ok(Step::Forward(Some(tracker)))
+                Ok(Step::Forward(Some(Box::new(tracker))))
             }
             Begin::Reject(p) => {
                 write_problem(session, &p).await?;
