@@ -388,14 +388,14 @@ fn validate_store(s: &FileStore, max_stored: usize) -> Result<StoreConfig, Idemp
             })?;
             let bytes = s.max_bytes.unwrap_or(DEFAULT_MAX_BYTES);
             // Room for at least one answer of the largest storable size.
-            let floor = max_stored + super::record::MAX_OVERHEAD;
+            let overhead = super::record::MAX_OVERHEAD + super::store::memory::ENTRY_OVERHEAD;
+            let floor = max_stored + overhead;
             if bytes < floor {
                 return Err(bad(
                     "idempotency.store.max_bytes",
                     bytes,
                     format!(
-                        "must be at least idempotency.max_stored_response_bytes + {} ({floor})",
-                        super::record::MAX_OVERHEAD
+                        "must be at least idempotency.max_stored_response_bytes + {overhead} ({floor})"
                     ),
                 ));
             }

@@ -964,3 +964,39 @@ fn metrics_register_every_label_at_zero() {
     // A second registration on the same registry is an error, not a panic.
     assert!(IdempotencyMetrics::new(&registry).is_err());
 }
+
+#[tokio::test]
+async fn the_smallest_valid_memory_store_holds_the_largest_answer() {
+    let floor = 100 + record::MAX_OVERHEAD + ENTRY_OVERHEAD;
+    let table = |bytes: usize| {
+        format!("enabled = true\nmax_stored_response_bytes = 100\n[store]\nkind = \"memory\"\nmax_bytes = {bytes}")
+    };
+    assert!(config::parse_table(&table(floor - 1)).is_err());
+    let cfg = config::parse_table(&table(floor)).unwrap();
+    let StoreConfig::Memory {
+        max_entries,
+        max_bytes,
+    } = cfg.store
+    else {
+        panic!()
+    };
+    let clock = Arc::new(ManualClock::new());
+    let store = Arc::new(MemoryStore::new(max_entries, max_bytes, clock));
+    let e = Idempotency::with_store(cfg, store, IdempotencyMetrics::unregistered().unwrap());
+    let Begin::Forward(mut t) = begin(&e, "a", Method::POST, "/x", Some("k")).await else {
+        panic!()
+    };
+    t.request_body(None, true);
+    // Kept headers at their 16 KiB limit, body at its 100-byte limit.
+    let mut h = HeaderMap::new();
+    let mut used = 0;
+    while used + 4 + 4 + 1000 <= record::MAX_HEADER_BYTES {
+        h.append("link", HeaderValue::from_str(&"l".repeat(1000)).unwrap());
+        used += 4 + 4 + 1000;
+    }
+    let rest = record::MAX_HEADER_BYTES - used - 4 - 4;
+    h.append("vary", HeaderValue::from_str(&"v".repeat(rest)).unwrap());
+    t.response_head(200, &h);
+    t.response_body(Some(&Bytes::from(vec![b'b'; 100])), true);
+    assert_eq!(t.finish().await, Finished::Stored);
+}
