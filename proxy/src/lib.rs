@@ -32,6 +32,7 @@ pub mod framing;
 pub mod guard;
 pub mod headers;
 pub mod hop;
+pub mod idempotency;
 pub mod load;
 pub mod lock;
 pub mod metrics;
