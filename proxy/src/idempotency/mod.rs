@@ -1,4 +1,4 @@
-//! `Idempotency-Key` at the edge (DESIGN.md §9,
+//! `Idempotency-Key` at the edge (docs/design.md §9,
 //! draft-ietf-httpapi-idempotency-key-header-07): a retried POST or PATCH
 //! is applied at most once by an unmodified app, as long as the proxy saw
 //! the first answer.
