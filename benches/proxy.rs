@@ -304,7 +304,11 @@ fn idempotency_rows(
     let memory_ratio = rps(2) / rps(0);
     println!(
         "POST + key, memory store ÷ POST, no idempotency: {memory_ratio:.3} (target >= 0.95: {})",
-        if memory_ratio >= 0.95 { "met" } else { "MISSED" }
+        if memory_ratio >= 0.95 {
+            "met"
+        } else {
+            "MISSED"
+        }
     );
     let redis_ratio = (rows.len() > 3).then(|| rps(3) / rps(0));
     if let Some(r) = redis_ratio {

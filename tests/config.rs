@@ -65,7 +65,9 @@ fn every_shipped_config_passes() {
 fn the_idempotency_example_passes_when_uncommented() {
     let dir = shipped_conf();
     let eu = std::fs::read_to_string(dir.path().join("proxy.eu.toml")).unwrap();
-    let start = eu.find("# [idempotency]\n").expect("example in proxy.eu.toml");
+    let start = eu
+        .find("# [idempotency]\n")
+        .expect("example in proxy.eu.toml");
     let (head, example) = eu.split_at(start);
     // `# key = ...` lines are the memory example; `# # key = ...` lines
     // the Redis variant; other `# # ` lines are prose.

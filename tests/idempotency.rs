@@ -11,9 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use tether_testkit::{
-    eventually, metric, mint, Cluster, Proxy, Redis, SampleApp, Timing,
-};
+use tether_testkit::{eventually, metric, mint, Cluster, Proxy, Redis, SampleApp, Timing};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -203,7 +201,9 @@ async fn retried_post_creates_one_order_memory_store() {
 async fn retried_post_creates_one_order_redis_store() {
     let k = Kit::new();
     let r = Redis::start();
-    let p = k.proxy("eu-1", k.app_addr(), &redis_table(&r, "reject")).await;
+    let p = k
+        .proxy("eu-1", k.app_addr(), &redis_table(&r, "reject"))
+        .await;
     five_retries_create_one_order(&k, &p).await;
 }
 
@@ -319,11 +319,25 @@ async fn a_retry_through_the_other_proxy_of_the_region_is_replayed() {
     let p2 = k.proxy("eu-2", k.app_addr(), &table).await;
     let before = k.orders().await;
     let key = "\"failover-1\"";
-    let first = post(&k.http, &p1, &token(&p1, "alice"), Some(key), &order_body("alice")).await;
+    let first = post(
+        &k.http,
+        &p1,
+        &token(&p1, "alice"),
+        Some(key),
+        &order_body("alice"),
+    )
+    .await;
     assert_eq!(first.status, 201);
     // Alice was placed on eu-2 since (a refresh after eu-1 failed): her
     // retry arrives there with a token for eu-2 and the same key.
-    let retry = post(&k.http, &p2, &token(&p2, "alice"), Some(key), &order_body("alice")).await;
+    let retry = post(
+        &k.http,
+        &p2,
+        &token(&p2, "alice"),
+        Some(key),
+        &order_body("alice"),
+    )
+    .await;
     assert_eq!(retry.status, 201);
     assert_eq!(retry.replayed.as_deref(), Some("true"));
     assert_eq!(retry.body, first.body);
@@ -335,8 +349,12 @@ async fn a_retry_through_the_other_proxy_of_the_region_is_replayed() {
 async fn redis_killed_mid_run_gives_the_documented_answers() {
     let k = Kit::new();
     let mut r = Redis::start();
-    let mut strict = k.proxy("eu-1", k.app_addr(), &redis_table(&r, "reject")).await;
-    let mut lenient = k.proxy("eu-2", k.app_addr(), &redis_table(&r, "forward")).await;
+    let mut strict = k
+        .proxy("eu-1", k.app_addr(), &redis_table(&r, "reject"))
+        .await;
+    let mut lenient = k
+        .proxy("eu-2", k.app_addr(), &redis_table(&r, "forward"))
+        .await;
     let (ta, tb) = (token(&strict, "alice"), token(&lenient, "alice"));
     let body = order_body("alice");
     let first = post(&k.http, &strict, &ta, Some("\"before-outage\""), &body).await;
@@ -361,10 +379,16 @@ async fn redis_killed_mid_run_gives_the_documented_answers() {
     // forward: no de-duplication while the store is down.
     let f1 = post(&k.http, &lenient, &tb, Some("\"outage-fwd\""), &body).await;
     let f2 = post(&k.http, &lenient, &tb, Some("\"outage-fwd\""), &body).await;
-    assert_eq!((f1.status, f2.status), (StatusCode::CREATED, StatusCode::CREATED));
+    assert_eq!(
+        (f1.status, f2.status),
+        (StatusCode::CREATED, StatusCode::CREATED)
+    );
     assert_eq!(f2.replayed, None);
     assert_eq!(k.orders().await, orders + 3);
-    assert!(strict.proc.is_running() && lenient.proc.is_running(), "no panic");
+    assert!(
+        strict.proc.is_running() && lenient.proc.is_running(),
+        "no panic"
+    );
     assert!(idem_metric(&metrics(&k, &strict).await, "store_error") >= 2.0);
     assert!(idem_metric(&metrics(&k, &lenient).await, "store_error") >= 2.0);
 
@@ -373,15 +397,20 @@ async fn redis_killed_mid_run_gives_the_documented_answers() {
     r.restart();
     let key = "\"after-outage\"";
     let answered = Arc::new(tokio::sync::Mutex::new(None));
-    eventually(Duration::from_secs(10), "the proxy reconnects to redis", || {
-        let (http, strict, ta, body, answered) = (&k.http, &strict, &ta, &body, answered.clone());
-        async move {
-            let a = post(http, strict, ta, Some(key), body).await;
-            let ok = a.status == 201;
-            *answered.lock().await = Some(a);
-            ok
-        }
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the proxy reconnects to redis",
+        || {
+            let (http, strict, ta, body, answered) =
+                (&k.http, &strict, &ta, &body, answered.clone());
+            async move {
+                let a = post(http, strict, ta, Some(key), body).await;
+                let ok = a.status == 201;
+                *answered.lock().await = Some(a);
+                ok
+            }
+        },
+    )
     .await;
     let first = answered.lock().await.clone().expect("an answer");
     let again = post(&k.http, &strict, &ta, Some(key), &body).await;

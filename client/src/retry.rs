@@ -268,10 +268,7 @@ mod tests {
         );
         // The app's own 409s, and other problems, are the caller's.
         let json = hdrs(&[("content-type", "application/json")]);
-        assert_eq!(
-            classify(StatusCode::CONFLICT, &json, body),
-            Action::Return
-        );
+        assert_eq!(classify(StatusCode::CONFLICT, &json, body), Action::Return);
         assert_eq!(
             classify(
                 StatusCode::CONFLICT,

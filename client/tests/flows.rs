@@ -677,7 +677,10 @@ async fn in_flight_conflict_is_resent_with_the_same_key() {
     assert_eq!(keys.len(), 4, "{keys:?}");
     assert!(keys[0].1.is_some());
     assert!(keys[..3].iter().all(|k| k.1 == keys[0].1), "{keys:?}");
-    assert!(keys[3].1.is_some() && keys[3].1 != keys[0].1, "a fresh key per call");
+    assert!(
+        keys[3].1.is_some() && keys[3].1 != keys[0].1,
+        "a fresh key per call"
+    );
     let stats = c.stats();
     assert_eq!(stats.retries, 2);
     assert_eq!(stats.replayed, 2);

@@ -102,10 +102,9 @@ impl Redis {
 
     /// Whether the server answers `PING` now.
     pub fn pings(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect_timeout(
-            &crate::net::addr(self.port),
-            Duration::from_millis(500),
-        ) else {
+        let Ok(mut s) =
+            TcpStream::connect_timeout(&crate::net::addr(self.port), Duration::from_millis(500))
+        else {
             return false;
         };
         let _ = s.set_read_timeout(Some(Duration::from_secs(1)));

@@ -232,8 +232,14 @@ fn idempotency_table_is_optional_checked_and_typed() {
         crate::idempotency::StoreConfig::Redis { .. }
     ));
     for (extra, key) in [
-        ("[idempotency]\nttl_seconds = 0\n", "idempotency.ttl_seconds"),
-        ("[idempotency]\nmethods = [\"GET\"]\n", "idempotency.methods"),
+        (
+            "[idempotency]\nttl_seconds = 0\n",
+            "idempotency.ttl_seconds",
+        ),
+        (
+            "[idempotency]\nmethods = [\"GET\"]\n",
+            "idempotency.methods",
+        ),
         (
             "[idempotency]\non_store_error = \"shrug\"\n",
             "idempotency.on_store_error",
