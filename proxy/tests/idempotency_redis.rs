@@ -3,12 +3,10 @@
 //! persistence, killed on drop. Two store instances on one server stand
 //! for two proxies of one region.
 //!
-//! Needs `/usr/bin/redis-server` (Debian's `redis-server` package); the
-//! system service is never used.
+//! Needs `/usr/bin/redis-server` (Debian's `redis-server` package,
+//! `scripts/install-deps.sh`); the test kit's `Redis` starts a private one,
+//! never the system service.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,71 +19,30 @@ use tether_proxy::idempotency::{
     IdempotencyStore, Outcome, StoreError,
 };
 
-const REDIS: &str = "/usr/bin/redis-server";
 const TIMEOUT: Duration = Duration::from_millis(300);
 const MIN: Duration = Duration::from_secs(60);
 const DAY: Duration = Duration::from_secs(86_400);
 
-struct Redis {
-    child: Option<Child>,
-    port: u16,
-    dir: tempfile::TempDir,
-}
+/// The test kit's private `redis-server`, with the stores and engines
+/// these tests build on it.
+struct Redis(tether_testkit::Redis);
 
 impl Redis {
     fn start() -> Redis {
-        let dir = tempfile::tempdir().expect("temp dir");
-        // An ephemeral port the kernel picked, free again once dropped.
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("ephemeral port")
-            .port();
-        let mut r = Redis {
-            child: None,
-            port,
-            dir,
-        };
-        r.spawn();
-        r
+        Redis(tether_testkit::Redis::start())
     }
 
+    /// Starts the killed server again on its port, empty.
     fn spawn(&mut self) {
-        let child = Command::new(REDIS)
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1"])
-            .args(["--save", ""])
-            .args(["--appendonly", "no"])
-            .args(["--dir", &self.dir.path().display().to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server starts (apt-get install redis-server)");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.pings() {
-            assert!(Instant::now() < deadline, "redis-server did not come up");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn pings(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-        let mut buf = [0u8; 7];
-        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+        self.0.restart();
     }
 
     fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.0.kill();
     }
 
     fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        self.0.url()
     }
 
     fn store(&self) -> Arc<RedisStore> {
@@ -104,12 +61,6 @@ impl Redis {
             self.store(),
             IdempotencyMetrics::unregistered().unwrap(),
         )
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
