@@ -11,8 +11,12 @@
 //! keep-alive) in interleaved rounds and prints requests/s, p50/p99, CPU
 //! per request and the ratios tether ÷ plain Pingora and EdDSA ÷ HS256
 //! (medians of the rounds). Then counts heap allocations per proxied
-//! request in each (counting allocator, in-process). About a minute and a
-//! half. Knobs: `TETHER_BENCH_ROUNDS` (3), `TETHER_BENCH_SECS` (5).
+//! request in each (counting allocator, in-process). Then the
+//! `Idempotency-Key` rows (docs/idempotency.md): `POST /` with a small
+//! JSON body through the HS256 tether without `[idempotency]`, and with a
+//! fresh key per request through tethers with the memory store and (when
+//! `/usr/bin/redis-server` is there) the Redis store, the bench's own
+//! generator for all of them. About two minutes. Knobs: `TETHER_BENCH_ROUNDS` (3), `TETHER_BENCH_SECS` (5).
 //! JSON: `target/bench-proxy.json`. The method: docs/benchmarks.md.
 
 mod support;
@@ -184,6 +188,8 @@ fn main() {
         allocs[4]
     );
 
+    let idempotency = idempotency_rows(&pin, dir.path(), up_addr, &tether, &config, rounds, secs);
+
     let json = serde_json::json!({
         "bench": "proxy",
         "machine": machine(),
@@ -206,12 +212,119 @@ fn main() {
         "cpu_ratio_eddsa_cached_over_hs256": eddsa_cpu_ratio,
         "ratio_eddsa_uncached_over_hs256": eddsa_uncached_ratio,
         "ratio_hs256_cache_off_over_on": hs256_uncached_ratio,
+        "idempotency": idempotency,
     });
     let path = target_dir().join("bench-proxy.json");
     match std::fs::write(&path, serde_json::to_string_pretty(&json).expect("json")) {
         Ok(()) => println!("JSON: {}", path.display()),
         Err(e) => println!("cannot write {}: {e}", path.display()),
     }
+}
+
+/// The `Idempotency-Key` rows: POST without idempotency (the HS256
+/// tether), POST without a key and with a fresh key per request through a
+/// tether with the memory store, POST with a key through a tether with the
+/// Redis store (a private `redis-server`, when installed). Interleaved
+/// rounds, medians; the ratios are over "POST, no idempotency".
+fn idempotency_rows(
+    pin: &Pinning,
+    dir: &Path,
+    up_addr: std::net::SocketAddr,
+    plain: &Target,
+    config: &Path,
+    rounds: u64,
+    secs: u64,
+) -> serde_json::Value {
+    let memory = start_tether_idempotent(
+        pin,
+        dir,
+        up_addr,
+        "enabled = true\nstore = { kind = \"memory\" }",
+        "tether, idempotency on (memory store)",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let redis = tether_testkit::redis::available().then(tether_testkit::Redis::start);
+    let redis_target = redis.as_ref().map(|r| {
+        start_tether_idempotent(
+            pin,
+            dir,
+            up_addr,
+            &format!(
+                "enabled = true\nstore = {{ kind = \"redis\", url = \"{}\" }}",
+                r.url()
+            ),
+            "tether, idempotency on (Redis store)",
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    });
+    if redis.is_none() {
+        println!("note: /usr/bin/redis-server not found: no Redis row (scripts/install-deps.sh installs it)");
+    }
+    // (row name, target, keyed)
+    let mut rows: Vec<(&str, &Target, bool)> = vec![
+        ("POST, no idempotency", plain, false),
+        ("POST, no key, memory store on", &memory, false),
+        ("POST + key, memory store", &memory, true),
+    ];
+    if let Some(t) = &redis_target {
+        rows.push(("POST + key, Redis store", t, true));
+    }
+    let mut runs: Vec<Vec<Run>> = vec![Vec::new(); rows.len()];
+    println!();
+    for round in 1..=rounds {
+        for (i, (name, t, keyed)) in rows.iter().enumerate() {
+            let token = t.token(config);
+            let run = measured(t, || closed_loop_post(pin, t, Some(&token), secs, *keyed));
+            println!(
+                "  round {round}: {name:<30} {:>9.0} req/s  p50 {:>8}  p99 {:>8}  {:.1} µs CPU/req{}",
+                run.load.rps,
+                fmt_us(run.load.p50_us),
+                fmt_us(run.load.p99_us),
+                run.cpu_us_per_req,
+                errors_note(&run.load)
+            );
+            runs[i].push(run);
+        }
+    }
+    let med = |i: usize, f: &dyn Fn(&Run) -> f64| median(runs[i].iter().map(f).collect());
+    let rps = |i| med(i, &|r| r.load.rps);
+    println!();
+    println!("| POST path | req/s | p50 | p99 | CPU µs/req | ÷ POST, no idempotency |");
+    println!("|---|---|---|---|---|---|");
+    for (i, (name, _, _)) in rows.iter().enumerate() {
+        println!(
+            "| {name} | {:.0} | {} | {} | {:.1} | {:.3} |",
+            rps(i),
+            fmt_us(med(i, &|r| r.load.p50_us)),
+            fmt_us(med(i, &|r| r.load.p99_us)),
+            med(i, &|r| r.cpu_us_per_req),
+            rps(i) / rps(0)
+        );
+    }
+    let memory_ratio = rps(2) / rps(0);
+    println!(
+        "POST + key, memory store ÷ POST, no idempotency: {memory_ratio:.3} (target >= 0.95: {})",
+        if memory_ratio >= 0.95 {
+            "met"
+        } else {
+            "MISSED"
+        }
+    );
+    let redis_ratio = (rows.len() > 3).then(|| rps(3) / rps(0));
+    if let Some(r) = redis_ratio {
+        println!("POST + key, Redis store ÷ POST, no idempotency: {r:.3}");
+    }
+    serde_json::json!({
+        "rows": rows
+            .iter()
+            .enumerate()
+            .map(|(i, (name, _, keyed))| serde_json::json!({
+                "name": name, "keyed": keyed, "runs": runs[i], "median_rps": rps(i),
+            }))
+            .collect::<Vec<_>>(),
+        "ratio_memory_keyed_over_plain_post": memory_ratio,
+        "ratio_redis_keyed_over_plain_post": redis_ratio,
+    })
 }
 
 fn errors_note(l: &LoadResult) -> String {

@@ -59,6 +59,41 @@ fn every_shipped_config_passes() {
     assert!(n >= 4, "expected discovery + three proxies, found {n}");
 }
 
+/// The commented `[idempotency]` example of the shipped proxy configs,
+/// switched on (both stores), passes `tether check`.
+#[test]
+fn the_idempotency_example_passes_when_uncommented() {
+    let dir = shipped_conf();
+    let eu = std::fs::read_to_string(dir.path().join("proxy.eu.toml")).unwrap();
+    let start = eu
+        .find("# [idempotency]\n")
+        .expect("example in proxy.eu.toml");
+    let (head, example) = eu.split_at(start);
+    // `# key = ...` lines are the memory example; `# # key = ...` lines
+    // the Redis variant; other `# # ` lines are prose.
+    let uncomment = |l: &str, variant: bool| -> String {
+        match l.strip_prefix("# # ") {
+            Some(rest) if variant && rest.contains(" = ") => rest.to_owned(),
+            _ => l.strip_prefix("# ").unwrap_or(l).to_owned(),
+        }
+    };
+    let memory: String = example
+        .lines()
+        .map(|l| uncomment(l, false) + "\n")
+        .collect();
+    let redis: String = example
+        .lines()
+        .filter(|l| !l.starts_with("# kind") && !l.starts_with("# max_"))
+        .map(|l| uncomment(l, true) + "\n")
+        .collect();
+    for (name, example) in [("memory", memory), ("redis", redis)] {
+        let p = dir.path().join(format!("idem-{name}.toml"));
+        std::fs::write(&p, format!("{head}{example}")).unwrap();
+        let (ok, out) = check(&p);
+        assert!(ok, "{name}: {out}");
+    }
+}
+
 #[test]
 fn broken_configs_fail_naming_the_key() {
     let dir = shipped_conf();
@@ -94,6 +129,16 @@ fn broken_configs_fail_naming_the_key() {
             "missing keyring",
             eu.replace("secrets/keyring.toml", "secrets/nope.toml"),
             "tokens.keyring_file",
+        ),
+        (
+            "idempotency ttl",
+            format!("{eu}\n[idempotency]\nenabled = true\nttl_seconds = 0\n"),
+            "idempotency.ttl_seconds = 0",
+        ),
+        (
+            "idempotency store",
+            format!("{eu}\n[idempotency.store]\nkind = \"redis\"\n"),
+            "idempotency.store.url",
         ),
         (
             "discovery ttl",

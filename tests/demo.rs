@@ -98,6 +98,10 @@ fn demo_shows_the_failure_and_the_cure() {
         .expect("every affected client recovered");
     assert!(recovery <= 3.0, "fast failover recovery {recovery} s");
     assert!(v["staleEventsIgnored"].as_u64().is_some());
+    // Idempotency-Key replays are reported per phase; a clean phase 2
+    // resends nothing the app had applied (each call has its own key).
+    assert_eq!(n(p2, "replayed"), 0, "{p2}");
+    assert!(p3["replayed"].as_u64().is_some(), "{p3}");
     assert_nothing_left_running(group);
 }
 

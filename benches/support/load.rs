@@ -18,6 +18,17 @@ pub struct LoadSpec {
     pub duration_ms: u64,
     /// Requests per second for an open-loop load; `None` = closed loop.
     pub rate: Option<f64>,
+    /// Send POSTs with this body instead of `GET /`.
+    #[serde(default)]
+    pub post: Option<PostSpec>,
+}
+
+/// A POST load: the body, and whether every request carries a fresh
+/// `Idempotency-Key` (unique per request, so none is a replay).
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug)]
+pub struct PostSpec {
+    pub body: String,
+    pub keyed: bool,
 }
 
 #[derive(serde::Serialize, serde::Deserialize, Clone, Debug, Default)]
@@ -64,6 +75,33 @@ pub fn closed_loop(pin: &Pinning, target: &Target, token: Option<&str>, secs: u6
         warmup_ms: 1000,
         duration_ms: secs * 1000,
         rate: None,
+        post: None,
+    };
+    run_loadgen(pin, &spec)
+}
+
+/// Closed loop of `POST /` with a small JSON body, each with a fresh
+/// `Idempotency-Key` when `keyed`, always with the bench's own generator
+/// (wrk sends one fixed request), so the POST rows compare among
+/// themselves.
+pub fn closed_loop_post(
+    pin: &Pinning,
+    target: &Target,
+    token: Option<&str>,
+    secs: u64,
+    keyed: bool,
+) -> LoadResult {
+    let spec = LoadSpec {
+        addr: target.addr,
+        bearer: token.filter(|_| target.bearer).map(str::to_owned),
+        connections: CONNECTIONS,
+        warmup_ms: 1000,
+        duration_ms: secs * 1000,
+        rate: None,
+        post: Some(PostSpec {
+            body: "{\"userId\":\"alice\",\"sku\":\"bench\",\"qty\":1}".to_owned(),
+            keyed,
+        }),
     };
     run_loadgen(pin, &spec)
 }
@@ -84,6 +122,7 @@ pub fn open_loop(
         warmup_ms: 1000,
         duration_ms: secs * 1000,
         rate: Some(rate),
+        post: None,
     };
     run_loadgen(pin, &spec)
 }

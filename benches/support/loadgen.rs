@@ -35,7 +35,14 @@ pub fn run(spec: &LoadSpec) -> LoadResult {
             .as_ref()
             .map(|t| format!("Authorization: Bearer {t}\r\n"))
             .unwrap_or_default();
-        let request = format!("GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}\r\n").into_bytes();
+        let request = match &spec.post {
+            None => format!("GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}\r\n"),
+            Some(p) => format!(
+                "POST / HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n",
+                p.body.len()
+            ),
+        }
+        .into_bytes();
         let start = Instant::now() + Duration::from_millis(20);
         let measure_from = start + Duration::from_millis(spec.warmup_ms);
         let end = measure_from + Duration::from_millis(spec.duration_ms);
@@ -110,6 +117,12 @@ async fn conn(
     };
     let mut buf = vec![0u8; 64 * 1024];
     let mut prev_done = start;
+    // POST: the head so far, then per request the key (if any), the end
+    // of the head and the body. Keys are unique per run, connection and
+    // request, so none is a replay.
+    let run_id = std::process::id();
+    let mut seq: u64 = 0;
+    let mut post_request = Vec::with_capacity(request.len() + 256);
     loop {
         let now = Instant::now();
         if now >= end {
@@ -129,7 +142,25 @@ async fn conn(
         } else {
             now
         };
-        if sock.write_all(request).await.is_err() {
+        let bytes: &[u8] = match &spec.post {
+            None => request,
+            Some(p) => {
+                use std::io::Write;
+                post_request.clear();
+                post_request.extend_from_slice(request);
+                if p.keyed {
+                    seq += 1;
+                    let _ = write!(
+                        post_request,
+                        "Idempotency-Key: \"bench-{run_id}-{i}-{seq}\"\r\n"
+                    );
+                }
+                post_request.extend_from_slice(b"\r\n");
+                post_request.extend_from_slice(p.body.as_bytes());
+                &post_request
+            }
+        };
+        if sock.write_all(bytes).await.is_err() {
             c.errors += 1;
             break;
         }

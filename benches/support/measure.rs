@@ -64,6 +64,7 @@ pub fn allocs_per_request(
         warmup_ms: 0,
         duration_ms: ms,
         rate: None,
+        post: None,
     };
     run_loadgen(pin, &spec(500));
     let settle = Duration::from_millis(50);

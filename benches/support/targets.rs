@@ -316,6 +316,39 @@ pub fn start_tether_binary(
     ))
 }
 
+/// tether (the release binary, HS256) with `[idempotency]` set to these
+/// TOML lines (e.g. `enabled = true` and a `store`), pinned to the proxy
+/// core: the POST-with-key rows.
+pub fn start_tether_idempotent(
+    pin: &Pinning,
+    dir: &Path,
+    upstream: SocketAddr,
+    idempotency: &str,
+    name: &'static str,
+) -> Result<Target, String> {
+    let port = free_port();
+    let path = write_tether_config_with(dir, port, upstream, Keys::Hs256);
+    let text = std::fs::read_to_string(&path).map_err(|e| e.to_string())?;
+    let mut c = Conf::parse("bench proxy config", &text)?;
+    c.merge("idempotency", idempotency);
+    let config = c.write(&path).map_err(|e| e.to_string())?;
+    let mut cmd = pin.command(PROXY_CORE, Path::new(TETHER));
+    cmd.arg("proxy")
+        .arg("--config")
+        .arg(&config)
+        .env("TETHER_LOG", "error");
+    let log = dir.join(format!("tether.{port}.log"));
+    let mut p = spawn("tether", cmd, &log);
+    wait_ready(&mut p, addr(port), Some(&mint(&config)), &log)?;
+    Ok(Target {
+        name,
+        addr: addr(port),
+        proc: p,
+        bearer: true,
+        config: Some(config),
+    })
+}
+
 /// tether's proxy in this bench process (counting allocator), verifying
 /// with `keys`, for counting allocations per request.
 pub fn start_tether_counted(

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use crate::config::{ClientBuilder, Config, Routing};
 use crate::critical::CriticalTask;
 use crate::events::{Counters, Event, RefreshCause, Stats};
+use crate::idempotency;
 use crate::resolver::GlobalUrl;
 use crate::retry::{classify, Action};
 use crate::session::{check_url, join, parse_login_headers, Session};
@@ -105,6 +106,7 @@ struct Spent {
     invalid_token: bool,
     connect_failures: u32,
     reconnect_waits: u32,
+    in_flight_waits: u32,
 }
 
 impl std::fmt::Debug for Client {
@@ -237,6 +239,7 @@ impl Client {
         url: &str,
         token: Option<&str>,
         body: Option<&Bytes>,
+        key: Option<&HeaderValue>,
     ) -> Result<Response, SendError> {
         let mut rb = self
             .inner
@@ -245,6 +248,9 @@ impl Client {
             .timeout(self.inner.config.request_timeout);
         if let Some(t) = token {
             rb = rb.bearer_auth(t);
+        }
+        if let Some(k) = key {
+            rb = rb.header(idempotency::HEADER, k.clone());
         }
         if let Some(b) = body {
             rb = rb
@@ -277,7 +283,7 @@ impl Client {
         body: Option<&Value>,
     ) -> Result<Response, Error> {
         let bytes = body.map(encode).transpose()?;
-        self.send(method, url, None, bytes.as_ref())
+        self.send(method, url, None, bytes.as_ref(), None)
             .await
             .map_err(|e| match e {
                 SendError::Connect(source) => Error::Connect {
@@ -309,7 +315,10 @@ impl Client {
                     continue;
                 }
             };
-            match self.send(Method::POST, &url, None, Some(&payload)).await {
+            match self
+                .send(Method::POST, &url, None, Some(&payload), None)
+                .await
+            {
                 Ok(res) => break res,
                 Err(SendError::Connect(source)) => {
                     let e = Error::Connect {
@@ -556,6 +565,9 @@ impl Client {
     ) -> Result<Response, Error> {
         Counters::bump(&self.inner.counters.requests);
         let payload = body.map(encode).transpose()?;
+        // One key for this call, on every resend of it.
+        let key = (self.inner.config.idempotency_keys && idempotency::covered(&method))
+            .then(idempotency::new_key);
         let mut spent = Spent::default();
         // After a 421: where to resend (Global routing; Locked routing
         // uses the updated session instead).
@@ -585,22 +597,34 @@ impl Client {
                     &url,
                     Some(&session.access_token),
                     payload.as_ref(),
+                    key.as_ref(),
                 )
                 .await
             {
                 Ok(res) => res,
-                Err(SendError::Other(source)) => {
+                Err(SendError::Other(source)) if key.is_none() => {
                     return Err(Error::Transport {
                         what: "request",
                         url,
                         source,
                     });
                 }
-                Err(SendError::Connect(source)) => {
-                    let e = Error::Connect {
-                        what: "request",
-                        url,
-                        source,
+                // With a key a lost answer is resent like a failed connect:
+                // the proxy answers a request the app already handled with
+                // the stored answer (docs/idempotency.md).
+                Err(SendError::Connect(source) | SendError::Other(source)) => {
+                    let e = if source.is_connect() {
+                        Error::Connect {
+                            what: "request",
+                            url,
+                            source,
+                        }
+                    } else {
+                        Error::Transport {
+                            what: "request",
+                            url,
+                            source,
+                        }
                     };
                     tracing::info!(error = %e, "cannot reach the server");
                     spent.connect_failures += 1;
@@ -617,6 +641,9 @@ impl Client {
                     continue;
                 }
             };
+            if res.headers.get(idempotency::REPLAYED).is_some() {
+                Counters::bump(&self.inner.counters.replayed);
+            }
             match classify(res.status, &res.headers, &res.body) {
                 Action::Relock { url, server } if !spent.relock => {
                     spent.relock = true;
@@ -655,6 +682,15 @@ impl Client {
                         &mut spent,
                     )
                     .await?;
+                }
+                Action::InFlight { retry_after }
+                    if key.is_some()
+                        && spent.in_flight_waits < self.inner.config.max_reconnect_attempts =>
+                {
+                    spent.in_flight_waits += 1;
+                    let wait = retry_after.min(self.inner.config.reconnect_wait);
+                    tracing::info!(?wait, "first attempt still at the app; resending");
+                    tokio::time::sleep(wait).await;
                 }
                 _ => return Ok(res),
             }

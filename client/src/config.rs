@@ -39,6 +39,9 @@ pub struct Config {
     pub connect_timeout: Duration,
     pub refresh_margin: f64,
     pub event_capacity: usize,
+    /// Send a fresh `Idempotency-Key` with every POST and PATCH, reused
+    /// when the request is resent (default on).
+    pub idempotency_keys: bool,
 }
 
 /// Builds a [`Client`]. Only the global URL is required.
@@ -61,6 +64,7 @@ impl Default for ClientBuilder {
                 connect_timeout: DEFAULT_CONNECT_TIMEOUT,
                 refresh_margin: DEFAULT_REFRESH_MARGIN,
                 event_capacity: 256,
+                idempotency_keys: true,
             },
         }
     }
@@ -122,6 +126,16 @@ impl ClientBuilder {
     /// before it misses some. Default 256.
     pub fn event_capacity(mut self, capacity: usize) -> Self {
         self.config.event_capacity = capacity;
+        self
+    }
+
+    /// Send a fresh `Idempotency-Key` (a random UUID as a quoted
+    /// structured-field string) with every POST and PATCH, and resend it
+    /// unchanged when the SDK resends the request, also after a timeout or
+    /// a lost answer (docs/idempotency.md). Default on; off: writes carry
+    /// no key and are never resent once they may have reached the app.
+    pub fn idempotency_keys(mut self, on: bool) -> Self {
+        self.config.idempotency_keys = on;
         self
     }
 

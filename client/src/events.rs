@@ -73,6 +73,10 @@ pub struct Stats {
     pub failovers: u64,
     /// "Reconnecting…" waits.
     pub reconnect_waits: u64,
+    /// Answers the proxy replayed from its `Idempotency-Key` store
+    /// (`Idempotent-Replayed: true`): a resent request the app had
+    /// already answered.
+    pub replayed: u64,
 }
 
 #[derive(Debug, Default)]
@@ -85,6 +89,7 @@ pub(crate) struct Counters {
     pub relocks: AtomicU64,
     pub failovers: AtomicU64,
     pub reconnect_waits: AtomicU64,
+    pub replayed: AtomicU64,
 }
 
 impl Counters {
@@ -103,6 +108,7 @@ impl Counters {
             relocks: get(&self.relocks),
             failovers: get(&self.failovers),
             reconnect_waits: get(&self.reconnect_waits),
+            replayed: get(&self.replayed),
         }
     }
 }

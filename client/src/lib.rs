@@ -42,11 +42,23 @@
 //!   refresh again, up to [`ClientBuilder::max_reconnect_attempts`] waits,
 //!   then [`Error::NoServerAvailable`].
 //!
+//! With a key ([`ClientBuilder::idempotency_keys`], on by default: every
+//! POST and PATCH carries a fresh `Idempotency-Key`, the same one on every
+//! resend of that call), two more cases are resent, because the proxy
+//! answers a resend of a request the app already handled with the first
+//! answer instead of forwarding it again:
+//! - a failure after the connection was made (timeout, reset, cut-off
+//!   answer) → handled like a connection failure (refresh with
+//!   `unreachableServerId`, resend; then reconnect waits);
+//! - `409` problem `idempotency-key-in-flight` (the first attempt is still
+//!   at the app) → wait its `Retry-After` (at most the reconnect wait),
+//!   resend, within the reconnect budget.
+//!
 //! Never resent: any other answer (returned as a [`Response`], whatever
-//! its status) and any failure after the connection was made (timeout,
-//! reset, cut-off answer: [`Error::Transport`]), since the app may have
-//! acted on it. The caller decides, knowing whether its request is
-//! idempotent.
+//! its status) and, without a key (GET and other methods, or keys turned
+//! off), any failure after the connection was made ([`Error::Transport`]),
+//! since the app may have acted on it. The caller decides, knowing whether
+//! its request is idempotent.
 #![forbid(unsafe_code)]
 
 mod client;
@@ -54,6 +66,7 @@ mod config;
 mod critical;
 mod error;
 mod events;
+pub mod idempotency;
 mod resolver;
 mod retry;
 mod session;

@@ -4,14 +4,20 @@
 //!
 //! Only answers that prove the request did not reach the app are acted on:
 //! `421` (wrong server), `503` with `Tether-Relock: refresh` (locked server
-//! gone) and `401` with `error: invalid_token` (the proxy refused the
-//! token). Everything else, including the app's own 4xx/5xx, is returned.
+//! gone), `401` with `error: invalid_token` (the proxy refused the
+//! token) and, for a request with an `Idempotency-Key`, the proxy's `409`
+//! `idempotency-key-in-flight` problem (the first attempt is still at the
+//! app; this one was not forwarded). Everything else, including the app's
+//! own 4xx/5xx, is returned.
 
-use reqwest::header::{HeaderMap, WWW_AUTHENTICATE};
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use reqwest::StatusCode;
 use tether_protocol::headers;
 use tether_protocol::wire::{ErrorBody, ServerSummary};
 
+use crate::idempotency::IN_FLIGHT_TYPE;
 use crate::session::check_url;
 
 /// The SDK's reading of one answer.
@@ -28,6 +34,10 @@ pub(crate) enum Action {
     Refresh,
     /// `401 invalid_token` from the proxy: refresh once, then resend.
     InvalidToken,
+    /// `409` problem `idempotency-key-in-flight` from the proxy: the first
+    /// request with this key is still at the app; resend the same request
+    /// (same key) after `retry_after`. Acted on only when a key was sent.
+    InFlight { retry_after: Duration },
 }
 
 pub(crate) fn classify(status: StatusCode, h: &HeaderMap, body: &[u8]) -> Action {
@@ -74,8 +84,32 @@ pub(crate) fn classify(status: StatusCode, h: &HeaderMap, body: &[u8]) -> Action
                 Action::Return
             }
         }
+        StatusCode::CONFLICT if is_in_flight_problem(h, body) => {
+            let secs = h
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(1);
+            Action::InFlight {
+                retry_after: Duration::from_secs(secs),
+            }
+        }
         _ => Action::Return,
     }
+}
+
+/// The proxy's problem+json for a key whose first request is in flight
+/// (an app's own `409` has another body).
+fn is_in_flight_problem(h: &HeaderMap, body: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Problem<'a> {
+        #[serde(borrow, rename = "type")]
+        kind: &'a str,
+    }
+    h.get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/problem+json"))
+        && serde_json::from_slice::<Problem>(body).is_ok_and(|p| p.kind == IN_FLIGHT_TYPE)
 }
 
 #[cfg(test)]
@@ -208,6 +242,46 @@ mod tests {
                 &HeaderMap::new(),
                 br#"{"error":"bad_credentials"}"#
             ),
+            Action::Return
+        );
+    }
+
+    #[test]
+    fn in_flight_only_from_the_proxy_problem() {
+        let body = br#"{"type":"urn:tether:problem:idempotency-key-in-flight","title":"t","status":409,"detail":"d"}"#;
+        let h = hdrs(&[
+            ("content-type", "application/problem+json"),
+            ("retry-after", "3"),
+        ]);
+        assert_eq!(
+            classify(StatusCode::CONFLICT, &h, body),
+            Action::InFlight {
+                retry_after: Duration::from_secs(3)
+            }
+        );
+        let h = hdrs(&[("content-type", "application/problem+json")]);
+        assert_eq!(
+            classify(StatusCode::CONFLICT, &h, body),
+            Action::InFlight {
+                retry_after: Duration::from_secs(1)
+            }
+        );
+        // The app's own 409s, and other problems, are the caller's.
+        let json = hdrs(&[("content-type", "application/json")]);
+        assert_eq!(classify(StatusCode::CONFLICT, &json, body), Action::Return);
+        assert_eq!(
+            classify(
+                StatusCode::CONFLICT,
+                &json,
+                br#"{"error":"order_checked_out"}"#
+            ),
+            Action::Return
+        );
+        let reused = br#"{"type":"urn:tether:problem:idempotency-key-reused","status":422}"#;
+        let p = hdrs(&[("content-type", "application/problem+json")]);
+        assert_eq!(classify(StatusCode::CONFLICT, &p, reused), Action::Return);
+        assert_eq!(
+            classify(StatusCode::UNPROCESSABLE_ENTITY, &p, reused),
             Action::Return
         );
     }

@@ -36,6 +36,13 @@ struct World {
     app_hits: HashMap<String, u32>,
     logouts: u32,
     next: u64,
+    /// Every app request: (server id, its `Idempotency-Key`, method).
+    keys: Vec<(String, Option<String>, String)>,
+    /// App requests to answer with the proxy's `409` in-flight problem
+    /// first.
+    in_flight_answers: u32,
+    /// Mark app answers `Idempotent-Replayed: true`.
+    replayed: bool,
 }
 
 type Shared = Arc<Mutex<World>>;
@@ -141,6 +148,24 @@ async fn logout(State(s): State<Server>, Json(body): Json<Value>) -> StatusCode 
 
 async fn app(State(s): State<Server>, req: Request) -> Response {
     let mut w = s.world.lock().unwrap();
+    let key = req
+        .headers()
+        .get("idempotency-key")
+        .map(|v| v.to_str().unwrap().to_owned());
+    w.keys
+        .push((s.id.clone(), key, req.method().as_str().to_owned()));
+    if w.in_flight_answers > 0 {
+        w.in_flight_answers -= 1;
+        return (
+            StatusCode::CONFLICT,
+            [
+                ("content-type", "application/problem+json"),
+                ("retry-after", "0"),
+            ],
+            r#"{"type":"urn:tether:problem:idempotency-key-in-flight","title":"t","status":409,"detail":"d"}"#,
+        )
+            .into_response();
+    }
     let token = req
         .headers()
         .get("authorization")
@@ -182,7 +207,12 @@ async fn app(State(s): State<Server>, req: Request) -> Response {
             .into_response();
     }
     *w.app_hits.entry(s.id.clone()).or_default() += 1;
-    Json(json!({"servedBy": s.id, "path": req.uri().path()})).into_response()
+    let mut res = Json(json!({"servedBy": s.id, "path": req.uri().path()})).into_response();
+    if w.replayed {
+        res.headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    res
 }
 
 /// Starts stand-in servers with these ids; returns their URLs.
@@ -521,22 +551,41 @@ async fn logout_revokes_and_forgets() {
     assert!(matches!(c.logout().await.unwrap_err(), Error::NotLoggedIn));
 }
 
-#[tokio::test]
-async fn failure_after_connecting_is_not_retried() {
-    // Accepts, reads the request, then hangs up without answering.
+/// A server that accepts, reads one request, then hangs up without
+/// answering; returns its address, how many connections it accepted and
+/// the raw requests it read.
+async fn hang_up_server() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(Mutex::new(0u32));
-    let count = accepted.clone();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
     tokio::spawn(async move {
         loop {
             let (mut sock, _) = listener.accept().await.unwrap();
-            *count.lock().unwrap() += 1;
             let mut buf = [0u8; 4096];
-            let _read = tokio::io::AsyncReadExt::read(&mut sock, &mut buf).await;
+            let n = tokio::io::AsyncReadExt::read(&mut sock, &mut buf)
+                .await
+                .unwrap_or(0);
+            log.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&buf[..n]).into_owned());
             drop(sock);
         }
     });
+    (addr, seen)
+}
+
+fn key_of(raw: &str) -> Option<String> {
+    raw.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case("idempotency-key")
+            .then(|| v.trim().to_owned())
+    })
+}
+
+#[tokio::test]
+async fn failure_after_connecting_is_not_retried_without_a_key() {
+    let (addr, seen) = hang_up_server().await;
     let w = world();
     let urls = start(&w, &["a"]).await;
     w.lock()
@@ -544,7 +593,14 @@ async fn failure_after_connecting_is_not_retried() {
         .servers
         .insert("h".into(), format!("http://{addr}"));
     w.lock().unwrap().login_to = Some("h".into());
-    let c = client(&urls[0]);
+    let c = Client::builder()
+        .global_url(&urls[0])
+        .reconnect_wait(Duration::from_millis(20))
+        .max_reconnect_attempts(2)
+        .request_timeout(Duration::from_secs(5))
+        .idempotency_keys(false)
+        .build()
+        .unwrap();
     c.login(&json!({"username":"alice"})).await.unwrap();
     let err = c.post("/orders", &json!({})).await.unwrap_err();
     assert!(
@@ -557,7 +613,141 @@ async fn failure_after_connecting_is_not_retried() {
         ),
         "{err}"
     );
-    assert_eq!(*accepted.lock().unwrap(), 1);
+    let raw = seen.lock().unwrap().clone();
+    assert_eq!(raw.len(), 1, "not resent");
+    assert_eq!(key_of(&raw[0]), None, "keys off: no key");
+    assert_eq!(c.stats().retries, 0);
+    assert!(w.lock().unwrap().refreshes.is_empty());
+}
+
+/// With a key (the default for POST), a lost answer is resent like a
+/// failed connection (refresh with `unreachableServerId`), with the same
+/// key, so the proxy can answer it from its store.
+#[tokio::test]
+async fn a_lost_answer_is_resent_with_the_same_key() {
+    let (addr, seen) = hang_up_server().await;
+    let w = world();
+    let urls = start(&w, &["a"]).await;
+    w.lock()
+        .unwrap()
+        .servers
+        .insert("h".into(), format!("http://{addr}"));
+    w.lock().unwrap().login_to = Some("h".into());
+    let c = client(&urls[0]);
+    c.login(&json!({"username":"alice"})).await.unwrap();
+    let res = c.post("/orders", &json!({})).await.unwrap();
+    assert_eq!(res.status, 200);
+    assert_eq!(c.server().unwrap().id, "a", "moved after the lost answer");
+    let raw = seen.lock().unwrap().clone();
+    assert_eq!(raw.len(), 1);
+    let first = key_of(&raw[0]).expect("a POST carries a key");
+    assert!(
+        first.starts_with('"') && first.ends_with('"') && first.len() == 38,
+        "a quoted UUID: {first}"
+    );
+    let w = w.lock().unwrap();
+    assert_eq!(
+        w.keys,
+        vec![("a".to_owned(), Some(first), "POST".to_owned())],
+        "resent once, same key"
+    );
+    assert_eq!(w.refreshes.len(), 1);
+    assert_eq!(w.refreshes[0]["unreachableServerId"], "h");
+    assert_eq!(c.stats().retries, 1);
+}
+
+/// `409` in-flight problem: wait `Retry-After`, resend with the same key;
+/// a replayed answer is counted. Each call has its own key.
+#[tokio::test]
+async fn in_flight_conflict_is_resent_with_the_same_key() {
+    let w = world();
+    let urls = start(&w, &["a"]).await;
+    let c = client(&urls[0]);
+    c.login(&json!({"username":"alice"})).await.unwrap();
+    {
+        let mut w = w.lock().unwrap();
+        w.in_flight_answers = 2;
+        w.replayed = true;
+    }
+    let res = c.post("/orders", &json!({})).await.unwrap();
+    assert_eq!(res.status, 200);
+    let second = c.post("/orders", &json!({})).await.unwrap();
+    assert_eq!(second.status, 200);
+    let keys = w.lock().unwrap().keys.clone();
+    assert_eq!(keys.len(), 4, "{keys:?}");
+    assert!(keys[0].1.is_some());
+    assert!(keys[..3].iter().all(|k| k.1 == keys[0].1), "{keys:?}");
+    assert!(
+        keys[3].1.is_some() && keys[3].1 != keys[0].1,
+        "a fresh key per call"
+    );
+    let stats = c.stats();
+    assert_eq!(stats.retries, 2);
+    assert_eq!(stats.replayed, 2);
+    // Without keys the proxy's 409 is the caller's answer.
+    let c = Client::builder()
+        .global_url(&urls[0])
+        .idempotency_keys(false)
+        .build()
+        .unwrap();
+    c.login(&json!({"username":"alice"})).await.unwrap();
+    w.lock().unwrap().in_flight_answers = 1;
+    let res = c.post("/orders", &json!({})).await.unwrap();
+    assert_eq!(res.status, 409);
+}
+
+#[tokio::test]
+async fn a_relock_resends_the_same_key() {
+    let w = world();
+    let urls = start(&w, &["a", "b"]).await;
+    w.lock().unwrap().login_to = Some("b".into());
+    let c = Client::builder()
+        .global_url(&urls[0])
+        .routing(Routing::Global)
+        .build()
+        .unwrap();
+    c.login(&json!({"username":"alice"})).await.unwrap();
+    let res = c
+        .request(tether_client::Method::PATCH, "/orders/1", Some(&json!({})))
+        .await
+        .unwrap();
+    assert_eq!(res.status, 200);
+    let keys = w.lock().unwrap().keys.clone();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert_eq!(keys[0].0, "a");
+    assert_eq!(keys[1].0, "b");
+    assert!(keys[0].1.is_some());
+    assert_eq!(keys[0].1, keys[1].1, "the 421's resend keeps the key");
+}
+
+/// A GET carries no key, so a failure after connecting is not resent,
+/// keys on or off.
+#[tokio::test]
+async fn a_get_is_not_resent_after_connecting() {
+    let (addr, seen) = hang_up_server().await;
+    let w = world();
+    let urls = start(&w, &["a"]).await;
+    w.lock()
+        .unwrap()
+        .servers
+        .insert("h".into(), format!("http://{addr}"));
+    w.lock().unwrap().login_to = Some("h".into());
+    let c = client(&urls[0]);
+    c.login(&json!({"username":"alice"})).await.unwrap();
+    let accepted = seen.clone();
+    let err = c.get("/orders").await.unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            Error::Transport {
+                what: "request",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(accepted.lock().unwrap().len(), 1);
+    assert_eq!(key_of(&accepted.lock().unwrap()[0]), None, "GET: no key");
     assert_eq!(c.stats().retries, 0);
     assert!(w.lock().unwrap().refreshes.is_empty());
 }

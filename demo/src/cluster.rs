@@ -151,6 +151,18 @@ impl Cluster {
             conf.set("discovery", "min_poll_interval_ms", 50i64);
             conf.set("routing", "fast_failover", opts.fast_failover);
             conf.set("routing", "probe_timeout_ms", 300i64);
+            // Workflow steps carry Idempotency-Keys (the SDK adds them): a
+            // step resent after a failover or a lost answer is replayed,
+            // not applied twice (docs/idempotency.md).
+            conf.set("idempotency", "enabled", true);
+            conf.set(
+                "idempotency",
+                "store",
+                toml::Value::Table(toml::Table::from_iter([(
+                    "kind".to_owned(),
+                    toml::Value::from("memory"),
+                )])),
+            );
             let path = dir.path().join(format!("proxy.{code}.toml"));
             write_toml(&path, &conf)?;
             let (proxy, _) = spawn(

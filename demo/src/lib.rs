@@ -290,6 +290,19 @@ pub fn table(s: &Summary) -> String {
             );
         }
     }
+    let replays: Vec<String> = s
+        .phases
+        .iter()
+        .skip(1)
+        .map(|p| format!("{} {}", p.name, p.replayed))
+        .collect();
+    if !replays.is_empty() {
+        let _ = writeln!(
+            out,
+            "steps answered by an Idempotency-Key replay (resent, not applied twice): {}",
+            replays.join(", ")
+        );
+    }
     if let Some(p3) = s.phases.get(2) {
         if let (Some(a), Some(m)) = (p3.affected_clients, p3.clients_moved) {
             let _ = writeln!(

@@ -47,6 +47,10 @@ pub struct PhaseReport {
     /// `421` relock hints the SDK followed (clients use the global URL, so
     /// a request that lands on another region's proxy gets one).
     pub relock_hints: u64,
+    /// Step answers the proxy replayed from its Idempotency-Key store
+    /// (`Idempotent-Replayed: true`): a step the SDK resent after the app
+    /// had already applied it, answered without applying it again.
+    pub replayed: u64,
     /// SDK calls outside workflows that failed (e.g. a refresh between
     /// workflows), by cause. Not counted as failed workflows.
     pub other_errors: BTreeMap<String, u64>,
@@ -67,6 +71,7 @@ struct Tally {
     causes: Mutex<BTreeMap<String, u64>>,
     relocks: Mutex<BTreeMap<String, u64>>,
     hints: AtomicU64,
+    replayed: AtomicU64,
     errors: Mutex<BTreeMap<String, u64>>,
 }
 
@@ -100,6 +105,7 @@ impl Tally {
             failure_causes: take(&self.causes),
             relocks: take(&self.relocks),
             relock_hints: self.hints.load(Ordering::Relaxed),
+            replayed: self.replayed.load(Ordering::Relaxed),
             other_errors: take(&self.errors),
             ..PhaseReport::default()
         }
@@ -392,6 +398,11 @@ pub async fn through_tether(
                             Some(&step_body(step, &user)),
                         )
                         .await;
+                    if let Ok(r) = &answer {
+                        if r.headers.contains_key(tether_client::idempotency::REPLAYED) {
+                            tally.replayed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
                     let now_on = client.server().map(|s| s.id).unwrap_or_default();
                     let rec = recovery.lock().ok().and_then(|r| r.clone());
                     if let (Some(rec), Ok(r)) = (&rec, &answer) {

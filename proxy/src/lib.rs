@@ -21,6 +21,9 @@
 //!   the heartbeats, key-ring reloads and load sampling;
 //! - headers read, added and stripped: [`headers`]; the hop marker between
 //!   proxies: [`hop`];
+//! - `Idempotency-Key` at the edge: [`idempotency`] (claims, stored
+//!   answers, replays), called from the service's phases for requests
+//!   forwarded to this server's app;
 //! - the configuration: [`config`] (file layer, validation, typed layer);
 //! - the wiring of it all: [`server`], over the shared [`State`].
 #![forbid(unsafe_code)]
@@ -32,6 +35,7 @@ pub mod framing;
 pub mod guard;
 pub mod headers;
 pub mod hop;
+pub mod idempotency;
 pub mod load;
 pub mod lock;
 pub mod metrics;

@@ -24,10 +24,14 @@ pub enum Outcome {
     Reserved,
     /// Refused for another reason (bad hop marker, loop, bad request).
     Refused,
+    /// Answered by the `Idempotency-Key` check without reaching the app
+    /// (a replay, or its 400, 409, 422 or 503: `idempotency_outcomes_total`
+    /// says which).
+    Idempotency,
 }
 
 impl Outcome {
-    const ALL: [Outcome; 9] = [
+    const ALL: [Outcome; 10] = [
         Outcome::Forwarded,
         Outcome::RelockHint,
         Outcome::ForwardedForeign,
@@ -37,6 +41,7 @@ impl Outcome {
         Outcome::Public,
         Outcome::Reserved,
         Outcome::Refused,
+        Outcome::Idempotency,
     ];
 
     fn label(self) -> &'static str {
@@ -50,6 +55,7 @@ impl Outcome {
             Outcome::Public => "public",
             Outcome::Reserved => "reserved",
             Outcome::Refused => "refused",
+            Outcome::Idempotency => "idempotency",
         }
     }
 }
@@ -345,6 +351,12 @@ impl Metrics {
             ),
             registry,
         }
+    }
+
+    /// The registry behind `/metrics` (prefix `tether_proxy_`, label
+    /// `server`), for metrics defined elsewhere (idempotency).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     pub fn outcome(&self, o: Outcome) {

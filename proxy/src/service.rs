@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use http::HeaderValue;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType};
@@ -16,6 +17,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use tether_protocol::headers as h;
 
+use crate::idempotency::{self, Step};
 use crate::lock::{self, Locked, Verdict};
 use crate::metrics::Outcome;
 use crate::state::State;
@@ -43,6 +45,8 @@ pub struct Ctx {
     subject: Option<HeaderValue>,
     upstream_started: Option<Instant>,
     in_flight: bool,
+    /// The `Idempotency-Key` claim this request holds (docs/idempotency.md).
+    idem: Option<Box<idempotency::Tracker>>,
 }
 
 impl TetherProxy {
@@ -102,6 +106,17 @@ impl TetherProxy {
         };
         ctx.target = target;
         ctx.outcome = outcome;
+        // Idempotency-Key: only here, with a verified subject and the
+        // upstream chosen (docs/design.md §9).
+        if let (Some(idem), Some(s)) = (&self.state.idem, &subject) {
+            match idem.request_filter(session, s.as_bytes()).await? {
+                Step::Answered => {
+                    ctx.outcome = Outcome::Idempotency;
+                    return Ok(true);
+                }
+                Step::Forward(tracker) => ctx.idem = tracker,
+            }
+        }
         ctx.subject = subject;
         Ok(false)
     }
@@ -140,6 +155,7 @@ impl ProxyHttp for TetherProxy {
             subject: None,
             upstream_started: None,
             in_flight: false,
+            idem: None,
         }
     }
 
@@ -258,6 +274,9 @@ impl ProxyHttp for TetherProxy {
         ctx: &mut Ctx,
     ) -> pingora_error::Result<()> {
         headers::for_upstream(session, upstream, &self.state.cfg.routing.trusted_proxies)?;
+        if let Some(t) = ctx.idem.as_mut() {
+            t.upstream_request();
+        }
         match ctx.target {
             Target::Local(_) if ctx.outcome == Outcome::Forwarded => {
                 if let Some(subject) = ctx.subject.take() {
@@ -295,7 +314,36 @@ impl ProxyHttp for TetherProxy {
         if matches!(ctx.target, Target::Local(_)) {
             headers::strip_lock_response_headers(upstream_response);
         }
+        if let Some(t) = ctx.idem.as_mut() {
+            t.response_header(upstream_response);
+        }
         Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> pingora_error::Result<()> {
+        if let Some(t) = ctx.idem.as_mut() {
+            t.request_body(body.as_ref(), end_of_stream);
+        }
+        Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> pingora_error::Result<Option<std::time::Duration>> {
+        if let Some(t) = ctx.idem.as_mut() {
+            t.response_body(body.as_ref(), end_of_stream);
+        }
+        Ok(None)
     }
 
     fn fail_to_connect(
@@ -355,5 +403,8 @@ impl ProxyHttp for TetherProxy {
             self.state.load.leave();
         }
         self.state.metrics.outcome(ctx.outcome);
+        if let Some(t) = ctx.idem.take() {
+            t.finish().await;
+        }
     }
 }

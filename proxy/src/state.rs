@@ -25,6 +25,8 @@ pub enum Error {
     Http(#[from] reqwest::Error),
     #[error("TLS on the client listener: {0}")]
     Tls(String),
+    #[error("{0}")]
+    Idempotency(#[from] crate::idempotency::BuildError),
 }
 
 /// Everything the request path and the background tasks share.
@@ -49,6 +51,8 @@ pub struct State {
     /// Refresh families revoked by a logout at this proxy, with the time
     /// (Unix seconds) after which their tokens have expired anyway.
     pub revoked: Mutex<HashMap<String, u64>>,
+    /// The `Idempotency-Key` engine; `None` when `[idempotency]` is off.
+    pub idem: Option<Arc<crate::idempotency::Idempotency>>,
 }
 
 impl State {
@@ -65,11 +69,19 @@ impl State {
             .timeout(cfg.upstream.read_timeout)
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
+        let metrics = Metrics::new(&cfg.server.id);
+        let idem = match cfg.idempotency.enabled {
+            true => Some(crate::idempotency::Idempotency::new(
+                cfg.idempotency.clone(),
+                metrics.registry(),
+            )?),
+            false => None,
+        };
         let state = Arc::new(State {
             tokens: TokenStore::new(&cfg.tokens),
             registry: RegistryState::new(RegistryView::default()),
             upstream,
-            metrics: Metrics::new(&cfg.server.id),
+            metrics,
             load: Load::default(),
             prober: Prober::new(
                 cfg.routing.probe_timeout,
@@ -90,6 +102,7 @@ impl State {
             discovery_http,
             upstream_http,
             revoked: Mutex::new(HashMap::new()),
+            idem,
             cfg,
         });
         Ok(state)

@@ -23,7 +23,9 @@
 //!   `cluster.proxy("eu-1", "eu").upstream(&app).start().await`.
 //! - [`upstream`]: [`Upstream`], an echo app with `/login` and a switchable
 //!   `/health`; [`recording`]: [`RecordingUpstream`], which keeps the raw
-//!   bytes of every request; [`sampleapp`]: `tether sample-app` as a child.
+//!   bytes of every request; [`sampleapp`]: `tether sample-app` as a child;
+//!   [`redis`]: a private `redis-server` ([`Redis`]) for the idempotency
+//!   store.
 //! - [`client`]: login, refresh, requests, `tether token mint`, metrics.
 //! - [`net`]: [`free_port`], [`wait_for_port`]; [`poll`]: [`eventually`],
 //!   to wait for a condition with a deadline instead of sleeping.
@@ -42,6 +44,7 @@ pub mod poll;
 pub mod proc;
 pub mod proxy;
 pub mod recording;
+pub mod redis;
 pub mod sampleapp;
 pub mod upstream;
 
@@ -54,5 +57,6 @@ pub use poll::{eventually, eventually_blocking};
 pub use proc::{group_members, tether_bin, Proc, Spawn, StartError, Started};
 pub use proxy::{Proxy, ProxyBuilder};
 pub use recording::{Recorded, RecordingUpstream};
+pub use redis::Redis;
 pub use sampleapp::SampleApp;
 pub use upstream::{Seen, Upstream};

@@ -23,6 +23,7 @@ pub struct ProxyBuilder<'c> {
     routing_extra: String,
     tokens_extra: String,
     limits: String,
+    idempotency: String,
     tls: Option<(PathBuf, PathBuf)>,
 }
 
@@ -50,6 +51,7 @@ impl<'c> ProxyBuilder<'c> {
             routing_extra: String::new(),
             tokens_extra: String::new(),
             limits: String::new(),
+            idempotency: String::new(),
             tls: None,
         }
     }
@@ -92,6 +94,14 @@ impl<'c> ProxyBuilder<'c> {
     pub fn limits(mut self, toml: &str) -> Self {
         self.limits.push_str(toml);
         self.limits.push('\n');
+        self
+    }
+
+    /// TOML lines for the `[idempotency]` table (otherwise absent: off),
+    /// e.g. `enabled = true` and `store = { kind = "redis", url = "..." }`.
+    pub fn idempotency(mut self, toml: &str) -> Self {
+        self.idempotency.push_str(toml);
+        self.idempotency.push('\n');
         self
     }
 
@@ -156,6 +166,9 @@ impl<'c> ProxyBuilder<'c> {
             .set("routing", "probe_timeout_ms", 300i64)
             .merge("routing", &self.routing_extra);
         c.clear("limits").merge("limits", &self.limits);
+        if !self.idempotency.is_empty() {
+            c.merge("idempotency", &self.idempotency);
+        }
         c
     }
 

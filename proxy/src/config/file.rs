@@ -16,6 +16,8 @@ pub(super) struct FileConfig {
     pub(super) routing: FileRouting,
     #[serde(default)]
     pub(super) limits: FileLimits,
+    #[serde(default)]
+    pub(super) idempotency: crate::idempotency::config::FileIdempotency,
 }
 
 #[derive(Debug, Deserialize)]

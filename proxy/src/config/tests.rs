@@ -210,3 +210,47 @@ fn refresh_lifetime_cap_is_the_top_of_the_range() {
         super::REFRESH_TTL_RANGE.1 * 86_400
     );
 }
+
+#[test]
+fn idempotency_table_is_optional_checked_and_typed() {
+    let f = Fixture::new();
+    let off = f.parse(GOOD).unwrap();
+    assert!(!off.idempotency.enabled, "absent table: disabled");
+    let on = f
+        .parse(&format!(
+            "{GOOD}\n[idempotency]\nenabled = true\nrequired_prefixes = [\"/orders\"]\n\
+             ttl_seconds = 600\n[idempotency.store]\nkind = \"redis\"\n\
+             url = \"redis://127.0.0.1:6379/0\"\n"
+        ))
+        .unwrap();
+    let i = &on.idempotency;
+    assert!(i.enabled);
+    assert_eq!(i.ttl, Duration::from_secs(600));
+    assert_eq!(i.required_prefixes, vec!["/orders".to_owned()]);
+    assert!(matches!(
+        i.store,
+        crate::idempotency::StoreConfig::Redis { .. }
+    ));
+    for (extra, key) in [
+        (
+            "[idempotency]\nttl_seconds = 0\n",
+            "idempotency.ttl_seconds",
+        ),
+        (
+            "[idempotency]\nmethods = [\"GET\"]\n",
+            "idempotency.methods",
+        ),
+        (
+            "[idempotency]\non_store_error = \"shrug\"\n",
+            "idempotency.on_store_error",
+        ),
+        (
+            "[idempotency.store]\nkind = \"memory\"\nurl = \"redis://x\"\n",
+            "idempotency.store.url",
+        ),
+        ("[idempotency]\nretries = 3\n", "retries"),
+    ] {
+        let e = expect_err(&f, &format!("{GOOD}\n{extra}"), key);
+        assert!(e.contains("proxy.toml"), "error names the file: {e}");
+    }
+}

@@ -24,6 +24,8 @@ pub struct ProxyConfig {
     pub login: LoginConfig,
     pub routing: RoutingConfig,
     pub limits: Limits,
+    /// `[idempotency]` (docs/idempotency.md); disabled when absent.
+    pub idempotency: crate::idempotency::IdempotencyConfig,
 }
 
 /// Who this proxy is: the server a lock names.

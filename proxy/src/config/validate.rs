@@ -35,6 +35,8 @@ impl Validator<'_> {
         let routing = self.routing(&f.routing)?;
         let limits = self.limits(&f.limits)?;
         let tls = self.tls(&f.server)?;
+        let idempotency = crate::idempotency::config::validate(&f.idempotency)
+            .map_err(|e| self.bad(e.key, e.value, e.allowed))?;
         Ok(ProxyConfig {
             server,
             listen,
@@ -47,6 +49,7 @@ impl Validator<'_> {
             login,
             routing,
             limits,
+            idempotency,
         })
     }
 

@@ -1,0 +1,262 @@
+//! The in-process store: a map under one mutex, bounded by entries and
+//! bytes.
+//!
+//! Two queues in insertion order, one for claims and one for completed
+//! answers. All claims share one lifetime and all answers another, so
+//! insertion order is expiry order and expired records are dropped from
+//! the queue fronts in O(log n) per operation.
+//!
+//! When a bound is reached, the oldest *completed* answers are evicted
+//! first (losing one only means a late retry is forwarded again). Claims
+//! are never evicted: that would let a concurrent retry through while the
+//! first request is still at the app. A store full of live claims refuses
+//! new ones with [`StoreError::Full`], which the caller treats like any
+//! store error.
+
+use std::collections::{BTreeMap, HashMap};
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::{ClaimResult, ClaimToken, Clock, IdempotencyStore, StoreError};
+use crate::idempotency::record::Scope;
+
+/// Bytes counted per record besides its value (key, bookkeeping).
+pub const ENTRY_OVERHEAD: usize = 128;
+
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+    clock: Arc<dyn Clock>,
+    max_entries: usize,
+    max_bytes: usize,
+}
+
+#[derive(Default)]
+struct Inner {
+    map: HashMap<Scope, Slot>,
+    claims: BTreeMap<u64, Scope>,
+    answers: BTreeMap<u64, Scope>,
+    next_seq: u64,
+    bytes: usize,
+}
+
+struct Slot {
+    seq: u64,
+    expires: Duration,
+    state: State,
+}
+
+enum State {
+    Claim(ClaimToken),
+    Answer(Bytes),
+}
+
+impl Slot {
+    fn size(&self) -> usize {
+        ENTRY_OVERHEAD
+            + match &self.state {
+                State::Claim(_) => 0,
+                State::Answer(b) => b.len(),
+            }
+    }
+}
+
+impl Inner {
+    fn remove(&mut self, scope: &Scope) -> Option<Slot> {
+        let slot = self.map.remove(scope)?;
+        match slot.state {
+            State::Claim(_) => self.claims.remove(&slot.seq),
+            State::Answer(_) => self.answers.remove(&slot.seq),
+        };
+        self.bytes -= slot.size();
+        Some(slot)
+    }
+
+    fn insert(&mut self, scope: Scope, expires: Duration, state: State) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let slot = Slot {
+            seq,
+            expires,
+            state,
+        };
+        self.bytes += slot.size();
+        match slot.state {
+            State::Claim(_) => self.claims.insert(seq, scope),
+            State::Answer(_) => self.answers.insert(seq, scope),
+        };
+        self.map.insert(scope, slot);
+    }
+
+    /// Drops expired records from the queue fronts.
+    fn expire(&mut self, now: Duration) {
+        for answers in [false, true] {
+            loop {
+                let queue = if answers { &self.answers } else { &self.claims };
+                let Some((_, scope)) = queue.first_key_value() else {
+                    break;
+                };
+                let scope = *scope;
+                match self.map.get(&scope) {
+                    Some(slot) if slot.expires <= now => {
+                        self.remove(&scope);
+                    }
+                    _ => break,
+                }
+            }
+        }
+    }
+
+    /// Evicts the oldest answer; false when there is none.
+    fn evict_oldest_answer(&mut self) -> bool {
+        let Some((_, scope)) = self.answers.first_key_value() else {
+            return false;
+        };
+        let scope = *scope;
+        self.remove(&scope).is_some()
+    }
+
+    /// The live slot under `scope`, dropping it if expired.
+    fn live(&mut self, scope: &Scope, now: Duration) -> Option<&Slot> {
+        if self.map.get(scope).is_some_and(|s| s.expires <= now) {
+            self.remove(scope);
+        }
+        self.map.get(scope)
+    }
+}
+
+impl MemoryStore {
+    pub fn new(
+        max_entries: NonZeroUsize,
+        max_bytes: NonZeroUsize,
+        clock: Arc<dyn Clock>,
+    ) -> MemoryStore {
+        MemoryStore {
+            inner: Mutex::new(Inner::default()),
+            clock,
+            max_entries: max_entries.get(),
+            max_bytes: max_bytes.get(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // The critical sections do not panic; if one ever did, the map
+        // is still consistent enough to serve (worst case: a wrong count).
+        match self.inner.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Records held now (claims and answers), and their counted bytes.
+    pub fn usage(&self) -> (usize, usize) {
+        let g = self.lock();
+        (g.map.len(), g.bytes)
+    }
+
+    fn claim_now(
+        &self,
+        scope: &Scope,
+        token: &ClaimToken,
+        ttl: Duration,
+    ) -> Result<ClaimResult, StoreError> {
+        let now = self.clock.now();
+        let mut g = self.lock();
+        g.expire(now);
+        match g.live(scope, now) {
+            Some(Slot {
+                state: State::Claim(_),
+                ..
+            }) => return Ok(ClaimResult::InFlight),
+            Some(Slot {
+                state: State::Answer(b),
+                ..
+            }) => return Ok(ClaimResult::Completed(b.clone())),
+            None => {}
+        }
+        while g.map.len() >= self.max_entries || g.bytes + ENTRY_OVERHEAD > self.max_bytes {
+            if !g.evict_oldest_answer() {
+                return Err(StoreError::Full);
+            }
+        }
+        g.insert(*scope, now + ttl, State::Claim(token.clone()));
+        Ok(ClaimResult::Claimed)
+    }
+
+    fn complete_now(
+        &self,
+        scope: &Scope,
+        token: &ClaimToken,
+        record: Bytes,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let now = self.clock.now();
+        let mut g = self.lock();
+        g.expire(now);
+        match g.live(scope, now) {
+            Some(Slot {
+                state: State::Claim(t),
+                ..
+            }) if t == token => {}
+            _ => return Ok(false),
+        }
+        g.remove(scope);
+        let size = ENTRY_OVERHEAD + record.len();
+        if size > self.max_bytes {
+            // Larger than the whole store: released, not stored.
+            return Ok(false);
+        }
+        while g.bytes + size > self.max_bytes || g.map.len() >= self.max_entries {
+            if !g.evict_oldest_answer() {
+                // Only live claims left and no room: released.
+                return Ok(false);
+            }
+        }
+        g.insert(*scope, now + ttl, State::Answer(record));
+        Ok(true)
+    }
+
+    fn release_now(&self, scope: &Scope, token: &ClaimToken) -> bool {
+        let now = self.clock.now();
+        let mut g = self.lock();
+        match g.live(scope, now) {
+            Some(Slot {
+                state: State::Claim(t),
+                ..
+            }) if t == token => {
+                g.remove(scope);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+#[async_trait]
+impl IdempotencyStore for MemoryStore {
+    async fn claim(
+        &self,
+        scope: &Scope,
+        token: &ClaimToken,
+        in_flight_ttl: Duration,
+    ) -> Result<ClaimResult, StoreError> {
+        self.claim_now(scope, token, in_flight_ttl)
+    }
+
+    async fn complete(
+        &self,
+        scope: &Scope,
+        token: &ClaimToken,
+        record: Bytes,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.complete_now(scope, token, record, ttl)
+    }
+
+    async fn release(&self, scope: &Scope, token: &ClaimToken) -> Result<bool, StoreError> {
+        Ok(self.release_now(scope, token))
+    }
+}
