@@ -97,7 +97,8 @@ impl<'c> ProxyBuilder<'c> {
         self
     }
 
-    /// TOML lines for the `[idempotency]` table (otherwise absent: off),
+    /// TOML lines for the `[idempotency]` table (otherwise absent: the
+    /// default, on with the memory store),
     /// e.g. `enabled = true` and `store = { kind = "redis", url = "..." }`.
     pub fn idempotency(mut self, toml: &str) -> Self {
         self.idempotency.push_str(toml);

@@ -214,8 +214,12 @@ fn refresh_lifetime_cap_is_the_top_of_the_range() {
 #[test]
 fn idempotency_table_is_optional_checked_and_typed() {
     let f = Fixture::new();
-    let off = f.parse(GOOD).unwrap();
-    assert!(!off.idempotency.enabled, "absent table: disabled");
+    let absent = f.parse(GOOD).unwrap();
+    assert!(absent.idempotency.enabled, "absent table: on, memory store");
+    let off = f
+        .parse(&format!("{GOOD}\n[idempotency]\nenabled = false\n"))
+        .unwrap();
+    assert!(!off.idempotency.enabled, "enabled = false");
     let on = f
         .parse(&format!(
             "{GOOD}\n[idempotency]\nenabled = true\nrequired_prefixes = [\"/orders\"]\n\

@@ -33,8 +33,13 @@ pub const MAX_KEY_PREFIX_LEN: usize = 128;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileIdempotency {
-    /// Off by default: an app opts in.
-    #[serde(default)]
+    /// On by default: the SDKs send a key with every POST and PATCH and
+    /// resend after a lost answer, which is safe only where the key is
+    /// honoured. A request without a key is forwarded as before (unless
+    /// its path is under `required_prefixes`), so keyless clients are
+    /// unaffected. `enabled = false` for an app that dedupes on the key
+    /// itself.
+    #[serde(default = "default_enabled")]
     pub enabled: bool,
     #[serde(default = "default_methods")]
     pub methods: Vec<String>,
@@ -83,10 +88,14 @@ impl Default for FileStore {
     }
 }
 
+fn default_enabled() -> bool {
+    true
+}
+
 impl Default for FileIdempotency {
     fn default() -> Self {
         FileIdempotency {
-            enabled: false,
+            enabled: default_enabled(),
             methods: default_methods(),
             required_prefixes: Vec::new(),
             ttl_seconds: default_ttl(),
@@ -150,7 +159,7 @@ pub struct IdempotencyConfig {
 }
 
 impl Default for IdempotencyConfig {
-    /// The defaults of an absent `[idempotency]` table (disabled).
+    /// The defaults of an absent `[idempotency]` table (on, memory store).
     fn default() -> Self {
         // The default file table is valid by construction (tested).
         validate(&FileIdempotency::default()).unwrap_or_else(|_| IdempotencyConfig {

@@ -265,17 +265,17 @@ fn problem_bodies_follow_rfc_9457() {
 // ------------------------------------------------------------------ config
 
 #[test]
-fn the_default_table_is_valid_and_disabled() {
+fn the_default_table_is_valid_and_enabled() {
     let c = config::validate(&FileIdempotency::default()).unwrap();
-    assert!(!c.enabled);
+    assert!(c.enabled);
     assert_eq!(c.methods, [Method::POST, Method::PATCH]);
     assert_eq!(c.ttl, Duration::from_secs(86_400));
     assert_eq!(c.in_flight_ttl, Duration::from_secs(60));
     assert_eq!(c.max_stored_response_bytes, 64 * 1024);
     assert_eq!(c.on_store_error, OnStoreError::Reject);
     assert!(matches!(c.store, StoreConfig::Memory { .. }));
-    let parsed = config::parse_table("enabled = true").unwrap();
-    assert!(parsed.enabled);
+    let parsed = config::parse_table("enabled = false").unwrap();
+    assert!(!parsed.enabled);
 }
 
 #[test]
