@@ -21,12 +21,15 @@
 //!   the heartbeats, key-ring reloads and load sampling;
 //! - headers read, added and stripped: [`headers`]; the hop marker between
 //!   proxies: [`hop`];
+//! - CORS for web apps (preflights, `Access-Control-*` on every answer):
+//!   [`cors`];
 //! - the configuration: [`config`] (file layer, validation, typed layer);
 //! - the wiring of it all: [`server`], over the shared [`State`].
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod config;
+pub mod cors;
 pub mod endpoints;
 pub mod framing;
 pub mod guard;

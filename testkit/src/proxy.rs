@@ -23,6 +23,7 @@ pub struct ProxyBuilder<'c> {
     routing_extra: String,
     tokens_extra: String,
     limits: String,
+    cors: String,
     tls: Option<(PathBuf, PathBuf)>,
 }
 
@@ -50,6 +51,7 @@ impl<'c> ProxyBuilder<'c> {
             routing_extra: String::new(),
             tokens_extra: String::new(),
             limits: String::new(),
+            cors: String::new(),
             tls: None,
         }
     }
@@ -92,6 +94,13 @@ impl<'c> ProxyBuilder<'c> {
     pub fn limits(mut self, toml: &str) -> Self {
         self.limits.push_str(toml);
         self.limits.push('\n');
+        self
+    }
+
+    /// TOML lines for the `[cors]` table (otherwise none: CORS off).
+    pub fn cors(mut self, toml: &str) -> Self {
+        self.cors.push_str(toml);
+        self.cors.push('\n');
         self
     }
 
@@ -156,6 +165,9 @@ impl<'c> ProxyBuilder<'c> {
             .set("routing", "probe_timeout_ms", 300i64)
             .merge("routing", &self.routing_extra);
         c.clear("limits").merge("limits", &self.limits);
+        if !self.cors.is_empty() {
+            c.clear("cors").merge("cors", &self.cors);
+        }
         c
     }
 

@@ -24,6 +24,8 @@ pub struct ProxyConfig {
     pub login: LoginConfig,
     pub routing: RoutingConfig,
     pub limits: Limits,
+    /// `[cors]`: browsers from other origins (off when no origin is listed).
+    pub cors: crate::cors::CorsConfig,
 }
 
 /// Who this proxy is: the server a lock names.
