@@ -80,6 +80,10 @@ struct DemoArgs {
     /// With --serve: where the live page listens (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:0")]
     page_listen: std::net::SocketAddr,
+    /// With --serve: simulated clients kept busy for the page to show (0:
+    /// none, e.g. under `tether bench`).
+    #[arg(long, default_value_t = tether_demo::CROWD)]
+    crowd: usize,
     /// Simulated clients per phase.
     #[arg(long, default_value_t = 24)]
     clients: usize,
@@ -346,7 +350,7 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
         ..tether_demo::DemoOptions::default()
     };
     if args.serve {
-        tether_demo::serve(&opts, args.page_listen)?;
+        tether_demo::serve(&opts, args.page_listen, args.crowd)?;
         return Ok(());
     }
     let summary = tether_demo::run(&opts)?;

@@ -317,7 +317,7 @@ pub fn table(s: &Summary) -> String {
     out
 }
 
-/// Simulated clients the live page's crowd runs (`--serve`).
+/// Simulated clients the live page's crowd runs by default (`--serve`).
 pub const CROWD: usize = 9;
 
 /// The page's own client waits this long in "Reconnecting…" (long enough
@@ -325,10 +325,14 @@ pub const CROWD: usize = 9;
 pub const PAGE_RECONNECT_WAIT: Duration = Duration::from_secs(5);
 
 /// `tether demo --serve`: start the cluster with the live page on
-/// `page_listen` (port 0: any free port), a crowd of simulated clients,
+/// `page_listen` (port 0: any free port), `crowd` simulated clients,
 /// print where everything is (and one `TETHER_DEMO_READY {json}` line for
 /// scripts), wait for Ctrl-C or SIGTERM, stop everything.
-pub fn serve(opts: &DemoOptions, page_listen: std::net::SocketAddr) -> Result<(), DemoError> {
+pub fn serve(
+    opts: &DemoOptions,
+    page_listen: std::net::SocketAddr,
+    crowd: usize,
+) -> Result<(), DemoError> {
     opts.validate()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -372,13 +376,13 @@ pub fn serve(opts: &DemoOptions, page_listen: std::net::SocketAddr) -> Result<()
             })).collect::<Vec<_>>(),
         });
         let proxies: Vec<String> = cluster.regions.iter().map(|r| r.proxy_url.clone()).collect();
-        let live = live::Live::new(CROWD);
+        let live = live::Live::new(crowd);
         live.note(
             "info",
             None,
-            format!("demo up: {} regions, {CROWD} simulated clients", cluster.regions.len()),
+            format!("demo up: {} regions, {crowd} simulated clients", cluster.regions.len()),
         );
-        let crowd = live::start_crowd(live.clone(), proxies, CROWD, opts.reconnect_wait);
+        let crowd = live::start_crowd(live.clone(), proxies, crowd, opts.reconnect_wait);
         let web = std::sync::Arc::new(web::Web {
             cluster: tokio::sync::Mutex::new(cluster),
             live,
