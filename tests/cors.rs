@@ -212,7 +212,7 @@ async fn every_answer_carries_cors_for_an_allowed_origin() {
         .unwrap();
     assert_eq!(r.status(), 421);
     assert_allowed(&r, "421");
-    assert_eq!(all(&r, "tether-relock"), [a.url.clone()]);
+    assert_eq!(all(&r, "tether-relock"), [a.url.as_str()]);
 
     // /closestToMe and /auth/refresh.
     let r = http
