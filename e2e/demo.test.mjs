@@ -53,7 +53,12 @@ function startDemo() {
     demo.stderr.on("data", (d) => {
       demoLog += d;
     });
-    demo.on("exit", (code) => reject(new Error(`demo exited (${code}):\n${demoLog}`)));
+    const fail = (e) => {
+      clearTimeout(timer);
+      reject(e);
+    };
+    demo.on("error", (e) => fail(new Error(`cannot start ${BIN}: ${e.message}`)));
+    demo.on("exit", (code) => fail(new Error(`demo exited (${code}):\n${demoLog}`)));
   });
 }
 
