@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Checks the TypeScript client (clients/js): installs its dev dependencies
 # from the committed lockfile when node_modules is missing, then type-checks
-# (strict), lints, builds dist/tether.js and runs the node tests. Prints how
+# (strict), lints, builds dist/tether.js, checks that the demo page's copy
+# (demo/web/tether.js) is that build, and runs the node tests. Prints how
 # long each step took.
 #
 #   bash scripts/check-js.sh
@@ -47,6 +48,16 @@ fi
 step "tsc --noEmit (strict)" npm run --silent typecheck
 step "lint (biome)" npm run --silent lint
 step "build (dist/tether.js)" npm run --silent build
+# The demo page serves a checked-in copy of the build (demo/web/tether.js,
+# embedded in the tether binary); it must be this very build.
+same_build() {
+  if ! cmp -s dist/tether.js ../../demo/web/tether.js; then
+    echo "check-js: demo/web/tether.js differs from a fresh build; run:" >&2
+    echo "  (cd clients/js && npm run build) && cp clients/js/dist/tether.js demo/web/tether.js" >&2
+    return 1
+  fi
+}
+step "demo/web/tether.js is the fresh build" same_build
 step "tests (node --test)" npm test --silent
 ms=$(($(now_ms) - total_start))
 printf 'check-js: all steps passed in %d.%03d s\n' $((ms / 1000)) $((ms % 1000))

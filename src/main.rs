@@ -73,9 +73,17 @@ struct DemoArgs {
     /// Print the summary as JSON on stdout (progress stays on stderr).
     #[arg(long)]
     json: bool,
-    /// Start the cluster, print its URLs and keep it up until Ctrl-C.
+    /// Start the cluster and its live web page, print their URLs and keep
+    /// them up until Ctrl-C.
     #[arg(long)]
     serve: bool,
+    /// With --serve: where the live page listens (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    page_listen: std::net::SocketAddr,
+    /// With --serve: simulated clients kept busy for the page to show (0:
+    /// none, e.g. under `tether bench`).
+    #[arg(long, default_value_t = tether_demo::CROWD)]
+    crowd: usize,
     /// Simulated clients per phase.
     #[arg(long, default_value_t = 24)]
     clients: usize,
@@ -342,7 +350,7 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
         ..tether_demo::DemoOptions::default()
     };
     if args.serve {
-        tether_demo::serve(&opts)?;
+        tether_demo::serve(&opts, args.page_listen, args.crowd)?;
         return Ok(());
     }
     let summary = tether_demo::run(&opts)?;

@@ -68,6 +68,22 @@ fn spawn(
     Ok((started.proc, rest))
 }
 
+/// Starts `bin args.. config` again after a kill (the page's restart
+/// buttons), with the same config and ready line.
+pub fn spawn_again(
+    bin: &Path,
+    name: &str,
+    args: &[&str],
+    config: &Path,
+    log: &Path,
+    ready: &str,
+) -> Result<Proc, DemoError> {
+    let config = config.to_string_lossy();
+    let mut all: Vec<&str> = args.to_vec();
+    all.push(&config);
+    spawn(bin, name, &all, log, ready).map(|(proc, _)| proc)
+}
+
 fn write_toml(path: &Path, conf: &Conf) -> Result<(), DemoError> {
     conf.write(path)
         .map_err(|e| DemoError::Start(format!("writing {}: {e}", path.display())))?;
@@ -107,7 +123,9 @@ impl Cluster {
 
         // Discovery.
         let mut disc = Conf::discovery();
-        disc.set("discovery", "listen", "127.0.0.1:0")
+        // A fixed (free) port, so discovery can be restarted where the
+        // proxies look for it.
+        disc.set("discovery", "listen", format!("127.0.0.1:{}", free_port()))
             .set(
                 "discovery",
                 "heartbeat_interval_ms",
@@ -163,6 +181,9 @@ impl Cluster {
                     toml::Value::from("memory"),
                 )])),
             );
+            if !opts.cors_origins.is_empty() {
+                conf.set("cors", "allowed_origins", opts.cors_origins.clone());
+            }
             let path = dir.path().join(format!("proxy.{code}.toml"));
             write_toml(&path, &conf)?;
             let (proxy, _) = spawn(

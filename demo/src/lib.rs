@@ -18,7 +18,9 @@
 pub mod bench;
 pub mod cluster;
 pub mod geo;
+pub mod live;
 pub mod load;
+pub mod web;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -63,6 +65,9 @@ pub struct DemoOptions {
     /// The region whose proxy is killed (default "us").
     pub kill_region: String,
     pub seed: u64,
+    /// Origins the proxies allow in `[cors]` (the live page's, with
+    /// `--serve`; none otherwise).
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for DemoOptions {
@@ -81,6 +86,7 @@ impl Default for DemoOptions {
             kill_at: 0.3,
             kill_region: "us".into(),
             seed: 7,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -324,16 +330,40 @@ pub fn table(s: &Summary) -> String {
     out
 }
 
-/// `tether demo --serve`: start the cluster, print where everything is,
-/// wait for Ctrl-C, stop everything.
-pub fn serve(opts: &DemoOptions) -> Result<(), DemoError> {
+/// Simulated clients the live page's crowd runs by default (`--serve`).
+pub const CROWD: usize = 9;
+
+/// The page's own client waits this long in "Reconnecting…" (long enough
+/// to watch the countdown; the crowd uses `reconnect_wait`).
+pub const PAGE_RECONNECT_WAIT: Duration = Duration::from_secs(5);
+
+/// `tether demo --serve`: start the cluster with the live page on
+/// `page_listen` (port 0: any free port), `crowd` simulated clients,
+/// print where everything is (and one `TETHER_DEMO_READY {json}` line for
+/// scripts), wait for Ctrl-C or SIGTERM, stop everything.
+pub fn serve(
+    opts: &DemoOptions,
+    page_listen: std::net::SocketAddr,
+    crowd: usize,
+) -> Result<(), DemoError> {
     opts.validate()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let cluster = cluster::Cluster::start(opts).await?;
+        use std::io::Write;
+        let listener = tokio::net::TcpListener::bind(page_listen).await?;
+        let page = listener.local_addr()?;
+        let page_url = format!("http://{page}/");
+        let mut opts = opts.clone();
+        // The proxies allow the page's origin (docs/browser.md).
+        opts.cors_origins.push(format!("http://{page}"));
+        if page.ip().is_loopback() {
+            opts.cors_origins
+                .push(format!("http://localhost:{}", page.port()));
+        }
+        let cluster = cluster::Cluster::start(&opts).await?;
         println!("tether demo cluster is up (Ctrl-C stops everything)\n");
         println!("discovery   {}/v1/servers   (metrics: {}/metrics)", cluster.discovery_url, cluster.discovery_url);
         for r in &cluster.regions {
@@ -348,9 +378,53 @@ pub fn serve(opts: &DemoOptions) -> Result<(), DemoError> {
         println!("  curl -s {eu}/orders/x -H \"authorization: Bearer $ACCESS\"     # with the Tether-Access-Token from the login");
         println!("  curl -s {eu}/closestToMe");
         println!("configs and logs: {}", cluster.logs().display());
-        tokio::signal::ctrl_c().await?;
+
+        let machine = serde_json::json!({
+            "page": page_url,
+            "api": format!("{page_url}api/state"),
+            "discovery": cluster.discovery_url,
+            "regions": cluster.regions.iter().map(|r| serde_json::json!({
+                "code": r.code, "serverId": r.server_id, "proxyUrl": r.proxy_url,
+                "adminUrl": r.admin_url, "appUrl": r.app_url,
+            })).collect::<Vec<_>>(),
+        });
+        let proxies: Vec<String> = cluster.regions.iter().map(|r| r.proxy_url.clone()).collect();
+        let live = live::Live::new(crowd);
+        live.note(
+            "info",
+            None,
+            format!("demo up: {} regions, {crowd} simulated clients", cluster.regions.len()),
+        );
+        let crowd = live::start_crowd(live.clone(), proxies, crowd, opts.reconnect_wait);
+        let web = std::sync::Arc::new(web::Web {
+            cluster: tokio::sync::Mutex::new(cluster),
+            live,
+            bin: opts.tether_bin.clone(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_millis(800))
+                .build()
+                .unwrap_or_default(),
+            reconnect_wait_ms: PAGE_RECONNECT_WAIT.as_millis() as u64,
+        });
+        let server = tokio::spawn(web::serve(listener, web.clone()));
+        println!("\nlive page   {page_url}   (open it in a browser)");
+        println!("TETHER_DEMO_READY {machine}");
+        std::io::stdout().flush()?;
+
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r?,
+            _ = term.recv() => {}
+        }
         eprintln!("stopping …");
-        drop(cluster);
+        server.abort();
+        let _ = server.await;
+        for t in crowd {
+            t.abort();
+            let _ = t.await;
+        }
+        // The last reference: dropping it stops every process.
+        drop(web);
         Ok(())
     })
 }

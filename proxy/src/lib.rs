@@ -24,12 +24,15 @@
 //! - `Idempotency-Key` at the edge: [`idempotency`] (claims, stored
 //!   answers, replays), called from the service's phases for requests
 //!   forwarded to this server's app;
+//! - CORS for web apps (preflights, `Access-Control-*` on every answer):
+//!   [`cors`];
 //! - the configuration: [`config`] (file layer, validation, typed layer);
 //! - the wiring of it all: [`server`], over the shared [`State`].
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod config;
+pub mod cors;
 pub mod endpoints;
 pub mod framing;
 pub mod guard;

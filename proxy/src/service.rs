@@ -11,6 +11,8 @@ use std::time::Instant;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::HeaderValue;
+use pingora_core::modules::http::compression::ResponseCompressionBuilder;
+use pingora_core::modules::http::HttpModules;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -22,7 +24,7 @@ use crate::lock::{self, Locked, Verdict};
 use crate::metrics::Outcome;
 use crate::state::State;
 use crate::tokens::TokenError;
-use crate::{endpoints, framing, headers, path, respond};
+use crate::{cors, endpoints, framing, headers, path, respond};
 
 pub struct TetherProxy {
     pub state: Arc<State>,
@@ -148,6 +150,12 @@ impl TetherProxy {
 impl ProxyHttp for TetherProxy {
     type CTX = Ctx;
 
+    fn init_downstream_modules(&self, modules: &mut HttpModules) {
+        // Pingora's default (compression, off), plus CORS when configured.
+        modules.add_module(ResponseCompressionBuilder::enable(0));
+        cors::add_module(&self.state.cfg.cors, modules);
+    }
+
     fn new_ctx(&self) -> Ctx {
         Ctx {
             target: Target::None,
@@ -179,6 +187,11 @@ impl ProxyHttp for TetherProxy {
             ctx.outcome = Outcome::Refused;
             let (fields, bytes) = (limits.max_request_headers, limits.max_request_header_bytes);
             respond::headers_too_large(session, fields, bytes).await?;
+            return Ok(true);
+        }
+        if cors::is_preflight(&state.cfg.cors, session.req_header()) {
+            ctx.outcome = Outcome::Reserved;
+            cors::answer_preflight(session).await?;
             return Ok(true);
         }
         let path = session.req_header().uri.path();

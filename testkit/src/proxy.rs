@@ -24,6 +24,7 @@ pub struct ProxyBuilder<'c> {
     tokens_extra: String,
     limits: String,
     idempotency: String,
+    cors: String,
     tls: Option<(PathBuf, PathBuf)>,
 }
 
@@ -52,6 +53,7 @@ impl<'c> ProxyBuilder<'c> {
             tokens_extra: String::new(),
             limits: String::new(),
             idempotency: String::new(),
+            cors: String::new(),
             tls: None,
         }
     }
@@ -103,6 +105,13 @@ impl<'c> ProxyBuilder<'c> {
     pub fn idempotency(mut self, toml: &str) -> Self {
         self.idempotency.push_str(toml);
         self.idempotency.push('\n');
+        self
+    }
+
+    /// TOML lines for the `[cors]` table (otherwise none: CORS off).
+    pub fn cors(mut self, toml: &str) -> Self {
+        self.cors.push_str(toml);
+        self.cors.push('\n');
         self
     }
 
@@ -169,6 +178,9 @@ impl<'c> ProxyBuilder<'c> {
         c.clear("limits").merge("limits", &self.limits);
         if !self.idempotency.is_empty() {
             c.merge("idempotency", &self.idempotency);
+        }
+        if !self.cors.is_empty() {
+            c.clear("cors").merge("cors", &self.cors);
         }
         c
     }

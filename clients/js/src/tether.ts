@@ -937,9 +937,20 @@ export class TetherClient {
     }
     const answer = await jsonOf(res);
     const next = readRefresh(answer, this.clock.now());
-    if (!this.session || this.session.refreshToken !== old.refreshToken) {
+    if (!this.session || sessionKey(this.session) !== sessionKey(old)) {
       // Logged out (or in again) while the refresh was on the way.
       throw new TetherError("not_logged_in", "the session ended during the refresh");
+    }
+    if (this.session.refreshToken !== old.refreshToken) {
+      // Another tab's refresh of this session was adopted while ours was on
+      // the way (its message came after the lock): the proxy's grace window
+      // answered ours with the same successors. Keep what the tab holds.
+      const now = this.session.server;
+      return {
+        server: { ...now },
+        serverChanged: now.id !== old.server.id,
+        reason: isRecord(answer) && typeof answer.reason === "string" ? answer.reason : "",
+      };
     }
     const reason = isRecord(answer) && typeof answer.reason === "string" ? answer.reason : "";
     const serverChanged = isRecord(answer) && answer.serverChanged === true;

@@ -68,9 +68,17 @@ export class FakeClock implements Clock {
 /** BroadcastChannel semantics: a message goes to every other member, later. */
 export class ChannelHub {
   private readonly members = new Set<FakeChannel>();
-  /** "microtask" or "immediate" (a later macrotask). */
-  delivery: "microtask" | "immediate" = "microtask";
+  /** "microtask", "immediate" (a later macrotask) or "held" (until {@link release}). */
+  delivery: "microtask" | "immediate" | "held" = "microtask";
   posted: unknown[] = [];
+  private held: (() => void)[] = [];
+
+  /** Delivers the messages held so far, now. */
+  release(): void {
+    const due = this.held;
+    this.held = [];
+    for (const d of due) d();
+  }
 
   channel(): FakeChannel {
     const c = new FakeChannel(this);
@@ -84,6 +92,7 @@ export class ChannelHub {
     for (const m of this.members) {
       if (m === from) continue;
       if (this.delivery === "microtask") queueMicrotask(() => m.deliver(copy));
+      else if (this.delivery === "held") this.held.push(() => m.deliver(copy));
       else setImmediate(() => m.deliver(copy));
     }
   }

@@ -145,6 +145,36 @@ describe("tabs of one user", () => {
     assert.equal(ofType(a, "signedout").length + ofType(b, "signedout").length, 0);
   });
 
+  it("a refresh that crossed another tab's message resolves with the shared tokens", async () => {
+    const clock = new FakeClock();
+    const cluster = new FakeCluster(clock);
+    const hub = new ChannelHub();
+    const locks = countingLocks();
+    const a = tab(cluster, clock, { channel: hub.channel(), locks });
+    // The message of A's refresh reaches B only once B's own refresh is on
+    // its way (the lock came first): what two real tabs did in Chromium.
+    const b = tab(cluster, clock, {
+      channel: hub.channel(),
+      locks,
+      fetch: async (input, init) => {
+        if (new URL(String(input)).pathname === "/auth/refresh") hub.release();
+        return cluster.fetch(input, init);
+      },
+    });
+    await a.client.login({});
+    await b.client.restore();
+    await flush();
+    cluster.graceMs = 10_000;
+    hub.delivery = "held";
+    await a.client.refresh();
+    const r = await b.client.refresh();
+    await flush();
+    assert.equal(cluster.count("POST", "/auth/refresh"), 2, "B sent the rotated token");
+    assert.equal(r.server.id, a.client.server?.id);
+    assert.equal(a.client.currentSession?.refreshToken, b.client.currentSession?.refreshToken);
+    assert.equal(ofType(a, "signedout").length + ofType(b, "signedout").length, 0);
+  });
+
   it("a tab counting down goes on at once when another tab got through", async () => {
     const clock = new FakeClock();
     const cluster = new FakeCluster(clock);

@@ -18,6 +18,8 @@ pub(super) struct FileConfig {
     pub(super) limits: FileLimits,
     #[serde(default)]
     pub(super) idempotency: crate::idempotency::config::FileIdempotency,
+    #[serde(default)]
+    pub(super) cors: FileCors,
 }
 
 #[derive(Debug, Deserialize)]
@@ -264,4 +266,29 @@ fn default_body_limit() -> usize {
 }
 fn default_login_answer() -> usize {
     1024 * 1024
+}
+
+/// `[cors]` (docs/design.md §10): off while `allowed_origins` is empty.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileCors {
+    #[serde(default)]
+    pub(super) allowed_origins: Vec<String>,
+    #[serde(default = "default_cors_max_age")]
+    pub(super) max_age_seconds: u64,
+    pub(super) allow_headers: Option<Vec<String>>,
+}
+
+fn default_cors_max_age() -> u64 {
+    600
+}
+
+impl Default for FileCors {
+    fn default() -> Self {
+        FileCors {
+            allowed_origins: Vec::new(),
+            max_age_seconds: default_cors_max_age(),
+            allow_headers: None,
+        }
+    }
 }

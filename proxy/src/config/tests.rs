@@ -258,3 +258,43 @@ fn idempotency_table_is_optional_checked_and_typed() {
         assert!(e.contains("proxy.toml"), "error names the file: {e}");
     }
 }
+
+#[test]
+fn cors_section_checked_naming_the_key() {
+    let f = Fixture::new();
+    let c = f.parse(GOOD).unwrap();
+    assert!(!c.cors.enabled(), "no [cors]: off");
+    let c = f
+        .parse(&format!(
+            "{GOOD}\n[cors]\nallowed_origins = [\"https://app.example.com\", \"http://127.0.0.1:5173\"]\nmax_age_seconds = 120\nallow_headers = [\"Authorization\", \"X-Request-Id\"]\n"
+        ))
+        .unwrap();
+    assert!(c.cors.allows(b"http://127.0.0.1:5173"));
+    assert_eq!(c.cors.max_age, Duration::from_secs(120));
+    assert_eq!(c.cors.allow_headers, "Authorization, X-Request-Id");
+    for (lines, key) in [
+        ("allowed_origins = [\"*\"]", "cors.allowed_origins"),
+        (
+            "allowed_origins = [\"https://app.example.com/\"]",
+            "cors.allowed_origins",
+        ),
+        ("allowed_origins = [\"null\"]", "cors.allowed_origins"),
+        (
+            "allowed_origins = [\"HTTPS://APP.example.com\"]",
+            "cors.allowed_origins",
+        ),
+        ("max_age_seconds = 100000", "cors.max_age_seconds"),
+        ("allow_headers = [\"bad header\"]", "cors.allow_headers"),
+    ] {
+        let e = f
+            .parse(&format!("{GOOD}\n[cors]\n{lines}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(key), "{lines}: {e}");
+    }
+    let e = f
+        .parse(&format!("{GOOD}\n[cors]\nallow_origins = []\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("allow_origins"), "unknown key refused: {e}");
+}

@@ -24,8 +24,11 @@ pub struct ProxyConfig {
     pub login: LoginConfig,
     pub routing: RoutingConfig,
     pub limits: Limits,
-    /// `[idempotency]` (docs/idempotency.md); disabled when absent.
+    /// `[idempotency]` (docs/idempotency.md); on with the memory store
+    /// when absent.
     pub idempotency: crate::idempotency::IdempotencyConfig,
+    /// `[cors]`: browsers from other origins (off when no origin is listed).
+    pub cors: crate::cors::CorsConfig,
 }
 
 /// Who this proxy is: the server a lock names.

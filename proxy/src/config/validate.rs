@@ -10,8 +10,8 @@ use std::time::Duration;
 use tether_protocol::validate::FieldError;
 
 use super::file::{
-    FileConfig, FileDiscovery, FileLimits, FileLogin, FileRouting, FileServer, FileSource,
-    FileTokens, FileUpstream,
+    FileConfig, FileCors, FileDiscovery, FileLimits, FileLogin, FileRouting, FileServer,
+    FileSource, FileTokens, FileUpstream,
 };
 use super::typed::{
     DiscoveryClientConfig, ForeignLock, Limits, LoginConfig, ProxyConfig, RoutingConfig,
@@ -37,6 +37,7 @@ impl Validator<'_> {
         let tls = self.tls(&f.server)?;
         let idempotency = crate::idempotency::config::validate(&f.idempotency)
             .map_err(|e| self.bad(e.key, e.value, e.allowed))?;
+        let cors = self.cors(&f.cors)?;
         Ok(ProxyConfig {
             server,
             listen,
@@ -50,6 +51,7 @@ impl Validator<'_> {
             routing,
             limits,
             idempotency,
+            cors,
         })
     }
 
@@ -320,6 +322,36 @@ impl Validator<'_> {
                 })
                 .collect::<Result<_, _>>()?,
         })
+    }
+
+    /// `[cors]`: exact origins, preflight max age, allowed request headers.
+    fn cors(&self, c: &FileCors) -> Result<crate::cors::CorsConfig, ConfigError> {
+        for o in &c.allowed_origins {
+            crate::cors::check_origin(o)
+                .map_err(|m| self.bad("cors.allowed_origins", format!("{o:?}"), m))?;
+        }
+        let max_age = self.range(
+            "cors.max_age_seconds",
+            c.max_age_seconds,
+            (0, 86_400),
+            " seconds",
+        )?;
+        let mut cfg = crate::cors::CorsConfig {
+            allowed_origins: c.allowed_origins.clone(),
+            max_age: Duration::from_secs(max_age),
+            ..crate::cors::CorsConfig::default()
+        };
+        if let Some(names) = &c.allow_headers {
+            if let Some(n) = names.iter().find(|n| !crate::cors::check_header_name(n)) {
+                return Err(self.bad(
+                    "cors.allow_headers",
+                    format!("{n:?}"),
+                    "each entry is a header name, e.g. \"X-Request-Id\"",
+                ));
+            }
+            cfg.allow_headers = names.join(", ");
+        }
+        Ok(cfg)
     }
 
     /// `[limits]`: body, header and connection caps.
