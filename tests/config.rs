@@ -68,7 +68,9 @@ fn the_idempotency_example_passes_when_uncommented() {
     let start = eu
         .find("# [idempotency]\n")
         .expect("example in proxy.eu.toml");
-    let (head, example) = eu.split_at(start);
+    let (head, rest) = eu.split_at(start);
+    // The example runs to the next blank line (other examples follow).
+    let (example, tail) = rest.split_at(rest.find("\n\n").map_or(rest.len(), |i| i + 1));
     // `# key = ...` lines are the memory example; `# # key = ...` lines
     // the Redis variant; other `# # ` lines are prose.
     let uncomment = |l: &str, variant: bool| -> String {
@@ -88,7 +90,7 @@ fn the_idempotency_example_passes_when_uncommented() {
         .collect();
     for (name, example) in [("memory", memory), ("redis", redis)] {
         let p = dir.path().join(format!("idem-{name}.toml"));
-        std::fs::write(&p, format!("{head}{example}")).unwrap();
+        std::fs::write(&p, format!("{head}{example}{tail}")).unwrap();
         let (ok, out) = check(&p);
         assert!(ok, "{name}: {out}");
     }

@@ -19,6 +19,8 @@
 //! - the registry snapshot checked and swapped: [`registry`] (the gate and
 //!   the `ArcSwap`ed view), fed by the poller in [`sync`], which also runs
 //!   the heartbeats, key-ring reloads and load sampling;
+//! - the one path and unambiguous framing, settled before anything reads
+//!   a request: [`path`] (the canonical path), [`framing`];
 //! - headers read, added and stripped: [`headers`]; the hop marker between
 //!   proxies: [`hop`];
 //! - `Idempotency-Key` at the edge: [`idempotency`] (claims, stored
