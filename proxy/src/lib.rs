@@ -22,6 +22,8 @@
 //! - headers read, added and stripped: [`headers`]; the hop marker between
 //!   proxies: [`hop`];
 //! - the configuration: [`config`] (file layer, validation, typed layer);
+//! - shutdown grace, upgrade handover, the clients still locked here
+//!   (for drains): [`lifecycle`];
 //! - the wiring of it all: [`server`], over the shared [`State`].
 #![forbid(unsafe_code)]
 
@@ -32,6 +34,7 @@ pub mod framing;
 pub mod guard;
 pub mod headers;
 pub mod hop;
+pub mod lifecycle;
 pub mod load;
 pub mod lock;
 pub mod metrics;

@@ -25,6 +25,8 @@ pub enum Error {
     Http(#[from] reqwest::Error),
     #[error("TLS on the client listener: {0}")]
     Tls(String),
+    #[error("upgrade: {0}")]
+    Upgrade(String),
 }
 
 /// Everything the request path and the background tasks share.
@@ -49,6 +51,8 @@ pub struct State {
     /// Refresh families revoked by a logout at this proxy, with the time
     /// (Unix seconds) after which their tokens have expired anyway.
     pub revoked: Mutex<HashMap<String, u64>>,
+    /// Shutdown grace and the clients still locked here (`lifecycle`).
+    pub lifecycle: crate::lifecycle::Lifecycle,
 }
 
 impl State {
@@ -65,11 +69,13 @@ impl State {
             .timeout(cfg.upstream.read_timeout)
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
+        let metrics = Metrics::new(&cfg.server.id);
+        let lifecycle = crate::lifecycle::Lifecycle::new(&cfg, &metrics);
         let state = Arc::new(State {
             tokens: TokenStore::new(&cfg.tokens),
             registry: RegistryState::new(RegistryView::default()),
             upstream,
-            metrics: Metrics::new(&cfg.server.id),
+            metrics,
             load: Load::default(),
             prober: Prober::new(
                 cfg.routing.probe_timeout,
@@ -90,6 +96,7 @@ impl State {
             discovery_http,
             upstream_http,
             revoked: Mutex::new(HashMap::new()),
+            lifecycle,
             cfg,
         });
         Ok(state)

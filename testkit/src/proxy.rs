@@ -23,6 +23,7 @@ pub struct ProxyBuilder<'c> {
     routing_extra: String,
     tokens_extra: String,
     limits: String,
+    server_extra: String,
     tls: Option<(PathBuf, PathBuf)>,
 }
 
@@ -50,6 +51,7 @@ impl<'c> ProxyBuilder<'c> {
             routing_extra: String::new(),
             tokens_extra: String::new(),
             limits: String::new(),
+            server_extra: String::new(),
             tls: None,
         }
     }
@@ -88,6 +90,13 @@ impl<'c> ProxyBuilder<'c> {
         self
     }
 
+    /// Extra TOML lines for the `[server]` table (e.g. the shutdown keys).
+    pub fn server_extra(mut self, toml: &str) -> Self {
+        self.server_extra.push_str(toml);
+        self.server_extra.push('\n');
+        self
+    }
+
     /// TOML lines for the `[limits]` table (otherwise empty: defaults).
     pub fn limits(mut self, toml: &str) -> Self {
         self.limits.push_str(toml);
@@ -119,7 +128,8 @@ impl<'c> ProxyBuilder<'c> {
             )
             .set("server", "listen", format!("127.0.0.1:{port}"))
             .set("server", "admin_listen", format!("127.0.0.1:{admin_port}"))
-            .set("server", "worker_threads", 1i64);
+            .set("server", "worker_threads", 1i64)
+            .merge("server", &self.server_extra);
         if let Some((cert, key)) = &self.tls {
             c.set("server", "tls_cert_file", cert.to_string_lossy().as_ref())
                 .set("server", "tls_key_file", key.to_string_lossy().as_ref());

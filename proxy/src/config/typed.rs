@@ -24,6 +24,8 @@ pub struct ProxyConfig {
     pub login: LoginConfig,
     pub routing: RoutingConfig,
     pub limits: Limits,
+    /// `[server]` shutdown and upgrade keys.
+    pub lifecycle: crate::lifecycle::LifecycleConfig,
 }
 
 /// Who this proxy is: the server a lock names.
