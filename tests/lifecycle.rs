@@ -38,9 +38,11 @@ async fn sigterm_fails_health_then_lets_requests_in_flight_finish() {
     let url = format!("{}/public/slow?delay_ms=2500", eu.url);
     let http = c.http.clone();
     let slow = tokio::spawn(async move { http.get(url).send().await });
-    eventually(Duration::from_secs(5), "slow request at the upstream", || async {
-        app.requests() >= 1
-    })
+    eventually(
+        Duration::from_secs(5),
+        "slow request at the upstream",
+        || async { app.requests() >= 1 },
+    )
     .await;
     let signalled = Instant::now();
     assert!(eu.proc.signal("TERM"));
@@ -51,29 +53,52 @@ async fn sigterm_fails_health_then_lets_requests_in_flight_finish() {
         matches!(c.http.get(format!("{}/healthz", eu.admin)).send().await, Ok(r) if r.status() == 503)
     })
     .await;
-    let r = c.http.get(format!("{}/public/during-grace", eu.url)).send().await;
+    let r = c
+        .http
+        .get(format!("{}/public/during-grace", eu.url))
+        .send()
+        .await;
     assert_eq!(
         r.expect("served during the grace").status(),
         200,
         "a new connection during the grace is served"
     );
-    let r = c.http.get(format!("{}/healthz", eu.url)).send().await.unwrap();
+    let r = c
+        .http
+        .get(format!("{}/healthz", eu.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 503);
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"], "shutting_down");
     let servers = format!("{}/v1/servers", c.discovery_url());
-    eventually(Duration::from_secs(2), "discovery lists eu-1 draining", || async {
-        let v: serde_json::Value = c.http.get(&servers).send().await.unwrap().json().await.unwrap();
-        v["servers"]
-            .as_array()
-            .is_some_and(|s| s.iter().any(|s| s["id"] == "eu-1" && s["draining"] == true))
-    })
+    eventually(
+        Duration::from_secs(2),
+        "discovery lists eu-1 draining",
+        || async {
+            let v: serde_json::Value = c
+                .http
+                .get(&servers)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["servers"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|s| s["id"] == "eu-1" && s["draining"] == true))
+        },
+    )
     .await;
 
     // After the grace the listener closes; the request in flight finishes.
-    eventually(Duration::from_secs(6), "listener closed after the grace", || async {
-        refused(eu.addr).await
-    })
+    eventually(
+        Duration::from_secs(6),
+        "listener closed after the grace",
+        || async { refused(eu.addr).await },
+    )
     .await;
     assert!(
         signalled.elapsed() >= Duration::from_secs(2),
@@ -181,9 +206,11 @@ async fn upgrade_hands_over_the_sockets_under_load() {
         .ready("listening on")
         .ready_within(Duration::from_secs(20));
     let new = tokio::task::spawn_blocking(move || spawn.start());
-    eventually(Duration::from_secs(10), "new process on the upgrade socket", || async {
-        sock.exists()
-    })
+    eventually(
+        Duration::from_secs(10),
+        "new process on the upgrade socket",
+        || async { sock.exists() },
+    )
     .await;
     let before = ok.load(Ordering::SeqCst);
     assert!(old.proc.signal("QUIT"));
@@ -205,16 +232,23 @@ async fn upgrade_hands_over_the_sockets_under_load() {
     let status = status.expect("the old process exits after the handover");
     assert!(status.success(), "old exit status {status:?}");
     let at_old_exit = ok.load(Ordering::SeqCst);
-    eventually(Duration::from_secs(5), "load served by the new process", || async {
-        ok.load(Ordering::SeqCst) >= at_old_exit + 50
-    })
+    eventually(
+        Duration::from_secs(5),
+        "load served by the new process",
+        || async { ok.load(Ordering::SeqCst) >= at_old_exit + 50 },
+    )
     .await;
     stop.store(true, Ordering::SeqCst);
     for t in clients {
         t.await.unwrap();
     }
     assert!(new.is_running(), "the new process is serving");
-    let r = c.http.get(format!("{}/healthz", old.admin)).send().await.unwrap();
+    let r = c
+        .http
+        .get(format!("{}/healthz", old.admin))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200, "the admin listener was handed over too");
     let failed = failed.lock().unwrap().clone();
     eprintln!(
@@ -274,9 +308,11 @@ async fn drain_moves_clients_keeps_critical_tasks_and_can_be_undone() {
         let r = cl.get("/work").await.unwrap();
         assert_eq!(r.status, 200);
     }
-    eventually(Duration::from_secs(5), "4 clients locked to eu-1", || async {
-        locked_clients(&eu1, &c.http).await == Some(4.0)
-    })
+    eventually(
+        Duration::from_secs(5),
+        "4 clients locked to eu-1",
+        || async { locked_clients(&eu1, &c.http).await == Some(4.0) },
+    )
     .await;
 
     let eu2 = c.proxy("eu-2", "eu").upstream(&app2).start().await;
@@ -295,7 +331,10 @@ async fn drain_moves_clients_keeps_critical_tasks_and_can_be_undone() {
     );
     let out = tether(
         &["drain", "eu-1"],
-        &[("TETHER_DISCOVERY_URL", &disc), ("TETHER_ADMIN_TOKEN", "wrong")],
+        &[
+            ("TETHER_DISCOVERY_URL", &disc),
+            ("TETHER_ADMIN_TOKEN", "wrong"),
+        ],
     );
     assert!(!out.status.success());
     assert!(
@@ -305,7 +344,14 @@ async fn drain_moves_clients_keeps_critical_tasks_and_can_be_undone() {
     let token_file = c.path("admin.token");
     let token_file = token_file.to_str().unwrap();
     let out = tether(
-        &["drain", "nope-9", "--discovery", &disc, "--admin-token-file", token_file],
+        &[
+            "drain",
+            "nope-9",
+            "--discovery",
+            &disc,
+            "--admin-token-file",
+            token_file,
+        ],
         &[],
     );
     assert!(!out.status.success());
@@ -316,7 +362,14 @@ async fn drain_moves_clients_keeps_critical_tasks_and_can_be_undone() {
 
     // The drain.
     let out = tether(
-        &["drain", "eu-1", "--discovery", &disc, "--admin-token-file", token_file],
+        &[
+            "drain",
+            "eu-1",
+            "--discovery",
+            &disc,
+            "--admin-token-file",
+            token_file,
+        ],
         &[],
     );
     assert!(out.status.success(), "{out:?}");
@@ -332,10 +385,9 @@ async fn drain_moves_clients_keeps_critical_tasks_and_can_be_undone() {
                 .json()
                 .await
                 .unwrap();
-            v["servers"].as_array().is_some_and(|s| {
-                s.iter()
-                    .any(|s| s["id"] == "eu-1" && s["draining"] == want)
-            })
+            v["servers"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|s| s["id"] == "eu-1" && s["draining"] == want))
         }
     };
     eventually(Duration::from_secs(5), "eu-1 sees itself draining", || {
@@ -345,7 +397,10 @@ async fn drain_moves_clients_keeps_critical_tasks_and_can_be_undone() {
 
     // At their next refresh: the critical client stays, the others move.
     let r = clients[0].refresh().await.unwrap();
-    assert_eq!((r.server.id.as_str(), r.reason.as_str()), ("eu-1", "critical_task"));
+    assert_eq!(
+        (r.server.id.as_str(), r.reason.as_str()),
+        ("eu-1", "critical_task")
+    );
     for cl in &clients[1..] {
         let r = cl.refresh().await.unwrap();
         assert_eq!(r.server.id, "eu-2", "reason {}", r.reason);
@@ -354,35 +409,50 @@ async fn drain_moves_clients_keeps_critical_tasks_and_can_be_undone() {
     }
     let body: serde_json::Value = clients[0].get("/still").await.unwrap().json().unwrap();
     assert_eq!(body["server"], "eu-1", "a critical task keeps its server");
-    eventually(Duration::from_secs(5), "1 client still locked to eu-1", || async {
-        locked_clients(&eu1, &c.http).await == Some(1.0)
-    })
+    eventually(
+        Duration::from_secs(5),
+        "1 client still locked to eu-1",
+        || async { locked_clients(&eu1, &c.http).await == Some(1.0) },
+    )
     .await;
 
     // The task ends; the next refresh moves that client too: eu-1 is empty.
     drop(task);
     let r = clients[0].refresh().await.unwrap();
     assert_eq!(r.server.id, "eu-2", "reason {}", r.reason);
-    eventually(Duration::from_secs(5), "no client locked to eu-1", || async {
-        locked_clients(&eu1, &c.http).await == Some(0.0)
-    })
+    eventually(
+        Duration::from_secs(5),
+        "no client locked to eu-1",
+        || async { locked_clients(&eu1, &c.http).await == Some(0.0) },
+    )
     .await;
-    eventually(Duration::from_secs(5), "the moved clients count at eu-2", || async {
-        locked_clients(&eu2, &c.http).await >= Some(3.0)
-    })
+    eventually(
+        Duration::from_secs(5),
+        "the moved clients count at eu-2",
+        || async { locked_clients(&eu2, &c.http).await >= Some(3.0) },
+    )
     .await;
 
     // Undrain: discovery clears it and eu-1's heartbeats do not set it
     // again.
     let out = tether(
-        &["undrain", "eu-1", "--discovery", &disc, "--admin-token-file", token_file],
+        &[
+            "undrain",
+            "eu-1",
+            "--discovery",
+            &disc,
+            "--admin-token-file",
+            token_file,
+        ],
         &[],
     );
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("no longer draining"));
-    eventually(Duration::from_secs(5), "eu-1 sees itself not draining", || {
-        draining(&eu1, false)
-    })
+    eventually(
+        Duration::from_secs(5),
+        "eu-1 sees itself not draining",
+        || draining(&eu1, false),
+    )
     .await;
     // Ten heartbeat intervals later it is still not draining.
     let until = Instant::now() + Duration::from_millis(10 * c.timing.heartbeat_ms);
@@ -400,7 +470,10 @@ async fn drain_moves_clients_keeps_critical_tasks_and_can_be_undone() {
             .as_array()
             .and_then(|s| s.iter().find(|s| s["id"] == "eu-1").cloned())
             .expect("eu-1 listed");
-        assert_eq!(eu1_entry["draining"], false, "heartbeats re-asserted the drain");
+        assert_eq!(
+            eu1_entry["draining"], false,
+            "heartbeats re-asserted the drain"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     drop(eu2);

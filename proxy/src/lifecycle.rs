@@ -264,3 +264,45 @@ pub fn check_upgrade_socket(cfg: &LifecycleConfig) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locked_clients_count_distinct_families_and_forget_moved_ones() {
+        let l = LockedClients::new(Duration::from_secs(60));
+        l.seen("fam-a");
+        l.seen("fam-a");
+        l.seen("fam-b");
+        assert_eq!(l.count(), 2);
+        l.moved("fam-a");
+        assert_eq!(l.count(), 1);
+        l.moved("fam-unknown");
+        assert_eq!(l.count(), 1);
+    }
+
+    #[test]
+    fn locked_clients_age_out_after_the_window() {
+        let l = LockedClients::new(Duration::ZERO);
+        l.seen("fam-a");
+        assert_eq!(l.count(), 0);
+    }
+
+    #[test]
+    fn upgrade_socket_folder_must_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = LifecycleConfig {
+            shutdown_grace: Duration::ZERO,
+            shutdown_timeout: Duration::from_secs(1),
+            upgrade_socket: dir.path().join("u.sock"),
+        };
+        assert!(check_upgrade_socket(&ok).is_ok());
+        let missing = LifecycleConfig {
+            upgrade_socket: dir.path().join("nope/u.sock"),
+            ..ok
+        };
+        let e = check_upgrade_socket(&missing).unwrap_err();
+        assert!(e.contains("server.upgrade_socket"), "{e}");
+    }
+}
