@@ -395,6 +395,17 @@ async fn drain_moves_clients_keeps_critical_tasks_and_can_be_undone() {
     })
     .await;
 
+    // A new login at eu-1 is placed on eu-2.
+    let newcomer = sdk_client(&eu1.url);
+    let login = newcomer
+        .login(&json!({"username": "newcomer", "password": "x"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        login.server.id, "eu-2",
+        "a login is not placed on a draining server"
+    );
+
     // At their next refresh: the critical client stays, the others move.
     let r = clients[0].refresh().await.unwrap();
     assert_eq!(

@@ -72,14 +72,20 @@ impl Lifecycle {
     pub fn new(cfg: &ProxyConfig, metrics: &Metrics) -> Lifecycle {
         Lifecycle {
             shutting_down: AtomicBool::new(false),
-            shutting_down_gauge: metrics.gauge(
-                "shutting_down",
-                "1 from SIGTERM on: /healthz fails and heartbeats report draining",
+            shutting_down_gauge: metrics.register_gauge(
+                IntGauge::new(
+                    "shutting_down",
+                    "1 from SIGTERM on: /healthz fails and heartbeats report draining",
+                )
+                .expect("static metric"),
             ),
             locked: LockedClients::new(cfg.tokens.access_ttl + cfg.tokens.leeway),
-            locked_gauge: metrics.gauge(
-                "locked_clients",
-                "Distinct refresh families that sent a request locked to this server within the last access-token lifetime",
+            locked_gauge: metrics.register_gauge(
+                IntGauge::new(
+                    "locked_clients",
+                    "Distinct refresh families that sent a request locked to this server within the last access-token lifetime",
+                )
+                .expect("static metric"),
             ),
         }
     }

@@ -395,8 +395,7 @@ impl Metrics {
     }
 
     /// Registers a gauge that another module owns and sets (`lifecycle`).
-    pub fn gauge(&self, name: &str, help: &str) -> IntGauge {
-        let g = IntGauge::new(name, help).expect("static metric");
+    pub fn register_gauge(&self, g: IntGauge) -> IntGauge {
         if let Err(e) = self.registry.register(Box::new(g.clone())) {
             tracing::error!("metric registration failed: {e}");
         }
