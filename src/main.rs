@@ -8,6 +8,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod drain;
+
 // mimalloc: fewer instructions per allocation than glibc malloc on the
 // proxy's request path, where Pingora allocates tens of times per request
 // (docs/benchmarks.md).
@@ -32,6 +34,11 @@ enum Command {
         /// Proxy config file (TOML), e.g. conf/proxy.eu.toml.
         #[arg(long, short)]
         config: PathBuf,
+        /// Take over the listening sockets of the running proxy (zero-
+        /// downtime upgrade): waits on `server.upgrade_socket` until the
+        /// old process is sent SIGQUIT. See docs/deploy.md, "Upgrading".
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Run the central discovery service.
     Discovery {
@@ -39,6 +46,11 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Drain a server at discovery: no new clients are placed there, its
+    /// clients move at their next refresh (`--undo` removes the mark).
+    Drain(drain::DrainArgs),
+    /// Remove a drain mark (`tether drain --undo`).
+    Undrain(drain::DrainArgs),
     /// Validate a config file (proxy or discovery) and exit.
     Check {
         /// The file to check.
@@ -184,9 +196,11 @@ fn main() -> ExitCode {
     );
     exit_with_parent();
     let result = match cli.command {
-        Command::Proxy { config } => run_proxy(&config),
+        Command::Proxy { config, upgrade } => run_proxy(&config, upgrade),
         Command::Discovery { config } => run_discovery(&config),
         Command::Check { file } => check(&file),
+        Command::Drain(args) => drain::run(args),
+        Command::Undrain(args) => drain::run(drain::DrainArgs { undo: true, ..args }),
         Command::SampleApp(args) => tether_sampleapp::cli::run(args).map_err(anyhow::Error::from),
         Command::Demo(args) => demo(args),
         Command::Bench(args) => bench(args),
@@ -222,11 +236,11 @@ fn run_discovery(path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_proxy(path: &std::path::Path) -> anyhow::Result<()> {
+fn run_proxy(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
     let config = tether_proxy::config::load(path)?;
     // Pingora owns the process from here: its own runtimes, signals and
     // graceful shutdown.
-    tether_proxy::run(config)?;
+    tether_proxy::server::run_with(config, upgrade)?;
     Ok(())
 }
 

@@ -42,7 +42,13 @@ impl ServeHttp for Admin {
                 reply(200, "text/plain; version=0.0.4", state.metrics.render())
             }
             "/healthz" => {
-                if state.upstream_healthy() {
+                if state.lifecycle.shutting_down() {
+                    reply(
+                        503,
+                        "application/json",
+                        b"{\"status\":\"unavailable\",\"error\":\"shutting_down\"}".to_vec(),
+                    )
+                } else if state.upstream_healthy() {
                     reply(200, "application/json", b"{\"status\":\"ok\"}".to_vec())
                 } else {
                     reply(

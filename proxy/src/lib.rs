@@ -29,6 +29,8 @@
 //! - CORS for web apps (preflights, `Access-Control-*` on every answer):
 //!   [`cors`];
 //! - the configuration: [`config`] (file layer, validation, typed layer);
+//! - shutdown grace, upgrade handover, the clients still locked here
+//!   (for drains): [`lifecycle`];
 //! - the wiring of it all: [`server`], over the shared [`State`].
 #![forbid(unsafe_code)]
 
@@ -41,6 +43,7 @@ pub mod guard;
 pub mod headers;
 pub mod hop;
 pub mod idempotency;
+pub mod lifecycle;
 pub mod load;
 pub mod lock;
 pub mod metrics;

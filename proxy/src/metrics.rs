@@ -406,6 +406,14 @@ impl Metrics {
         }
     }
 
+    /// Registers a gauge that another module owns and sets (`lifecycle`).
+    pub fn register_gauge(&self, g: IntGauge) -> IntGauge {
+        if let Err(e) = self.registry.register(Box::new(g.clone())) {
+            tracing::error!("metric registration failed: {e}");
+        }
+        g
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> Vec<u8> {
         let mut buf = Vec::with_capacity(8 * 1024);

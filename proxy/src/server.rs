@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use pingora_core::server::configuration::ServerConf;
-use pingora_core::server::Server;
+use pingora_core::server::{RunArgs, Server};
 use pingora_core::services::background::background_service;
 use tether_protocol::wire::Snapshot;
 
@@ -13,22 +13,47 @@ use crate::config::ProxyConfig;
 use crate::registry::RegistryView;
 use crate::service::TetherProxy;
 use crate::state::{Error, State};
-use crate::{admin, guard, sync, tls, upstream};
+use crate::{admin, guard, lifecycle, sync, tls, upstream};
 
-/// Runs the proxy until SIGTERM/SIGINT. Pingora owns the process: its
-/// runtimes, signal handling and graceful shutdown.
+/// Runs the proxy until SIGTERM/SIGINT (or SIGQUIT after an upgrade
+/// handover). Pingora owns the process: its runtimes and graceful
+/// shutdown; the signals go through [`lifecycle::Signals`].
 pub fn run(cfg: ProxyConfig) -> Result<(), Error> {
+    run_with(cfg, false)
+}
+
+/// [`run`]; with `upgrade`, the listening sockets are taken over from the
+/// running process, which hands them over on SIGQUIT (`lifecycle`).
+pub fn run_with(cfg: ProxyConfig, upgrade: bool) -> Result<(), Error> {
+    let lc = &cfg.lifecycle;
+    if upgrade {
+        lifecycle::check_upgrade_socket(lc).map_err(Error::Upgrade)?;
+    }
     let mut conf = ServerConf {
         threads: cfg.worker_threads.get(),
         // Measured on 2-core machines: no work stealing keeps a request on
         // one thread and avoids cross-thread wake-ups (shared/notes).
         work_stealing: false,
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(2),
+        // After the listeners close (the health grace is before, in
+        // `lifecycle::Signals`): requests in flight get the timeout; the
+        // runtimes then stop within a second.
+        grace_period_seconds: Some(lc.shutdown_timeout.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(1),
+        upgrade_sock: lc.upgrade_socket.to_string_lossy().into_owned(),
         ..ServerConf::default()
     };
     conf.upstream_keepalive_pool_size = 256;
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = pingora_core::server::configuration::Opt {
+        upgrade,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    if upgrade {
+        println!(
+            "waiting for the running proxy's sockets on {} (send it SIGQUIT)",
+            lc.upgrade_socket.display()
+        );
+    }
     server.bootstrap();
 
     let lb = upstream::build(&cfg.upstream).map_err(|e| Error::Upstream(e.to_string()))?;
@@ -122,6 +147,12 @@ pub fn run(cfg: ProxyConfig) -> Result<(), Error> {
     server.add_service(poller);
     server.add_service(reloader);
     server.add_service(sampler);
+    server.add_service(background_service(
+        "lifecycle watcher",
+        lifecycle::Watcher {
+            state: state.clone(),
+        },
+    ));
     server.add_service(proxy);
     server.add_service(admin);
     tracing::info!(
@@ -135,5 +166,8 @@ pub fn run(cfg: ProxyConfig) -> Result<(), Error> {
         "tether proxy {} listening on http://{listen} admin http://{admin_listen}",
         state.cfg.server.id
     );
-    server.run_forever();
+    server.run(RunArgs {
+        shutdown_signal: Box::new(lifecycle::Signals { state }),
+    });
+    std::process::exit(0)
 }

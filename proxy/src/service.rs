@@ -90,7 +90,11 @@ impl TetherProxy {
         let me = state.cfg.server.id.as_str();
         let token = headers::bearer(session)?;
         state.tokens.with_access(token, |claims| {
-            lock::locate(&view, me, claims, |id| state.prober.is_known_dead(id))
+            let located = lock::locate(&view, me, claims, |id| state.prober.is_known_dead(id));
+            if let Ok(Locked::Here(_)) = &located {
+                state.lifecycle.locked.seen(claims.fam);
+            }
+            located
         })?
     }
 

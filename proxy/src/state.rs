@@ -27,6 +27,8 @@ pub enum Error {
     Tls(String),
     #[error("{0}")]
     Idempotency(#[from] crate::idempotency::BuildError),
+    #[error("upgrade: {0}")]
+    Upgrade(String),
 }
 
 /// Everything the request path and the background tasks share.
@@ -53,6 +55,8 @@ pub struct State {
     pub revoked: Mutex<HashMap<String, u64>>,
     /// The `Idempotency-Key` engine; `None` when `[idempotency]` is off.
     pub idem: Option<Arc<crate::idempotency::Idempotency>>,
+    /// Shutdown grace and the clients still locked here (`lifecycle`).
+    pub lifecycle: crate::lifecycle::Lifecycle,
 }
 
 impl State {
@@ -77,6 +81,7 @@ impl State {
             )?),
             false => None,
         };
+        let lifecycle = crate::lifecycle::Lifecycle::new(&cfg, &metrics);
         let state = Arc::new(State {
             tokens: TokenStore::new(&cfg.tokens),
             registry: RegistryState::new(RegistryView::default()),
@@ -103,6 +108,7 @@ impl State {
             upstream_http,
             revoked: Mutex::new(HashMap::new()),
             idem,
+            lifecycle,
             cfg,
         });
         Ok(state)

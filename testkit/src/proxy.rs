@@ -25,6 +25,7 @@ pub struct ProxyBuilder<'c> {
     limits: String,
     idempotency: String,
     cors: String,
+    server_extra: String,
     tls: Option<(PathBuf, PathBuf)>,
 }
 
@@ -54,6 +55,7 @@ impl<'c> ProxyBuilder<'c> {
             limits: String::new(),
             idempotency: String::new(),
             cors: String::new(),
+            server_extra: String::new(),
             tls: None,
         }
     }
@@ -89,6 +91,13 @@ impl<'c> ProxyBuilder<'c> {
     pub fn routing_extra(mut self, toml: &str) -> Self {
         self.routing_extra.push_str(toml);
         self.routing_extra.push('\n');
+        self
+    }
+
+    /// Extra TOML lines for the `[server]` table (e.g. the shutdown keys).
+    pub fn server_extra(mut self, toml: &str) -> Self {
+        self.server_extra.push_str(toml);
+        self.server_extra.push('\n');
         self
     }
 
@@ -139,7 +148,8 @@ impl<'c> ProxyBuilder<'c> {
             )
             .set("server", "listen", format!("127.0.0.1:{port}"))
             .set("server", "admin_listen", format!("127.0.0.1:{admin_port}"))
-            .set("server", "worker_threads", 1i64);
+            .set("server", "worker_threads", 1i64)
+            .merge("server", &self.server_extra);
         if let Some((cert, key)) = &self.tls {
             c.set("server", "tls_cert_file", cert.to_string_lossy().as_ref())
                 .set("server", "tls_key_file", key.to_string_lossy().as_ref());

@@ -70,6 +70,15 @@ impl Upstream {
                 path: path.clone(),
                 headers: hm.clone(),
             });
+            // `?delay_ms=N`: a slow upstream (shutdown and upgrade tests),
+            // recorded in `seen` before the wait.
+            if let Some(ms) = uri.query().and_then(|q| {
+                q.split('&')
+                    .find_map(|kv| kv.strip_prefix("delay_ms="))
+                    .and_then(|v| v.parse::<u64>().ok())
+            }) {
+                tokio::time::sleep(std::time::Duration::from_millis(ms.min(30_000))).await;
+            }
             let mut extra = HeaderMap::new();
             extra.insert("x-upstream", st.name.parse().unwrap());
             if path == "/login" {

@@ -36,10 +36,26 @@ pub(super) struct FileServer {
     /// HTTPS (rustls) instead of plain HTTP.
     pub(super) tls_cert_file: Option<String>,
     pub(super) tls_key_file: Option<String>,
+    /// Shutdown and upgrade (docs/proxy.md, "Stopping and upgrading").
+    #[serde(default = "default_shutdown_grace")]
+    pub(super) shutdown_grace_seconds: u64,
+    #[serde(default = "default_shutdown_timeout")]
+    pub(super) shutdown_timeout_seconds: u64,
+    #[serde(default = "default_upgrade_socket")]
+    pub(super) upgrade_socket: String,
 }
 
 fn one() -> usize {
     1
+}
+fn default_shutdown_grace() -> u64 {
+    crate::lifecycle::DEFAULT_SHUTDOWN_GRACE_SECONDS
+}
+fn default_shutdown_timeout() -> u64 {
+    crate::lifecycle::DEFAULT_SHUTDOWN_TIMEOUT_SECONDS
+}
+fn default_upgrade_socket() -> String {
+    crate::lifecycle::DEFAULT_UPGRADE_SOCKET.into()
 }
 
 #[derive(Debug, Deserialize)]

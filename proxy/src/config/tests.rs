@@ -298,3 +298,39 @@ fn cors_section_checked_naming_the_key() {
         .to_string();
     assert!(e.contains("allow_origins"), "unknown key refused: {e}");
 }
+
+#[test]
+fn shutdown_and_upgrade_keys() {
+    let f = Fixture::new();
+    let c = f.parse(GOOD).unwrap();
+    assert_eq!(c.lifecycle.shutdown_grace, Duration::from_secs(40));
+    assert_eq!(c.lifecycle.shutdown_timeout, Duration::from_secs(20));
+    assert_eq!(
+        c.lifecycle.upgrade_socket,
+        PathBuf::from("/run/tether-proxy/upgrade.sock")
+    );
+    let set = GOOD.replace(
+        "[server]",
+        "[server]\nshutdown_grace_seconds = 0\nshutdown_timeout_seconds = 5\nupgrade_socket = \"/tmp/u.sock\"",
+    );
+    let c = f.parse(&set).unwrap();
+    assert_eq!(c.lifecycle.shutdown_grace, Duration::ZERO);
+    assert_eq!(c.lifecycle.shutdown_timeout, Duration::from_secs(5));
+    assert_eq!(c.lifecycle.upgrade_socket, PathBuf::from("/tmp/u.sock"));
+    let swap = |extra: &str| GOOD.replace("[server]", &format!("[server]\n{extra}"));
+    expect_err(
+        &f,
+        &swap("shutdown_grace_seconds = 601"),
+        "server.shutdown_grace_seconds",
+    );
+    expect_err(
+        &f,
+        &swap("shutdown_timeout_seconds = 0"),
+        "server.shutdown_timeout_seconds",
+    );
+    expect_err(
+        &f,
+        &swap("upgrade_socket = \"relative.sock\""),
+        "server.upgrade_socket",
+    );
+}

@@ -29,6 +29,8 @@ pub struct ProxyConfig {
     pub idempotency: crate::idempotency::IdempotencyConfig,
     /// `[cors]`: browsers from other origins (off when no origin is listed).
     pub cors: crate::cors::CorsConfig,
+    /// `[server]` shutdown and upgrade keys.
+    pub lifecycle: crate::lifecycle::LifecycleConfig,
 }
 
 /// Who this proxy is: the server a lock names.

@@ -38,6 +38,7 @@ impl Validator<'_> {
         let idempotency = crate::idempotency::config::validate(&f.idempotency)
             .map_err(|e| self.bad(e.key, e.value, e.allowed))?;
         let cors = self.cors(&f.cors)?;
+        let lifecycle = self.lifecycle(&f.server)?;
         Ok(ProxyConfig {
             server,
             listen,
@@ -52,6 +53,35 @@ impl Validator<'_> {
             limits,
             idempotency,
             cors,
+            lifecycle,
+        })
+    }
+
+    /// `[server]` shutdown and upgrade keys (docs/design.md §11).
+    fn lifecycle(&self, s: &FileServer) -> Result<crate::lifecycle::LifecycleConfig, ConfigError> {
+        let grace = self.range(
+            "server.shutdown_grace_seconds",
+            s.shutdown_grace_seconds,
+            (0, 600),
+            " (seconds)",
+        )?;
+        let timeout = self.range(
+            "server.shutdown_timeout_seconds",
+            s.shutdown_timeout_seconds,
+            (1, 600),
+            " (seconds)",
+        )?;
+        if !s.upgrade_socket.starts_with('/') || s.upgrade_socket.len() > 100 {
+            return Err(self.bad(
+                "server.upgrade_socket",
+                format!("{:?}", s.upgrade_socket),
+                "an absolute path of at most 100 bytes (a Unix socket path)",
+            ));
+        }
+        Ok(crate::lifecycle::LifecycleConfig {
+            shutdown_grace: Duration::from_secs(grace),
+            shutdown_timeout: Duration::from_secs(timeout),
+            upgrade_socket: PathBuf::from(&s.upgrade_socket),
         })
     }
 

@@ -11,7 +11,8 @@ use crate::state::State;
 pub(super) async fn closest(state: &State, session: &mut Session) -> Result<()> {
     let me = &state.cfg.server;
     let view = state.registry.load();
-    let draining = view.registry.get(&me.id).is_some_and(|s| s.draining);
+    let draining =
+        view.registry.get(&me.id).is_some_and(|s| s.draining) || state.lifecycle.shutting_down();
     let pick = if !draining && state.upstream_healthy() {
         None
     } else {

@@ -212,11 +212,25 @@ async fn read_limited(mut answer: reqwest::Response, limit: usize) -> Option<Vec
 
 /// Where a fresh login is locked: this server, unless the user's home
 /// region is elsewhere and has an eligible server, then the least-loaded
-/// one there.
+/// one there; or unless this server is draining (an operator's drain, or
+/// its shutdown grace), then the least-loaded eligible server of its
+/// region, else anywhere, else (nobody else) still this one.
 fn login_target(state: &State, home: Option<&str>) -> ServerSummary {
     let me = &state.cfg.server;
+    let view = state.registry.load();
+    if view.registry.get(&me.id).is_some_and(|s| s.draining) || state.lifecycle.shutting_down() {
+        let other = |s: &tether_protocol::wire::ServerEntry| s.id == me.id;
+        let home_pick = home
+            .filter(|r| *r != me.region)
+            .and_then(|h| view.registry.least_loaded_in(h, other));
+        if let Some(s) = home_pick
+            .or_else(|| view.registry.least_loaded_in(&me.region, other))
+            .or_else(|| view.registry.least_loaded_anywhere(other))
+        {
+            return s.summary();
+        }
+    }
     if let Some(home) = home.filter(|r| *r != me.region) {
-        let view = state.registry.load();
         if let Some(s) = view.registry.least_loaded_in(home, |_| false) {
             return s.summary();
         }

@@ -133,6 +133,9 @@ pub(super) async fn refresh(state: &State, session: &mut Session) -> Result<()> 
         }
     }
     state.metrics.decision(decision.reason);
+    if claims.srv == me.id && target.id != me.id {
+        state.lifecycle.locked.moved(&claims.fam);
+    }
     let minted = match state.tokens.mint_with(
         &claims.sub,
         LockTarget {

@@ -33,9 +33,10 @@ async fn run(state: &State) {
     let mut backoff = Backoff::new(Duration::from_millis(200), d.heartbeat_interval);
     loop {
         let me = &state.cfg.server;
-        let view = state.registry.load();
-        let draining = view.registry.get(&me.id).is_some_and(|s| s.draining);
-        drop(view);
+        // Only what this process decided (the shutdown grace): an
+        // operator's drain is held by discovery, and echoing the snapshot's
+        // flag back would make it impossible to undo.
+        let draining = state.lifecycle.shutting_down();
         let hb = Heartbeat {
             id: me.id.clone(),
             region: me.region.clone(),
