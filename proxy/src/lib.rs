@@ -39,6 +39,7 @@ pub mod path;
 pub mod probe;
 pub mod registry;
 pub mod respond;
+pub mod retry;
 pub mod secrets;
 pub mod server;
 pub mod service;

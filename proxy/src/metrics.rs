@@ -18,6 +18,10 @@ pub enum Outcome {
     ForwardedForeign,
     ServerUnavailable,
     UpstreamUnavailable,
+    /// `502`: the local upstream's answer was bad or cut.
+    UpstreamError,
+    /// `504`: the local upstream did not answer in time.
+    UpstreamTimeout,
     InvalidToken,
     Public,
     /// Answered by the proxy itself (`/auth/*`, `/closestToMe`, `/healthz`).
@@ -27,12 +31,14 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    const ALL: [Outcome; 9] = [
+    const ALL: [Outcome; 11] = [
         Outcome::Forwarded,
         Outcome::RelockHint,
         Outcome::ForwardedForeign,
         Outcome::ServerUnavailable,
         Outcome::UpstreamUnavailable,
+        Outcome::UpstreamError,
+        Outcome::UpstreamTimeout,
         Outcome::InvalidToken,
         Outcome::Public,
         Outcome::Reserved,
@@ -46,6 +52,8 @@ impl Outcome {
             Outcome::ForwardedForeign => "forwarded_foreign",
             Outcome::ServerUnavailable => "server_unavailable",
             Outcome::UpstreamUnavailable => "upstream_unavailable",
+            Outcome::UpstreamError => "upstream_error",
+            Outcome::UpstreamTimeout => "upstream_timeout",
             Outcome::InvalidToken => "invalid_token",
             Outcome::Public => "public",
             Outcome::Reserved => "reserved",
@@ -158,6 +166,8 @@ pub struct Metrics {
     pub connections_refused_per_ip: IntCounter,
     /// Connections closed because a request head did not arrive in time.
     pub header_timeouts: IntCounter,
+    /// Requests sent again on a fresh upstream connection (`retry`).
+    pub upstream_retries: IntCounter,
 }
 
 impl Metrics {
@@ -340,6 +350,14 @@ impl Metrics {
                 IntCounter::new(
                     "header_timeouts_total",
                     "Connections closed because a request head took longer than limits.header_read_timeout_ms",
+                )
+                .expect("static metric"),
+            ),
+            upstream_retries: reg(
+                &registry,
+                IntCounter::new(
+                    "upstream_retries_total",
+                    "Requests sent again after a stale pooled upstream connection or a failed connect",
                 )
                 .expect("static metric"),
             ),

@@ -18,6 +18,12 @@ use crate::{admin, guard, sync, tls, upstream};
 /// Runs the proxy until SIGTERM/SIGINT. Pingora owns the process: its
 /// runtimes, signal handling and graceful shutdown.
 pub fn run(cfg: ProxyConfig) -> Result<(), Error> {
+    // Pingora binds when the server runs, and retries a taken port for
+    // half a minute before panicking: check every listener first, so a
+    // taken port is one clear error line and exit 1.
+    for addr in [cfg.listen, cfg.admin_listen] {
+        std::net::TcpListener::bind(addr).map_err(|source| Error::Listen { addr, source })?;
+    }
     let mut conf = ServerConf {
         threads: cfg.worker_threads.get(),
         // Measured on 2-core machines: no work stealing keeps a request on

@@ -43,6 +43,8 @@ pub struct Ctx {
     subject: Option<HeaderValue>,
     upstream_started: Option<Instant>,
     in_flight: bool,
+    /// Times this request was sent again (`crate::retry`).
+    retries: u8,
 }
 
 impl TetherProxy {
@@ -140,6 +142,7 @@ impl ProxyHttp for TetherProxy {
             subject: None,
             upstream_started: None,
             in_flight: false,
+            retries: 0,
         }
     }
 
@@ -227,6 +230,16 @@ impl ProxyHttp for TetherProxy {
         _session: &mut Session,
         ctx: &mut Ctx,
     ) -> pingora_error::Result<Box<HttpPeer>> {
+        if ctx.retries > 0 {
+            // A retry goes to the next healthy upstream of the pool.
+            if let Target::Local(_) = ctx.target {
+                if let Some(addr) = crate::upstream::select(&self.state.upstream)
+                    .and_then(|b| b.addr.as_inet().copied())
+                {
+                    ctx.target = Target::Local(addr);
+                }
+            }
+        }
         let addr = match ctx.target {
             Target::Local(a) | Target::Foreign(a) => a,
             Target::None => {
@@ -240,7 +253,7 @@ impl ProxyHttp for TetherProxy {
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(up.connect_timeout);
         peer.options.read_timeout = Some(up.read_timeout);
-        peer.options.idle_timeout = Some(std::time::Duration::from_secs(60));
+        peer.options.idle_timeout = Some(up.idle_timeout);
         if !ctx.in_flight {
             ctx.in_flight = true;
             self.state.load.enter();
@@ -300,11 +313,49 @@ impl ProxyHttp for TetherProxy {
         &self,
         _session: &mut Session,
         _peer: &HttpPeer,
-        _ctx: &mut Ctx,
-        e: Box<Error>,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
     ) -> Box<Error> {
-        // Not retried here: the health check takes a dead upstream out of
-        // rotation within one interval, and the client sees a clean 503.
+        // Nothing was sent: another member of the local pool may take it
+        // (a peer proxy in forward mode is not retried: the client
+        // refreshes instead).
+        let pool = self.state.upstream.backends().get_backend().len();
+        let retry = matches!(ctx.target, Target::Local(_))
+            && pool > 1
+            && crate::retry::retry_after_connect_error(e.etype(), ctx.retries);
+        e.set_retry(retry);
+        if retry {
+            ctx.retries += 1;
+            self.state.metrics.upstream_retries.inc();
+        }
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let (etype, hint) = crate::retry::parts(&e);
+        let retry = crate::retry::retry_after_proxy_error(
+            etype,
+            hint,
+            crate::retry::Attempt {
+                reused: client_reused,
+                body_replayable: !session.as_ref().retry_buffer_truncated(),
+                response_started: session.response_written().is_some(),
+                retries: ctx.retries,
+            },
+        );
+        e.set_retry(retry);
+        if retry {
+            ctx.retries += 1;
+            self.state.metrics.upstream_retries.inc();
+        }
         e
     }
 
@@ -312,11 +363,17 @@ impl ProxyHttp for TetherProxy {
         let before_response = session.response_written().is_none();
         let code = match (ctx.target, e.esource()) {
             (Target::Local(_), pingora_error::ErrorSource::Upstream) if before_response => {
-                ctx.outcome = Outcome::UpstreamUnavailable;
-                if let Err(err) = respond::upstream_unavailable(session).await {
-                    tracing::debug!("writing 503 failed: {err}");
+                let any_healthy = crate::upstream::select(&self.state.upstream).is_some();
+                let failure = crate::retry::Failure::of(e.etype(), any_healthy);
+                ctx.outcome = match failure {
+                    crate::retry::Failure::Unavailable => Outcome::UpstreamUnavailable,
+                    crate::retry::Failure::Timeout => Outcome::UpstreamTimeout,
+                    crate::retry::Failure::BadAnswer => Outcome::UpstreamError,
+                };
+                if let Err(err) = respond::upstream_failed(session, failure).await {
+                    tracing::debug!("writing {} failed: {err}", failure.status());
                 }
-                503
+                failure.status()
             }
             (Target::Foreign(_), pingora_error::ErrorSource::Upstream) if before_response => {
                 ctx.outcome = Outcome::ServerUnavailable;

@@ -25,6 +25,12 @@ pub enum Error {
     Http(#[from] reqwest::Error),
     #[error("TLS on the client listener: {0}")]
     Tls(String),
+    /// A listener's address is taken (or not ours to bind).
+    #[error("cannot listen on {addr}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// Everything the request path and the background tasks share.

@@ -23,7 +23,9 @@
 //!   `cluster.proxy("eu-1", "eu").upstream(&app).start().await`.
 //! - [`upstream`]: [`Upstream`], an echo app with `/login` and a switchable
 //!   `/health`; [`recording`]: [`RecordingUpstream`], which keeps the raw
-//!   bytes of every request; [`sampleapp`]: `tether sample-app` as a child.
+//!   bytes of every request; [`flaky`]: [`FlakyUpstream`], which fails in
+//!   a chosen way (drops reused connections, hangs, cuts its answer);
+//!   [`sampleapp`]: `tether sample-app` as a child.
 //! - [`client`]: login, refresh, requests, `tether token mint`, metrics.
 //! - [`net`]: [`free_port`], [`wait_for_port`]; [`poll`]: [`eventually`],
 //!   to wait for a condition with a deadline instead of sleeping.
@@ -37,6 +39,7 @@ pub mod client;
 pub mod cluster;
 pub mod conf;
 pub mod discovery;
+pub mod flaky;
 pub mod net;
 pub mod poll;
 pub mod proc;
@@ -49,6 +52,7 @@ pub use client::{get, login, metric, mint, refresh, Login};
 pub use cluster::{Cluster, Timing};
 pub use conf::Conf;
 pub use discovery::Discovery;
+pub use flaky::{FlakyUpstream, Flaw};
 pub use net::{addr, free_port, port_open, wait_for_port};
 pub use poll::{eventually, eventually_blocking};
 pub use proc::{group_members, tether_bin, Proc, Spawn, StartError, Started};

@@ -50,6 +50,8 @@ pub(super) struct FileUpstream {
     pub(super) connect_timeout_ms: u64,
     #[serde(default = "default_read_timeout")]
     pub(super) read_timeout_ms: u64,
+    #[serde(default = "default_upstream_idle_timeout")]
+    pub(super) idle_timeout_ms: u64,
 }
 
 fn default_health_path() -> String {
@@ -63,6 +65,12 @@ fn default_connect_timeout() -> u64 {
 }
 fn default_read_timeout() -> u64 {
     30_000
+}
+/// Below the keep-alive timeouts of common app servers (gunicorn 2 s,
+/// Node and uvicorn 5 s), so the proxy drops an idle connection before
+/// the app does (docs/design.md §12).
+fn default_upstream_idle_timeout() -> u64 {
+    1500
 }
 
 #[derive(Debug, Deserialize)]

@@ -42,6 +42,9 @@ pub struct UpstreamConfig {
     pub health_interval: Duration,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
+    /// How long an idle pooled connection to the app is kept; below the
+    /// app's own keep-alive timeout.
+    pub idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -126,6 +126,7 @@ impl Validator<'_> {
                 60_000,
             )?,
             read_timeout: self.ms("upstream.read_timeout_ms", u.read_timeout_ms, 100, 600_000)?,
+            idle_timeout: self.ms("upstream.idle_timeout_ms", u.idle_timeout_ms, 100, 600_000)?,
             health_path: u.health_path,
         })
     }
