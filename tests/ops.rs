@@ -220,3 +220,60 @@ async fn a_hanging_upstream_is_504_and_a_cut_answer_502() {
         Some(1.0)
     );
 }
+
+/// Every known label value of the labelled counters exists from the start
+/// at 0 (so `increase()` sees the first event), beside `tether_build_info`
+/// and the standard `process_*` series.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn known_series_exist_at_zero_from_the_start() {
+    let mut c = Cluster::new(Timing::default());
+    c.start_discovery(0);
+    let app = Upstream::start("app").await;
+    let a = c.proxy("eu-1", "eu").upstream(&app).start().await;
+    let m = a.metrics(&c.http).await;
+    for series in [
+        "tether_proxy_logins_total{outcome=\"ok\"",
+        "tether_proxy_logins_total{outcome=\"rejected\"",
+        "tether_proxy_refresh_rejected_total{cause=\"reused\"",
+        "tether_proxy_refresh_rejected_total{cause=\"no_server\"",
+        "tether_proxy_failover_probes_total{result=\"alive\"",
+        "tether_proxy_failover_probes_total{result=\"dead\"",
+        "tether_proxy_keyring_reloads_total{result=\"reloaded\"",
+        "tether_proxy_keyring_reloads_total{result=\"failed\"",
+        "tether_proxy_snapshots_rejected_total{reason=\"empty\"",
+        "tether_proxy_requests_total{outcome=\"upstream_timeout\"",
+        "tether_proxy_upstream_retries_total",
+    ] {
+        assert_eq!(metric(&m, series), Some(0.0), "{series} at 0:\n{m}");
+    }
+    assert_eq!(
+        metric(&m, "tether_build_info{component=\"proxy\""),
+        Some(1.0),
+        "{m}"
+    );
+    assert!(m.contains("\nprocess_cpu_seconds_total "), "{m}");
+    assert!(
+        m.contains("\ntether_proxy_registry_staleness_seconds{"),
+        "{m}"
+    );
+
+    let d = c
+        .http
+        .get(format!("{}/metrics", c.discovery_url()))
+        .send()
+        .await
+        .expect("discovery metrics")
+        .text()
+        .await
+        .expect("text");
+    for outcome in ["rotated", "grace", "revoked"] {
+        let series = format!("tether_discovery_refresh_families_total{{outcome=\"{outcome}\"");
+        assert_eq!(metric(&d, &series), Some(0.0), "{series} at 0:\n{d}");
+    }
+    assert_eq!(
+        metric(&d, "tether_build_info{component=\"discovery\""),
+        Some(1.0),
+        "{d}"
+    );
+    assert!(d.contains("\nprocess_resident_memory_bytes "), "{d}");
+}

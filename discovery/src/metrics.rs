@@ -90,6 +90,25 @@ impl Metrics {
             &["outcome"],
         )?;
         registry.register(Box::new(families.clone()))?;
+        // Every known outcome exists from the start, at 0.
+        for outcome in ["rotated", "grace", "revoked"] {
+            families.with_label_values(&[outcome]);
+        }
+        let info = IntGaugeVec::new(
+            Opts::new(
+                "tether_build_info",
+                "Build of the running tether process; always 1.",
+            ),
+            &["component", "version"],
+        )?;
+        info.with_label_values(&["discovery", env!("CARGO_PKG_VERSION")])
+            .set(1);
+        registry.register(Box::new(info))?;
+        // The standard process_* series (CPU, memory, file descriptors).
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         Ok(Metrics {
             hb_accepted: heartbeats.with_label_values(&["accepted"]),
             hb_bad_request: heartbeats.with_label_values(&["bad_request"]),

@@ -73,6 +73,9 @@ macro_rules! labels {
         }
 
         impl $name {
+            /// Every value, for initialising the series at 0.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+
             pub fn label(self) -> &'static str {
                 match self {
                     $($name::$variant => $label,)+
@@ -141,6 +144,9 @@ impl From<&SnapshotError> for SnapshotRejected {
 
 pub struct Metrics {
     registry: Registry,
+    /// Series under their standard names, without the `tether_proxy_`
+    /// prefix: `tether_build_info` and the `process_*` series.
+    standard: Registry,
     outcomes: Vec<IntCounter>,
     pub upstream_seconds: Histogram,
     pub token_ok: IntCounter,
@@ -149,7 +155,7 @@ pub struct Metrics {
     refresh_rejected: IntCounterVec,
     logins: IntCounterVec,
     pub registry_version: IntGauge,
-    pub registry_staleness_ms: IntGauge,
+    pub registry_staleness_seconds: prometheus::Gauge,
     pub heartbeat_failures: IntCounter,
     pub heartbeats_sent: IntCounter,
     pub poll_failures: IntCounter,
@@ -232,7 +238,8 @@ impl Metrics {
             )
             .expect("static metric"),
         );
-        Metrics {
+        let metrics = Metrics {
+            standard: standard_registry("proxy"),
             outcomes,
             upstream_seconds: reg(
                 &registry,
@@ -272,11 +279,11 @@ impl Metrics {
                 )
                 .expect("static metric"),
             ),
-            registry_staleness_ms: reg(
+            registry_staleness_seconds: reg(
                 &registry,
-                IntGauge::new(
-                    "registry_staleness_milliseconds",
-                    "Milliseconds since discovery last confirmed the snapshot in use",
+                prometheus::Gauge::new(
+                    "registry_staleness_seconds",
+                    "Seconds since discovery last confirmed the snapshot in use",
                 )
                 .expect("static metric"),
             ),
@@ -362,6 +369,29 @@ impl Metrics {
                 .expect("static metric"),
             ),
             registry,
+        };
+        metrics.zero_labelled_series();
+        metrics
+    }
+
+    /// Creates every known label value of the labelled counters at 0, so
+    /// a series exists before its first event (`increase()` then sees the
+    /// first one).
+    fn zero_labelled_series(&self) {
+        for l in Login::ALL {
+            self.logins.with_label_values(&[l.label()]);
+        }
+        for c in RefreshRejected::ALL {
+            self.refresh_rejected.with_label_values(&[c.label()]);
+        }
+        for r in KeyRingReload::ALL {
+            self.keyring_reloads.with_label_values(&[r.label()]);
+        }
+        for r in SnapshotRejected::ALL {
+            self.snapshots_rejected.with_label_values(&[r.label()]);
+        }
+        for result in ["alive", "dead"] {
+            self.probes.with_label_values(&[result]);
         }
     }
 
@@ -415,9 +445,38 @@ impl Metrics {
     /// The Prometheus text exposition.
     pub fn render(&self) -> Vec<u8> {
         let mut buf = Vec::with_capacity(8 * 1024);
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+        let mut families = self.registry.gather();
+        families.extend(self.standard.gather());
+        if let Err(e) = TextEncoder::new().encode(&families, &mut buf) {
             tracing::error!("encoding metrics failed: {e}");
         }
         buf
     }
+}
+
+/// A registry with `tether_build_info{component,version} 1` and, on Linux,
+/// the standard `process_*` series (CPU, memory, file descriptors, start
+/// time). Shared in form with discovery's (`tether_discovery::metrics`).
+fn standard_registry(component: &str) -> Registry {
+    let r = Registry::new();
+    let info = IntGaugeVec::new(
+        Opts::new(
+            "tether_build_info",
+            "Build of the running tether process; always 1",
+        ),
+        &["component", "version"],
+    )
+    .expect("static metric");
+    info.with_label_values(&[component, env!("CARGO_PKG_VERSION")])
+        .set(1);
+    if let Err(e) = r.register(Box::new(info)) {
+        tracing::error!("metric registration failed: {e}");
+    }
+    #[cfg(target_os = "linux")]
+    if let Err(e) = r.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    )) {
+        tracing::error!("process metrics registration failed: {e}");
+    }
+    r
 }
