@@ -277,3 +277,68 @@ async fn known_series_exist_at_zero_from_the_start() {
     );
     assert!(d.contains("\nprocess_resident_memory_bytes "), "{d}");
 }
+
+/// With `[log] access = "on"` and `format = "json"`, each request is one
+/// JSON line of target `tether::access` with its fields, the subject
+/// hashed, and never the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_has_one_line_per_request_and_never_the_token() {
+    let mut c = Cluster::new(Timing::default());
+    c.start_discovery(0);
+    let app = Upstream::start("app").await;
+    let a = c
+        .proxy("eu-1", "eu")
+        .upstream(&app)
+        .section("log", "access = \"on\"\nformat = \"json\"")
+        .start()
+        .await;
+    let l = login(&c.http, &a.url, "alice", None).await;
+    let r = get(
+        &c.http,
+        &format!("{}/orders/1?secret=q", a.url),
+        Some(&l.access),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let access_lines = || -> Vec<serde_json::Value> {
+        a.proc
+            .log_text()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["target"] == "tether::access")
+            .collect()
+    };
+    eventually(Duration::from_secs(5), "the access line", || async {
+        access_lines()
+            .iter()
+            .any(|v| v["fields"]["path"] == "/orders/1")
+    })
+    .await;
+    let lines = access_lines();
+    let line = lines
+        .iter()
+        .find(|v| v["fields"]["path"] == "/orders/1")
+        .expect("line");
+    let f = &line["fields"];
+    assert_eq!(f["method"], "GET", "{line}");
+    assert_eq!(f["status"], 200, "{line}");
+    assert_eq!(f["outcome"], "forwarded", "{line}");
+    assert_eq!(f["client"], "127.0.0.1", "{line}");
+    assert_eq!(f["server"], "eu-1", "{line}");
+    assert!(f["upstream_ms"].as_f64().is_some(), "{line}");
+    assert!(line["timestamp"].is_string(), "{line}");
+    let subject = f["subject"].as_str().expect("subject");
+    assert_eq!(subject.len(), 16, "{line}");
+    assert_ne!(subject, "alice");
+    // The login is logged too, as a reserved endpoint.
+    assert!(
+        lines
+            .iter()
+            .any(|v| v["fields"]["path"] == "/auth/login" && v["fields"]["outcome"] == "reserved"),
+        "{lines:?}"
+    );
+    let log = a.proc.log_text();
+    assert!(!log.contains(&l.access), "the access token is in the log");
+    assert!(!log.contains(&l.refresh), "the refresh token is in the log");
+    assert!(!log.contains("secret=q"), "the query is in the log");
+}

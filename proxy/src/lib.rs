@@ -25,6 +25,7 @@
 //! - the wiring of it all: [`server`], over the shared [`State`].
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod admin;
 pub mod config;
 pub mod endpoints;

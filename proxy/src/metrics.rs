@@ -45,7 +45,7 @@ impl Outcome {
         Outcome::Refused,
     ];
 
-    fn label(self) -> &'static str {
+    pub fn label(self) -> &'static str {
         match self {
             Outcome::Forwarded => "forwarded",
             Outcome::RelockHint => "relock_hint",

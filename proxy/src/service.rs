@@ -45,9 +45,35 @@ pub struct Ctx {
     in_flight: bool,
     /// Times this request was sent again (`crate::retry`).
     retries: u8,
+    /// For the access log (`crate::access`), kept only when it is on: the
+    /// verified subject and the upstream's answer time.
+    log_subject: Option<HeaderValue>,
+    upstream_seconds: Option<f64>,
 }
 
 impl TetherProxy {
+    /// Writes the request's access line (`crate::access`).
+    fn access_line(&self, session: &Session, ctx: &Ctx) {
+        let req = session.req_header();
+        let peer = match ctx.target {
+            Target::Foreign(addr) => Some(addr.to_string()),
+            _ => None,
+        };
+        self.state.access.write(&crate::access::Line {
+            client: session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip()),
+            method: req.method.as_str(),
+            path: req.uri.path(),
+            status: session.response_written().map_or(0, |r| r.status.as_u16()),
+            outcome: ctx.outcome.label(),
+            subject: ctx.log_subject.as_ref().map(HeaderValue::as_bytes),
+            upstream_seconds: ctx.upstream_seconds,
+            server: peer.as_deref().unwrap_or(&self.state.cfg.server.id),
+        });
+    }
+
     fn is_public(&self, path: &str) -> bool {
         self.state
             .cfg
@@ -104,6 +130,9 @@ impl TetherProxy {
         };
         ctx.target = target;
         ctx.outcome = outcome;
+        if self.state.access.enabled() {
+            ctx.log_subject.clone_from(&subject);
+        }
         ctx.subject = subject;
         Ok(false)
     }
@@ -143,6 +172,8 @@ impl ProxyHttp for TetherProxy {
             upstream_started: None,
             in_flight: false,
             retries: 0,
+            log_subject: None,
+            upstream_seconds: None,
         }
     }
 
@@ -296,10 +327,9 @@ impl ProxyHttp for TetherProxy {
         ctx: &mut Ctx,
     ) -> pingora_error::Result<()> {
         if let Some(t) = ctx.upstream_started.take() {
-            self.state
-                .metrics
-                .upstream_seconds
-                .observe(t.elapsed().as_secs_f64());
+            let seconds = t.elapsed().as_secs_f64();
+            self.state.metrics.upstream_seconds.observe(seconds);
+            ctx.upstream_seconds = Some(seconds);
         }
         // The app must not be able to speak the lock protocol to clients;
         // a peer proxy (forward mode) may.
@@ -402,10 +432,13 @@ impl ProxyHttp for TetherProxy {
         }
     }
 
-    async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
         if ctx.in_flight {
             self.state.load.leave();
         }
         self.state.metrics.outcome(ctx.outcome);
+        if self.state.access.sample() {
+            self.access_line(session, ctx);
+        }
     }
 }

@@ -55,6 +55,8 @@ pub struct State {
     /// Refresh families revoked by a logout at this proxy, with the time
     /// (Unix seconds) after which their tokens have expired anyway.
     pub revoked: Mutex<HashMap<String, u64>>,
+    /// The access log (`crate::access`), off unless `log.access = "on"`.
+    pub access: crate::access::AccessLog,
 }
 
 impl State {
@@ -96,6 +98,10 @@ impl State {
             discovery_http,
             upstream_http,
             revoked: Mutex::new(HashMap::new()),
+            access: crate::access::AccessLog::new(
+                cfg.log.clone(),
+                cfg.discovery.cluster_token.as_bytes(),
+            ),
             cfg,
         });
         Ok(state)

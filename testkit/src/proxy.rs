@@ -24,6 +24,8 @@ pub struct ProxyBuilder<'c> {
     tokens_extra: String,
     limits: String,
     tls: Option<(PathBuf, PathBuf)>,
+    /// Extra TOML lines per table, for tables the builder has no method for.
+    sections: Vec<(String, String)>,
 }
 
 /// A running proxy process.
@@ -51,7 +53,15 @@ impl<'c> ProxyBuilder<'c> {
             tokens_extra: String::new(),
             limits: String::new(),
             tls: None,
+            sections: Vec::new(),
         }
+    }
+
+    /// Extra TOML lines for `table` (e.g. `"log"`, `"access = \"on\""`),
+    /// merged last.
+    pub fn section(mut self, table: &str, toml: &str) -> Self {
+        self.sections.push((table.to_owned(), toml.to_owned()));
+        self
     }
 
     pub fn upstream(mut self, app: &Upstream) -> Self {
@@ -156,6 +166,9 @@ impl<'c> ProxyBuilder<'c> {
             .set("routing", "probe_timeout_ms", 300i64)
             .merge("routing", &self.routing_extra);
         c.clear("limits").merge("limits", &self.limits);
+        for (table, lines) in &self.sections {
+            c.merge(table, lines);
+        }
         c
     }
 

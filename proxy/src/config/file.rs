@@ -16,6 +16,46 @@ pub(super) struct FileConfig {
     pub(super) routing: FileRouting,
     #[serde(default)]
     pub(super) limits: FileLimits,
+    #[serde(default)]
+    pub(super) log: FileLog,
+}
+
+/// `[log]`: the access log and the log format (`crate::access`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileLog {
+    #[serde(default = "default_access")]
+    pub(super) access: String,
+    #[serde(default = "default_access_sample")]
+    pub(super) access_sample: f64,
+    #[serde(default = "default_access_subject")]
+    pub(super) access_subject: String,
+    #[serde(default = "default_log_format")]
+    pub(super) format: String,
+}
+
+impl Default for FileLog {
+    fn default() -> Self {
+        FileLog {
+            access: default_access(),
+            access_sample: default_access_sample(),
+            access_subject: default_access_subject(),
+            format: default_log_format(),
+        }
+    }
+}
+
+fn default_access() -> String {
+    "off".into()
+}
+fn default_access_sample() -> f64 {
+    1.0
+}
+fn default_access_subject() -> String {
+    "hash".into()
+}
+fn default_log_format() -> String {
+    "text".into()
 }
 
 #[derive(Debug, Deserialize)]

@@ -24,6 +24,8 @@ pub struct ProxyConfig {
     pub login: LoginConfig,
     pub routing: RoutingConfig,
     pub limits: Limits,
+    /// `[log]`: access log and format.
+    pub log: crate::access::LogConfig,
 }
 
 /// Who this proxy is: the server a lock names.

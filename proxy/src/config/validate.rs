@@ -35,6 +35,7 @@ impl Validator<'_> {
         let routing = self.routing(&f.routing)?;
         let limits = self.limits(&f.limits)?;
         let tls = self.tls(&f.server)?;
+        let log = self.log(&f.log)?;
         Ok(ProxyConfig {
             server,
             listen,
@@ -47,6 +48,55 @@ impl Validator<'_> {
             login,
             routing,
             limits,
+            log,
+        })
+    }
+
+    /// `[log]`: the access log (`crate::access`) and the log format.
+    fn log(&self, l: &super::file::FileLog) -> Result<crate::access::LogConfig, ConfigError> {
+        use crate::access::{LogConfig, LogFormat, SubjectInLog};
+        let access = match l.access.as_str() {
+            "on" => true,
+            "off" => false,
+            other => {
+                return Err(self.bad(
+                    "log.access",
+                    format!("{other:?}"),
+                    "must be \"on\" or \"off\"",
+                ))
+            }
+        };
+        if !(l.access_sample > 0.0 && l.access_sample <= 1.0) {
+            return Err(self.bad(
+                "log.access_sample",
+                l.access_sample.to_string(),
+                "must be a fraction in (0, 1]: 1 logs every request, 0.01 one in a hundred",
+            ));
+        }
+        let access_subject = match l.access_subject.as_str() {
+            "hash" => SubjectInLog::Hash,
+            "id" => SubjectInLog::Id,
+            "none" => SubjectInLog::None,
+            other => {
+                return Err(self.bad(
+                    "log.access_subject",
+                    format!("{other:?}"),
+                    "must be \"hash\", \"id\" or \"none\"",
+                ))
+            }
+        };
+        let format = LogFormat::parse(&l.format).ok_or_else(|| {
+            self.bad(
+                "log.format",
+                format!("{:?}", l.format),
+                "must be \"text\" or \"json\"",
+            )
+        })?;
+        Ok(LogConfig {
+            access,
+            access_sample: l.access_sample,
+            access_subject,
+            format,
         })
     }
 
