@@ -342,3 +342,35 @@ async fn the_access_log_has_one_line_per_request_and_never_the_token() {
     assert!(!log.contains(&l.refresh), "the refresh token is in the log");
     assert!(!log.contains("secret=q"), "the query is in the log");
 }
+
+/// `upstream.addresses` may name a host: resolved off the request path,
+/// the pool serves its addresses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_named_by_host_is_resolved_and_served() {
+    let mut c = Cluster::new(Timing::default());
+    c.start_discovery(0);
+    let app = Upstream::start("app").await;
+    let a = c
+        .proxy("eu-1", "eu")
+        .section(
+            "upstream",
+            &format!(
+                "addresses = [\"localhost:{}\"]\nresolve_interval_ms = 200",
+                app.addr.port()
+            ),
+        )
+        .start()
+        .await;
+    for _ in 0..5 {
+        let r = get(&c.http, &format!("{}/public/x", a.url), None).await;
+        assert_eq!(r.status(), 200);
+    }
+    assert!(app.requests() >= 5);
+    let m = a.metrics(&c.http).await;
+    let n = metric(&m, "tether_proxy_upstream_addresses").expect("upstream_addresses");
+    assert!(n >= 1.0, "{m}");
+    assert_eq!(
+        metric(&m, "tether_proxy_upstream_resolve_failures_total"),
+        Some(0.0)
+    );
+}

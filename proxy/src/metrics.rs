@@ -395,6 +395,14 @@ impl Metrics {
         }
     }
 
+    /// Adds a series made elsewhere (the upstream resolver's, built
+    /// before the metrics); it gets the `tether_proxy_` prefix.
+    pub fn register(&self, c: impl prometheus::core::Collector + 'static) {
+        if let Err(e) = self.registry.register(Box::new(c)) {
+            tracing::error!("metric registration failed: {e}");
+        }
+    }
+
     pub fn outcome(&self, o: Outcome) {
         // Index matches Outcome::ALL by construction.
         if let Some(c) = self.outcomes.get(o as usize) {

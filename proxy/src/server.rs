@@ -37,13 +37,16 @@ pub fn run(cfg: ProxyConfig) -> Result<(), Error> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let lb = upstream::build(&cfg.upstream).map_err(|e| Error::Upstream(e.to_string()))?;
+    let (lb, resolve_metrics) =
+        upstream::build(&cfg.upstream).map_err(|e| Error::Upstream(e.to_string()))?;
     let lb_service = background_service("upstream health checks", lb);
     let lb = lb_service.task();
 
     let listen = cfg.listen.to_string();
     let admin_listen = cfg.admin_listen.to_string();
     let state = State::new(cfg, lb)?;
+    state.metrics.register(resolve_metrics.failures);
+    state.metrics.register(resolve_metrics.addresses);
     // Until discovery answers, the registry holds this server alone.
     let me = &state.cfg.server.id;
     let initial = RegistryView::new(

@@ -92,6 +92,12 @@ pub(super) struct FileUpstream {
     pub(super) read_timeout_ms: u64,
     #[serde(default = "default_upstream_idle_timeout")]
     pub(super) idle_timeout_ms: u64,
+    #[serde(default = "default_resolve_interval")]
+    pub(super) resolve_interval_ms: u64,
+}
+
+fn default_resolve_interval() -> u64 {
+    5000
 }
 
 fn default_health_path() -> String {

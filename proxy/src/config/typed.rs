@@ -39,7 +39,10 @@ pub struct ServerIdentity {
 
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
-    pub addresses: Vec<SocketAddr>,
+    /// `IP:PORT` or `HOST:PORT` (`crate::resolve`).
+    pub addresses: Vec<crate::resolve::UpstreamAddr>,
+    /// How often host names are resolved again.
+    pub resolve_interval: Duration,
     pub health_path: String,
     pub health_interval: Duration,
     pub connect_timeout: Duration,

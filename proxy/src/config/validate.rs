@@ -152,7 +152,15 @@ impl Validator<'_> {
         let addresses = u
             .addresses
             .iter()
-            .map(|a| self.addr("upstream.addresses", a))
+            .map(|a| {
+                crate::resolve::UpstreamAddr::parse(a).ok_or_else(|| {
+                    self.bad(
+                        "upstream.addresses",
+                        format!("{a:?}"),
+                        "must be IP:PORT or HOST:PORT, e.g. \"127.0.0.1:3001\" or \"app.internal:3001\"",
+                    )
+                })
+            })
             .collect::<Result<Vec<_>, _>>()?;
         if !u.health_path.starts_with('/') {
             return Err(self.bad(
@@ -177,6 +185,12 @@ impl Validator<'_> {
             )?,
             read_timeout: self.ms("upstream.read_timeout_ms", u.read_timeout_ms, 100, 600_000)?,
             idle_timeout: self.ms("upstream.idle_timeout_ms", u.idle_timeout_ms, 100, 600_000)?,
+            resolve_interval: self.ms(
+                "upstream.resolve_interval_ms",
+                u.resolve_interval_ms,
+                100,
+                3_600_000,
+            )?,
             health_path: u.health_path,
         })
     }
