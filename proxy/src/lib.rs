@@ -39,6 +39,7 @@ pub mod metrics;
 pub mod path;
 pub mod probe;
 pub mod registry;
+pub mod reports;
 pub mod resolve;
 pub mod respond;
 pub mod retry;

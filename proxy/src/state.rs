@@ -57,6 +57,8 @@ pub struct State {
     pub revoked: Mutex<HashMap<String, u64>>,
     /// The access log (`crate::access`), off unless `log.access = "on"`.
     pub access: crate::access::AccessLog,
+    /// "Unreachable" reports per refresh family (`crate::reports`).
+    pub unreachable_reports: crate::reports::UnreachableReports,
 }
 
 impl State {
@@ -98,6 +100,7 @@ impl State {
             discovery_http,
             upstream_http,
             revoked: Mutex::new(HashMap::new()),
+            unreachable_reports: Default::default(),
             access: crate::access::AccessLog::new(
                 cfg.log.clone(),
                 cfg.discovery.cluster_token.as_bytes(),
