@@ -29,6 +29,8 @@
 //! - [`client`]: login, refresh, requests, `tether token mint`, metrics.
 //! - [`net`]: [`free_port`], [`wait_for_port`]; [`poll`]: [`eventually`],
 //!   to wait for a condition with a deadline instead of sleeping.
+//! - [`netns`]: [`netns::Lab`], two regions in Linux network namespaces
+//!   whose links a partition test cuts and restores.
 //! - [`alloc`]: the one counting global allocator (per process or per
 //!   thread).
 //!
@@ -41,6 +43,7 @@ pub mod conf;
 pub mod discovery;
 pub mod flaky;
 pub mod net;
+pub mod netns;
 pub mod poll;
 pub mod proc;
 pub mod proxy;
