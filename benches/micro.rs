@@ -179,6 +179,7 @@ fn bench_placement(c: &mut Criterion) {
             answering: "us-1",
             answering_region: "us",
             confirmed_dead: &[],
+            unreachable_by_client: &[],
         };
         // Its server confirmed dead by a probe.
         let dead = ["eu-0"];
@@ -303,6 +304,7 @@ fn allocations() {
         answering: "us-1",
         answering_region: "us",
         confirmed_dead: &[],
+        unreachable_by_client: &[],
     };
     println!();
     println!("heap allocations per call:");

@@ -193,6 +193,7 @@ fn main() -> ExitCode {
         } else {
             "info"
         },
+        log_json(&cli.command),
     );
     exit_with_parent();
     let result = match cli.command {
@@ -216,14 +217,35 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(default: &str) {
+/// The log filter: `TETHER_LOG`, else the usual `RUST_LOG`, else
+/// `default`. JSON lines (one object per event) when `json`.
+fn init_logging(default: &str, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TETHER_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_env("RUST_LOG"))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    if json {
+        fmt.json().init();
+    } else {
+        fmt.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
+}
+
+/// JSON logs: `TETHER_LOG_FORMAT=json|text`, else a proxy config's
+/// `[log] format`.
+fn log_json(command: &Command) -> bool {
+    use tether_proxy::access::LogFormat;
+    let from_env = std::env::var("TETHER_LOG_FORMAT")
+        .ok()
+        .and_then(|v| LogFormat::parse(v.trim()));
+    let format = from_env.or_else(|| match command {
+        Command::Proxy { config, .. } => tether_proxy::access::format_in_file(config),
+        _ => None,
+    });
+    format == Some(LogFormat::Json)
 }
 
 fn run_discovery(path: &std::path::Path) -> anyhow::Result<()> {

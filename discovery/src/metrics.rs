@@ -147,6 +147,25 @@ impl Metrics {
         registry.register(Box::new(store_families.clone()))?;
         registry.register(Box::new(store_up.clone()))?;
         registry.register(Box::new(watch_restarts.clone()))?;
+        // Every known outcome exists from the start, at 0.
+        for outcome in ["rotated", "grace", "revoked"] {
+            families.with_label_values(&[outcome]);
+        }
+        let info = IntGaugeVec::new(
+            Opts::new(
+                "tether_build_info",
+                "Build of the running tether process; always 1.",
+            ),
+            &["component", "version"],
+        )?;
+        info.with_label_values(&["discovery", env!("CARGO_PKG_VERSION")])
+            .set(1);
+        registry.register(Box::new(info))?;
+        // The standard process_* series (CPU, memory, file descriptors).
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         Ok(Metrics {
             store_seconds,
             store_errors,

@@ -3,6 +3,14 @@
 //! inputs and turns the [`Decision`] into tokens.
 //!
 //! Rules, first match wins:
+//! 0. The client keeps reporting its current server unreachable while
+//!    probes find it alive (an asymmetric partition: the client is cut off
+//!    from its server, the proxies are not) → the client alone is placed
+//!    as in rule 1, never on a server it reported (`client_unreachable`).
+//!    The proxy decides what counts as "keeps reporting" (docs/design.md
+//!    §5); the servers it names are excluded for this client only, so a
+//!    lying client moves nobody but itself. With nowhere else to go the
+//!    client is kept.
 //! 1. The current server is gone, unhealthy or confirmed dead by a probe →
 //!    the user's home region if it has an eligible server, else the closest
 //!    server if eligible, else the least-loaded eligible server of the
@@ -37,16 +45,18 @@ pub enum Reason {
     Kept,
     SameRegionLeastLoad,
     MovedRegion,
+    ClientUnreachable,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 6] = [
+    pub const ALL: [Reason; 7] = [
         Reason::ServerDown,
         Reason::CriticalTask,
         Reason::HomeRegion,
         Reason::Kept,
         Reason::SameRegionLeastLoad,
         Reason::MovedRegion,
+        Reason::ClientUnreachable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -57,6 +67,7 @@ impl Reason {
             Reason::Kept => "kept",
             Reason::SameRegionLeastLoad => "same_region_least_load",
             Reason::MovedRegion => "moved_region",
+            Reason::ClientUnreachable => "client_unreachable",
         }
     }
 }
@@ -103,6 +114,9 @@ pub struct Request<'a> {
     /// Servers a fast-failover probe confirmed dead: treated as gone for
     /// this placement whatever the registry says.
     pub confirmed_dead: &'a [&'a str],
+    /// Servers this client has repeatedly reported unreachable although
+    /// probes found them alive: excluded for this client only (rule 0).
+    pub unreachable_by_client: &'a [&'a str],
 }
 
 /// Where the client goes.
@@ -126,7 +140,11 @@ pub fn place<'r>(
     req: &Request<'_>,
     h: &Hysteresis,
 ) -> Result<Decision<'r>, PlacementError> {
-    let dead = |s: &ServerEntry| req.confirmed_dead.contains(&s.id.as_str());
+    // Not a target for this client: confirmed dead, or cut off from it.
+    let dead = |s: &ServerEntry| {
+        req.confirmed_dead.contains(&s.id.as_str())
+            || req.unreachable_by_client.contains(&s.id.as_str())
+    };
     let decide = |server: &'r ServerEntry, reason: Reason| Decision {
         server,
         reason,
@@ -141,16 +159,26 @@ pub fn place<'r>(
         .home_region
         .and_then(|region| reg.least_loaded_in(region, dead));
 
+    let pick_elsewhere = || {
+        home.or_else(|| closest.filter(|s| s.is_eligible() && !dead(s)))
+            .or_else(|| reg.least_loaded_in(closest_region, dead))
+            .or_else(|| reg.least_loaded_in(req.answering_region, dead))
+            .or_else(|| reg.least_loaded_anywhere(dead))
+    };
+    let confirmed_dead = |s: &ServerEntry| req.confirmed_dead.contains(&s.id.as_str());
     let current = match reg.get(req.current) {
         Some(s) if s.is_live() && !dead(s) => s,
+        // Rule 0: alive, but this client cannot reach it.
+        Some(s) if s.is_live() && !confirmed_dead(s) => {
+            return Ok(match pick_elsewhere() {
+                Some(pick) => decide(pick, Reason::ClientUnreachable),
+                // Nowhere else to go: stay, and reconnect when it heals.
+                None => decide(s, Reason::Kept),
+            });
+        }
         // Rule 1: the current server is gone.
         _ => {
-            let pick = home
-                .or_else(|| closest.filter(|s| s.is_eligible() && !dead(s)))
-                .or_else(|| reg.least_loaded_in(closest_region, dead))
-                .or_else(|| reg.least_loaded_in(req.answering_region, dead))
-                .or_else(|| reg.least_loaded_anywhere(dead))
-                .ok_or(PlacementError::NoServerAvailable)?;
+            let pick = pick_elsewhere().ok_or(PlacementError::NoServerAvailable)?;
             return Ok(decide(pick, Reason::ServerDown));
         }
     };

@@ -37,8 +37,8 @@ impl ServeHttp for Admin {
             "/metrics" => {
                 state
                     .metrics
-                    .registry_staleness_ms
-                    .set(state.registry.staleness().as_millis() as i64);
+                    .registry_staleness_seconds
+                    .set(state.registry.staleness().as_secs_f64());
                 reply(200, "text/plain; version=0.0.4", state.metrics.render())
             }
             "/healthz" => {

@@ -34,6 +34,7 @@
 //! - the wiring of it all: [`server`], over the shared [`State`].
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod admin;
 pub mod config;
 pub mod cors;
@@ -50,7 +51,10 @@ pub mod metrics;
 pub mod path;
 pub mod probe;
 pub mod registry;
+pub mod reports;
+pub mod resolve;
 pub mod respond;
+pub mod retry;
 pub mod secrets;
 pub mod server;
 pub mod service;

@@ -18,6 +18,10 @@ pub enum Outcome {
     ForwardedForeign,
     ServerUnavailable,
     UpstreamUnavailable,
+    /// `502`: the local upstream's answer was bad or cut.
+    UpstreamError,
+    /// `504`: the local upstream did not answer in time.
+    UpstreamTimeout,
     InvalidToken,
     Public,
     /// Answered by the proxy itself (`/auth/*`, `/closestToMe`, `/healthz`).
@@ -31,12 +35,14 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    const ALL: [Outcome; 10] = [
+    const ALL: [Outcome; 12] = [
         Outcome::Forwarded,
         Outcome::RelockHint,
         Outcome::ForwardedForeign,
         Outcome::ServerUnavailable,
         Outcome::UpstreamUnavailable,
+        Outcome::UpstreamError,
+        Outcome::UpstreamTimeout,
         Outcome::InvalidToken,
         Outcome::Public,
         Outcome::Reserved,
@@ -44,13 +50,15 @@ impl Outcome {
         Outcome::Idempotency,
     ];
 
-    fn label(self) -> &'static str {
+    pub fn label(self) -> &'static str {
         match self {
             Outcome::Forwarded => "forwarded",
             Outcome::RelockHint => "relock_hint",
             Outcome::ForwardedForeign => "forwarded_foreign",
             Outcome::ServerUnavailable => "server_unavailable",
             Outcome::UpstreamUnavailable => "upstream_unavailable",
+            Outcome::UpstreamError => "upstream_error",
+            Outcome::UpstreamTimeout => "upstream_timeout",
             Outcome::InvalidToken => "invalid_token",
             Outcome::Public => "public",
             Outcome::Reserved => "reserved",
@@ -71,6 +79,9 @@ macro_rules! labels {
         }
 
         impl $name {
+            /// Every value, for initialising the series at 0.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+
             pub fn label(self) -> &'static str {
                 match self {
                     $($name::$variant => $label,)+
@@ -139,6 +150,9 @@ impl From<&SnapshotError> for SnapshotRejected {
 
 pub struct Metrics {
     registry: Registry,
+    /// Series under their standard names, without the `tether_proxy_`
+    /// prefix: `tether_build_info` and the `process_*` series.
+    standard: Registry,
     outcomes: Vec<IntCounter>,
     pub upstream_seconds: Histogram,
     pub token_ok: IntCounter,
@@ -147,7 +161,7 @@ pub struct Metrics {
     refresh_rejected: IntCounterVec,
     logins: IntCounterVec,
     pub registry_version: IntGauge,
-    pub registry_staleness_ms: IntGauge,
+    pub registry_staleness_seconds: prometheus::Gauge,
     pub heartbeat_failures: IntCounter,
     pub heartbeats_sent: IntCounter,
     pub poll_failures: IntCounter,
@@ -164,6 +178,8 @@ pub struct Metrics {
     pub connections_refused_per_ip: IntCounter,
     /// Connections closed because a request head did not arrive in time.
     pub header_timeouts: IntCounter,
+    /// Requests sent again on a fresh upstream connection (`retry`).
+    pub upstream_retries: IntCounter,
 }
 
 impl Metrics {
@@ -228,7 +244,8 @@ impl Metrics {
             )
             .expect("static metric"),
         );
-        Metrics {
+        let metrics = Metrics {
+            standard: standard_registry("proxy"),
             outcomes,
             upstream_seconds: reg(
                 &registry,
@@ -268,11 +285,11 @@ impl Metrics {
                 )
                 .expect("static metric"),
             ),
-            registry_staleness_ms: reg(
+            registry_staleness_seconds: reg(
                 &registry,
-                IntGauge::new(
-                    "registry_staleness_milliseconds",
-                    "Milliseconds since discovery last confirmed the snapshot in use",
+                prometheus::Gauge::new(
+                    "registry_staleness_seconds",
+                    "Seconds since discovery last confirmed the snapshot in use",
                 )
                 .expect("static metric"),
             ),
@@ -349,7 +366,46 @@ impl Metrics {
                 )
                 .expect("static metric"),
             ),
+            upstream_retries: reg(
+                &registry,
+                IntCounter::new(
+                    "upstream_retries_total",
+                    "Requests sent again after a stale pooled upstream connection or a failed connect",
+                )
+                .expect("static metric"),
+            ),
             registry,
+        };
+        metrics.zero_labelled_series();
+        metrics
+    }
+
+    /// Creates every known label value of the labelled counters at 0, so
+    /// a series exists before its first event (`increase()` then sees the
+    /// first one).
+    fn zero_labelled_series(&self) {
+        for l in Login::ALL {
+            self.logins.with_label_values(&[l.label()]);
+        }
+        for c in RefreshRejected::ALL {
+            self.refresh_rejected.with_label_values(&[c.label()]);
+        }
+        for r in KeyRingReload::ALL {
+            self.keyring_reloads.with_label_values(&[r.label()]);
+        }
+        for r in SnapshotRejected::ALL {
+            self.snapshots_rejected.with_label_values(&[r.label()]);
+        }
+        for result in ["alive", "dead"] {
+            self.probes.with_label_values(&[result]);
+        }
+    }
+
+    /// Adds a series made elsewhere (the upstream resolver's, built
+    /// before the metrics); it gets the `tether_proxy_` prefix.
+    pub fn register(&self, c: impl prometheus::core::Collector + 'static) {
+        if let Err(e) = self.registry.register(Box::new(c)) {
+            tracing::error!("metric registration failed: {e}");
         }
     }
 
@@ -417,9 +473,38 @@ impl Metrics {
     /// The Prometheus text exposition.
     pub fn render(&self) -> Vec<u8> {
         let mut buf = Vec::with_capacity(8 * 1024);
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+        let mut families = self.registry.gather();
+        families.extend(self.standard.gather());
+        if let Err(e) = TextEncoder::new().encode(&families, &mut buf) {
             tracing::error!("encoding metrics failed: {e}");
         }
         buf
     }
+}
+
+/// A registry with `tether_build_info{component,version} 1` and, on Linux,
+/// the standard `process_*` series (CPU, memory, file descriptors, start
+/// time). Shared in form with discovery's (`tether_discovery::metrics`).
+fn standard_registry(component: &str) -> Registry {
+    let r = Registry::new();
+    let info = IntGaugeVec::new(
+        Opts::new(
+            "tether_build_info",
+            "Build of the running tether process; always 1",
+        ),
+        &["component", "version"],
+    )
+    .expect("static metric");
+    info.with_label_values(&[component, env!("CARGO_PKG_VERSION")])
+        .set(1);
+    if let Err(e) = r.register(Box::new(info)) {
+        tracing::error!("metric registration failed: {e}");
+    }
+    #[cfg(target_os = "linux")]
+    if let Err(e) = r.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    )) {
+        tracing::error!("process metrics registration failed: {e}");
+    }
+    r
 }

@@ -75,10 +75,35 @@ pub async fn bad_request(
 }
 
 /// `503 upstream_unavailable`: this server's own upstream pool is down.
+/// `Retry-After: 5`: a few health-check intervals, time for an upstream to
+/// come back.
 pub async fn upstream_unavailable(session: &mut Session) -> pingora_error::Result<()> {
     let body =
         ErrorBody::new("upstream_unavailable").detail("no healthy upstream behind this server");
-    error(session, 503, &body, &[("retry-after", "30")]).await
+    error(session, 503, &body, &[("retry-after", "5")]).await
+}
+
+/// `502 bad_gateway`: the upstream's answer was bad or cut before it
+/// started; `504 upstream_timeout`: it did not answer in time. The
+/// connection to the client stays usable.
+pub async fn upstream_failed(
+    session: &mut Session,
+    failure: crate::retry::Failure,
+) -> pingora_error::Result<()> {
+    use crate::retry::Failure;
+    match failure {
+        Failure::Unavailable => upstream_unavailable(session).await,
+        Failure::Timeout => {
+            let body =
+                ErrorBody::new("upstream_timeout").detail("the upstream did not answer in time");
+            error(session, 504, &body, &[("retry-after", "1")]).await
+        }
+        Failure::BadAnswer => {
+            let body = ErrorBody::new("bad_gateway")
+                .detail("the upstream's answer was invalid or cut off");
+            error(session, 502, &body, &[("retry-after", "1")]).await
+        }
+    }
 }
 
 /// `503 server_unavailable` + `Tether-Relock: refresh`.

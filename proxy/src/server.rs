@@ -28,6 +28,14 @@ pub fn run_with(cfg: ProxyConfig, upgrade: bool) -> Result<(), Error> {
     let lc = &cfg.lifecycle;
     if upgrade {
         lifecycle::check_upgrade_socket(lc).map_err(Error::Upgrade)?;
+    } else {
+        // Pingora binds when the server runs, and retries a taken port
+        // for half a minute before panicking: check every listener first,
+        // so a taken port is one clear error line and exit 1. (With
+        // --upgrade the running process holds them: that is the point.)
+        for addr in [cfg.listen, cfg.admin_listen] {
+            std::net::TcpListener::bind(addr).map_err(|source| Error::Listen { addr, source })?;
+        }
     }
     let mut conf = ServerConf {
         threads: cfg.worker_threads.get(),
@@ -56,13 +64,16 @@ pub fn run_with(cfg: ProxyConfig, upgrade: bool) -> Result<(), Error> {
     }
     server.bootstrap();
 
-    let lb = upstream::build(&cfg.upstream).map_err(|e| Error::Upstream(e.to_string()))?;
+    let (lb, resolve_metrics) =
+        upstream::build(&cfg.upstream).map_err(|e| Error::Upstream(e.to_string()))?;
     let lb_service = background_service("upstream health checks", lb);
     let lb = lb_service.task();
 
     let listen = cfg.listen.to_string();
     let admin_listen = cfg.admin_listen.to_string();
     let state = State::new(cfg, lb)?;
+    state.metrics.register(resolve_metrics.failures);
+    state.metrics.register(resolve_metrics.addresses);
     // Until discovery answers, the registry holds this server alone.
     let me = &state.cfg.server.id;
     let initial = RegistryView::new(

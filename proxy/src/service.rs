@@ -49,9 +49,37 @@ pub struct Ctx {
     in_flight: bool,
     /// The `Idempotency-Key` claim this request holds (docs/idempotency.md).
     idem: Option<Box<idempotency::Tracker>>,
+    /// Times this request was sent again (`crate::retry`).
+    retries: u8,
+    /// For the access log (`crate::access`), kept only when it is on: the
+    /// verified subject and the upstream's answer time.
+    log_subject: Option<HeaderValue>,
+    upstream_seconds: Option<f64>,
 }
 
 impl TetherProxy {
+    /// Writes the request's access line (`crate::access`).
+    fn access_line(&self, session: &Session, ctx: &Ctx) {
+        let req = session.req_header();
+        let peer = match ctx.target {
+            Target::Foreign(addr) => Some(addr.to_string()),
+            _ => None,
+        };
+        self.state.access.write(&crate::access::Line {
+            client: session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip()),
+            method: req.method.as_str(),
+            path: req.uri.path(),
+            status: session.response_written().map_or(0, |r| r.status.as_u16()),
+            outcome: ctx.outcome.label(),
+            subject: ctx.log_subject.as_ref().map(HeaderValue::as_bytes),
+            upstream_seconds: ctx.upstream_seconds,
+            server: peer.as_deref().unwrap_or(&self.state.cfg.server.id),
+        });
+    }
+
     fn is_public(&self, path: &str) -> bool {
         self.state
             .cfg
@@ -123,6 +151,9 @@ impl TetherProxy {
                 Step::Forward(tracker) => ctx.idem = tracker,
             }
         }
+        if self.state.access.enabled() {
+            ctx.log_subject.clone_from(&subject);
+        }
         ctx.subject = subject;
         Ok(false)
     }
@@ -168,6 +199,9 @@ impl ProxyHttp for TetherProxy {
             upstream_started: None,
             in_flight: false,
             idem: None,
+            retries: 0,
+            log_subject: None,
+            upstream_seconds: None,
         }
     }
 
@@ -262,6 +296,16 @@ impl ProxyHttp for TetherProxy {
         _session: &mut Session,
         ctx: &mut Ctx,
     ) -> pingora_error::Result<Box<HttpPeer>> {
+        if ctx.retries > 0 {
+            // A retry goes to the next healthy upstream of the pool.
+            if let Target::Local(_) = ctx.target {
+                if let Some(addr) = crate::upstream::select(&self.state.upstream)
+                    .and_then(|b| b.addr.as_inet().copied())
+                {
+                    ctx.target = Target::Local(addr);
+                }
+            }
+        }
         let addr = match ctx.target {
             Target::Local(a) | Target::Foreign(a) => a,
             Target::None => {
@@ -275,7 +319,7 @@ impl ProxyHttp for TetherProxy {
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(up.connect_timeout);
         peer.options.read_timeout = Some(up.read_timeout);
-        peer.options.idle_timeout = Some(std::time::Duration::from_secs(60));
+        peer.options.idle_timeout = Some(up.idle_timeout);
         if !ctx.in_flight {
             ctx.in_flight = true;
             self.state.load.enter();
@@ -321,10 +365,9 @@ impl ProxyHttp for TetherProxy {
         ctx: &mut Ctx,
     ) -> pingora_error::Result<()> {
         if let Some(t) = ctx.upstream_started.take() {
-            self.state
-                .metrics
-                .upstream_seconds
-                .observe(t.elapsed().as_secs_f64());
+            let seconds = t.elapsed().as_secs_f64();
+            self.state.metrics.upstream_seconds.observe(seconds);
+            ctx.upstream_seconds = Some(seconds);
         }
         // The app must not be able to speak the lock protocol to clients;
         // a peer proxy (forward mode) may.
@@ -367,11 +410,49 @@ impl ProxyHttp for TetherProxy {
         &self,
         _session: &mut Session,
         _peer: &HttpPeer,
-        _ctx: &mut Ctx,
-        e: Box<Error>,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
     ) -> Box<Error> {
-        // Not retried here: the health check takes a dead upstream out of
-        // rotation within one interval, and the client sees a clean 503.
+        // Nothing was sent: another member of the local pool may take it
+        // (a peer proxy in forward mode is not retried: the client
+        // refreshes instead).
+        let pool = self.state.upstream.backends().get_backend().len();
+        let retry = matches!(ctx.target, Target::Local(_))
+            && pool > 1
+            && crate::retry::retry_after_connect_error(e.etype(), ctx.retries);
+        e.set_retry(retry);
+        if retry {
+            ctx.retries += 1;
+            self.state.metrics.upstream_retries.inc();
+        }
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let (etype, hint) = crate::retry::parts(&e);
+        let retry = crate::retry::retry_after_proxy_error(
+            etype,
+            hint,
+            crate::retry::Attempt {
+                reused: client_reused,
+                body_replayable: !session.as_ref().retry_buffer_truncated(),
+                response_started: session.response_written().is_some(),
+                retries: ctx.retries,
+            },
+        );
+        e.set_retry(retry);
+        if retry {
+            ctx.retries += 1;
+            self.state.metrics.upstream_retries.inc();
+        }
         e
     }
 
@@ -379,11 +460,17 @@ impl ProxyHttp for TetherProxy {
         let before_response = session.response_written().is_none();
         let code = match (ctx.target, e.esource()) {
             (Target::Local(_), pingora_error::ErrorSource::Upstream) if before_response => {
-                ctx.outcome = Outcome::UpstreamUnavailable;
-                if let Err(err) = respond::upstream_unavailable(session).await {
-                    tracing::debug!("writing 503 failed: {err}");
+                let any_healthy = crate::upstream::select(&self.state.upstream).is_some();
+                let failure = crate::retry::Failure::of(e.etype(), any_healthy);
+                ctx.outcome = match failure {
+                    crate::retry::Failure::Unavailable => Outcome::UpstreamUnavailable,
+                    crate::retry::Failure::Timeout => Outcome::UpstreamTimeout,
+                    crate::retry::Failure::BadAnswer => Outcome::UpstreamError,
+                };
+                if let Err(err) = respond::upstream_failed(session, failure).await {
+                    tracing::debug!("writing {} failed: {err}", failure.status());
                 }
-                503
+                failure.status()
             }
             (Target::Foreign(_), pingora_error::ErrorSource::Upstream) if before_response => {
                 ctx.outcome = Outcome::ServerUnavailable;
@@ -415,13 +502,16 @@ impl ProxyHttp for TetherProxy {
         }
     }
 
-    async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
         if ctx.in_flight {
             self.state.load.leave();
         }
         self.state.metrics.outcome(ctx.outcome);
         if let Some(t) = ctx.idem.take() {
             t.finish().await;
+        }
+        if self.state.access.sample() {
+            self.access_line(session, ctx);
         }
     }
 }

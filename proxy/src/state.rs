@@ -29,6 +29,12 @@ pub enum Error {
     Idempotency(#[from] crate::idempotency::BuildError),
     #[error("upgrade: {0}")]
     Upgrade(String),
+    /// A listener's address is taken (or not ours to bind).
+    #[error("cannot listen on {addr}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// Everything the request path and the background tasks share.
@@ -57,6 +63,10 @@ pub struct State {
     pub idem: Option<Arc<crate::idempotency::Idempotency>>,
     /// Shutdown grace and the clients still locked here (`lifecycle`).
     pub lifecycle: crate::lifecycle::Lifecycle,
+    /// The access log (`crate::access`), off unless `log.access = "on"`.
+    pub access: crate::access::AccessLog,
+    /// "Unreachable" reports per refresh family (`crate::reports`).
+    pub unreachable_reports: crate::reports::UnreachableReports,
 }
 
 impl State {
@@ -109,6 +119,11 @@ impl State {
             revoked: Mutex::new(HashMap::new()),
             idem,
             lifecycle,
+            unreachable_reports: Default::default(),
+            access: crate::access::AccessLog::new(
+                cfg.log.clone(),
+                cfg.discovery.cluster_token.as_bytes(),
+            ),
             cfg,
         });
         Ok(state)

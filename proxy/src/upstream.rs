@@ -8,13 +8,24 @@ use std::sync::Arc;
 use pingora_http::RequestHeader;
 use pingora_load_balancing::health_check::HttpHealthCheck;
 use pingora_load_balancing::selection::RoundRobin;
-use pingora_load_balancing::{Backend, LoadBalancer};
+use pingora_load_balancing::{Backend, Backends, LoadBalancer};
 
 use crate::config::UpstreamConfig;
+use crate::resolve::{ResolveMetrics, Resolver};
 
-pub fn build(cfg: &UpstreamConfig) -> std::io::Result<LoadBalancer<RoundRobin>> {
-    let mut lb =
-        LoadBalancer::<RoundRobin>::try_from_iter(cfg.addresses.iter().map(|a| a.to_string()))?;
+/// The pool, and the resolver's series (registered by the caller once the
+/// proxy's metrics exist). Host names among the addresses are resolved
+/// here once, then again every `resolve_interval` in the pool's
+/// background service (`crate::resolve`).
+pub fn build(cfg: &UpstreamConfig) -> std::io::Result<(LoadBalancer<RoundRobin>, ResolveMetrics)> {
+    let resolver = Resolver::new(cfg.addresses.clone());
+    let resolve_metrics = resolver.metrics.clone();
+    let mut lb = LoadBalancer::<RoundRobin>::from_backends(Backends::new(Box::new(resolver)));
+    // The first update takes the start-up resolution: no await inside.
+    futures::executor::block_on(lb.update()).map_err(|e| std::io::Error::other(e.to_string()))?;
+    if cfg.addresses.iter().any(|a| a.is_name()) {
+        lb.update_frequency = Some(cfg.resolve_interval);
+    }
     let mut hc = HttpHealthCheck::new("localhost", false);
     let mut req = RequestHeader::build("GET", cfg.health_path.as_bytes(), None)
         .map_err(|e| std::io::Error::other(e.to_string()))?;
@@ -34,7 +45,7 @@ pub fn build(cfg: &UpstreamConfig) -> std::io::Result<LoadBalancer<RoundRobin>> 
     lb.set_health_check(Box::new(hc));
     lb.health_check_frequency = Some(cfg.health_interval);
     lb.parallel_health_check = true;
-    Ok(lb)
+    Ok((lb, resolve_metrics))
 }
 
 /// A healthy upstream for this request, if any: round robin over the

@@ -26,9 +26,14 @@
 //!   bytes of every request; [`sampleapp`]: `tether sample-app` as a child;
 //!   [`redis`]: a private `redis-server` ([`Redis`]) for the idempotency
 //!   store.
+//!   bytes of every request; [`flaky`]: [`FlakyUpstream`], which fails in
+//!   a chosen way (drops reused connections, hangs, cuts its answer);
+//!   [`sampleapp`]: `tether sample-app` as a child.
 //! - [`client`]: login, refresh, requests, `tether token mint`, metrics.
 //! - [`net`]: [`free_port`], [`wait_for_port`]; [`poll`]: [`eventually`],
 //!   to wait for a condition with a deadline instead of sleeping.
+//! - [`netns`]: [`netns::Lab`], two regions in Linux network namespaces
+//!   whose links a partition test cuts and restores.
 //! - [`alloc`]: the one counting global allocator (per process or per
 //!   thread).
 //!
@@ -39,7 +44,9 @@ pub mod client;
 pub mod cluster;
 pub mod conf;
 pub mod discovery;
+pub mod flaky;
 pub mod net;
+pub mod netns;
 pub mod poll;
 pub mod proc;
 pub mod proxy;
@@ -52,6 +59,7 @@ pub use client::{get, login, metric, mint, refresh, Login};
 pub use cluster::{Cluster, Timing};
 pub use conf::Conf;
 pub use discovery::Discovery;
+pub use flaky::{FlakyUpstream, Flaw};
 pub use net::{addr, free_port, port_open, wait_for_port};
 pub use poll::{eventually, eventually_blocking};
 pub use proc::{group_members, tether_bin, Proc, Spawn, StartError, Started};

@@ -27,6 +27,8 @@ pub struct ProxyBuilder<'c> {
     cors: String,
     server_extra: String,
     tls: Option<(PathBuf, PathBuf)>,
+    /// Extra TOML lines per table, for tables the builder has no method for.
+    sections: Vec<(String, String)>,
 }
 
 /// A running proxy process.
@@ -57,7 +59,15 @@ impl<'c> ProxyBuilder<'c> {
             cors: String::new(),
             server_extra: String::new(),
             tls: None,
+            sections: Vec::new(),
         }
+    }
+
+    /// Extra TOML lines for `table` (e.g. `"log"`, `"access = \"on\""`),
+    /// merged last.
+    pub fn section(mut self, table: &str, toml: &str) -> Self {
+        self.sections.push((table.to_owned(), toml.to_owned()));
+        self
     }
 
     pub fn upstream(mut self, app: &Upstream) -> Self {
@@ -191,6 +201,9 @@ impl<'c> ProxyBuilder<'c> {
         }
         if !self.cors.is_empty() {
             c.clear("cors").merge("cors", &self.cors);
+        }
+        for (table, lines) in &self.sections {
+            c.merge(table, lines);
         }
         c
     }

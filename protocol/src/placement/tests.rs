@@ -51,6 +51,7 @@ fn req(current: &'static str) -> Request<'static> {
         answering: "eu-1",
         answering_region: "eu",
         confirmed_dead: &[],
+        unreachable_by_client: &[],
     }
 }
 
@@ -566,8 +567,12 @@ fn exhaustive_small_worlds_never_choose_ineligible_servers() {
             for closest in [None, Some("eu-1"), Some("us-1"), Some("ap-1"), Some("zz-9")] {
                 for critical in [false, true] {
                     for home in [None, Some("eu"), Some("us")] {
-                        for dead in [None, Some(current), Some("us-1")] {
+                        for (dead, cut) in [None, Some(current), Some("us-1")]
+                            .into_iter()
+                            .flat_map(|d| [None, Some(current), Some("eu-2")].map(|c| (d, c)))
+                        {
                             let dead_list: Vec<&str> = dead.into_iter().collect();
+                            let cut_list: Vec<&str> = cut.into_iter().collect();
                             let q = Request {
                                 current,
                                 closest,
@@ -576,15 +581,34 @@ fn exhaustive_small_worlds_never_choose_ineligible_servers() {
                                 answering: "eu-1",
                                 answering_region: "eu",
                                 confirmed_dead: &dead_list,
+                                unreachable_by_client: &cut_list,
                             };
                             let Ok(d) = place(&r, &q, &Hysteresis::default()) else {
                                 assert!(
-                                    r.least_loaded_anywhere(|e| Some(e.id.as_str()) == dead)
+                                    r.least_loaded_anywhere(|e| Some(e.id.as_str()) == dead
+                                        || Some(e.id.as_str()) == cut)
                                         .is_none(),
                                     "no placement although an eligible server exists: {q:?}"
                                 );
                                 continue;
                             };
+                            seen.insert(d.reason);
+                            if Some(d.server.id.as_str()) == cut {
+                                // Only ever the client's own server, kept
+                                // for want of anywhere else.
+                                assert_eq!((d.changed, d.reason), (false, Reason::Kept), "{q:?}");
+                            }
+                            let cur_alive = r
+                                .get(current)
+                                .filter(|c| c.is_live() && dead != Some(current));
+                            if cur_alive.is_some() && cut == Some(current) {
+                                assert!(
+                                    d.reason == Reason::ClientUnreachable
+                                        || (d.reason == Reason::Kept && !d.changed),
+                                    "{q:?} -> {d:?}"
+                                );
+                                continue;
+                            }
                             seen.insert(d.reason);
                             assert_eq!(d.changed, d.server.id != current);
                             assert!(d.server.is_live(), "placed on an unhealthy server: {q:?}");
@@ -643,6 +667,7 @@ fn ten_thousand_servers() {
         answering: "srv-0",
         answering_region: "r0",
         confirmed_dead: &[],
+        unreachable_by_client: &[],
     };
     // srv-7 has load 1, the idle one 0: within hysteresis, so the closest itself.
     expect(&r, q, "srv-7", Reason::MovedRegion);
@@ -672,7 +697,106 @@ fn reasons_have_stable_wire_names() {
             "home_region",
             "kept",
             "same_region_least_load",
-            "moved_region"
+            "moved_region",
+            "client_unreachable"
         ]
+    );
+}
+
+// ---- rule 0: the client cannot reach its server (asymmetric partition) ----
+
+#[test]
+fn a_client_cut_off_from_its_server_moves_alone() {
+    let r = reg(world());
+    // eu-2 is alive for everybody else; this client reports it.
+    expect(
+        &r,
+        Request {
+            unreachable_by_client: &["eu-2"],
+            ..req("eu-2")
+        },
+        "eu-1",
+        Reason::ClientUnreachable,
+    );
+    // Even with a critical task: its server cannot be reached.
+    expect(
+        &r,
+        Request {
+            critical_task: true,
+            unreachable_by_client: &["eu-2"],
+            ..req("eu-2")
+        },
+        "eu-1",
+        Reason::ClientUnreachable,
+    );
+    // Another client on eu-2 is not moved.
+    expect(&r, req("eu-2"), "eu-2", Reason::Kept);
+}
+
+#[test]
+fn a_reported_server_is_never_a_target_for_that_client() {
+    let mut w = world();
+    w.retain(|e| e.id != "us-1");
+    let r = reg(w);
+    // us-1 is gone; the closest, eu-1, is cut off from this client.
+    expect(
+        &r,
+        Request {
+            closest: Some("eu-1"),
+            unreachable_by_client: &["eu-1"],
+            ..req("us-1")
+        },
+        "eu-2",
+        Reason::ServerDown,
+    );
+    // Home region eu with its usual server reported: the other one.
+    expect(
+        &r,
+        Request {
+            home_region: Some("eu"),
+            unreachable_by_client: &["eu-1"],
+            ..req("eu-1")
+        },
+        "eu-2",
+        Reason::ClientUnreachable,
+    );
+    // A client reporting some other server is placed as usual.
+    expect(
+        &r,
+        Request {
+            unreachable_by_client: &["ap-1"],
+            ..req("eu-2")
+        },
+        "eu-2",
+        Reason::Kept,
+    );
+}
+
+#[test]
+fn with_nowhere_else_to_go_the_client_is_kept() {
+    let r = reg(vec![s("eu-1", "eu", 0.0)]);
+    expect(
+        &r,
+        Request {
+            unreachable_by_client: &["eu-1"],
+            ..req("eu-1")
+        },
+        "eu-1",
+        Reason::Kept,
+    );
+}
+
+#[test]
+fn a_confirmed_dead_server_is_server_down_not_client_unreachable() {
+    let r = reg(world());
+    expect(
+        &r,
+        Request {
+            confirmed_dead: &["eu-2"],
+            unreachable_by_client: &["eu-2"],
+            ..req("eu-2")
+        },
+        "eu-1",
+        Reason::ServerDown,
     );
 }

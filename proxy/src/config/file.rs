@@ -20,6 +20,46 @@ pub(super) struct FileConfig {
     pub(super) idempotency: crate::idempotency::config::FileIdempotency,
     #[serde(default)]
     pub(super) cors: FileCors,
+    #[serde(default)]
+    pub(super) log: FileLog,
+}
+
+/// `[log]`: the access log and the log format (`crate::access`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileLog {
+    #[serde(default = "default_access")]
+    pub(super) access: String,
+    #[serde(default = "default_access_sample")]
+    pub(super) access_sample: f64,
+    #[serde(default = "default_access_subject")]
+    pub(super) access_subject: String,
+    #[serde(default = "default_log_format")]
+    pub(super) format: String,
+}
+
+impl Default for FileLog {
+    fn default() -> Self {
+        FileLog {
+            access: default_access(),
+            access_sample: default_access_sample(),
+            access_subject: default_access_subject(),
+            format: default_log_format(),
+        }
+    }
+}
+
+fn default_access() -> String {
+    "off".into()
+}
+fn default_access_sample() -> f64 {
+    1.0
+}
+fn default_access_subject() -> String {
+    "hash".into()
+}
+fn default_log_format() -> String {
+    "text".into()
 }
 
 #[derive(Debug, Deserialize)]
@@ -70,6 +110,14 @@ pub(super) struct FileUpstream {
     pub(super) connect_timeout_ms: u64,
     #[serde(default = "default_read_timeout")]
     pub(super) read_timeout_ms: u64,
+    #[serde(default = "default_upstream_idle_timeout")]
+    pub(super) idle_timeout_ms: u64,
+    #[serde(default = "default_resolve_interval")]
+    pub(super) resolve_interval_ms: u64,
+}
+
+fn default_resolve_interval() -> u64 {
+    5000
 }
 
 fn default_health_path() -> String {
@@ -83,6 +131,12 @@ fn default_connect_timeout() -> u64 {
 }
 fn default_read_timeout() -> u64 {
     30_000
+}
+/// Below the keep-alive timeouts of common app servers (gunicorn 2 s,
+/// Node and uvicorn 5 s), so the proxy drops an idle connection before
+/// the app does (docs/design.md §12).
+fn default_upstream_idle_timeout() -> u64 {
+    1500
 }
 
 #[derive(Debug, Deserialize)]

@@ -58,6 +58,9 @@ fn good_config_with_defaults() {
     assert_eq!(c.routing.foreign_lock, ForeignLock::Redirect);
     assert_eq!(c.worker_threads.get(), 1);
     assert!(c.discovery.cluster_token.len() >= 32);
+    assert_eq!(c.upstream.idle_timeout, Duration::from_millis(1500));
+    assert!(!c.log.access);
+    assert_eq!(c.log.format, crate::access::LogFormat::Text);
 }
 
 fn expect_err(f: &Fixture, text: &str, key: &str) -> String {
@@ -165,6 +168,20 @@ fn bad_values_name_the_key() {
         (
             format!("{GOOD}\n[routing]\nforeign_lock = \"teleport\"\n"),
             "routing.foreign_lock",
+        ),
+        (format!("{GOOD}\n[log]\naccess = \"yes\"\n"), "log.access"),
+        (
+            format!("{GOOD}\n[log]\naccess_sample = 0.0\n"),
+            "log.access_sample",
+        ),
+        (
+            format!("{GOOD}\n[log]\naccess_subject = \"email\"\n"),
+            "log.access_subject",
+        ),
+        (format!("{GOOD}\n[log]\nformat = \"xml\"\n"), "log.format"),
+        (
+            swap("[upstream]", "[upstream]\nidle_timeout_ms = 5"),
+            "upstream.idle_timeout_ms",
         ),
         (
             format!("{GOOD}\n[routing]\npublic_prefixes = [\"/auth/x\"]\n"),

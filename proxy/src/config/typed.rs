@@ -31,6 +31,8 @@ pub struct ProxyConfig {
     pub cors: crate::cors::CorsConfig,
     /// `[server]` shutdown and upgrade keys.
     pub lifecycle: crate::lifecycle::LifecycleConfig,
+    /// `[log]`: access log and format.
+    pub log: crate::access::LogConfig,
 }
 
 /// Who this proxy is: the server a lock names.
@@ -44,11 +46,17 @@ pub struct ServerIdentity {
 
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
-    pub addresses: Vec<SocketAddr>,
+    /// `IP:PORT` or `HOST:PORT` (`crate::resolve`).
+    pub addresses: Vec<crate::resolve::UpstreamAddr>,
+    /// How often host names are resolved again.
+    pub resolve_interval: Duration,
     pub health_path: String,
     pub health_interval: Duration,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
+    /// How long an idle pooled connection to the app is kept; below the
+    /// app's own keep-alive timeout.
+    pub idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -39,6 +39,7 @@ impl Validator<'_> {
             .map_err(|e| self.bad(e.key, e.value, e.allowed))?;
         let cors = self.cors(&f.cors)?;
         let lifecycle = self.lifecycle(&f.server)?;
+        let log = self.log(&f.log)?;
         Ok(ProxyConfig {
             server,
             listen,
@@ -54,6 +55,7 @@ impl Validator<'_> {
             idempotency,
             cors,
             lifecycle,
+            log,
         })
     }
 
@@ -82,6 +84,54 @@ impl Validator<'_> {
             shutdown_grace: Duration::from_secs(grace),
             shutdown_timeout: Duration::from_secs(timeout),
             upgrade_socket: PathBuf::from(&s.upgrade_socket),
+        })
+    }
+
+    /// `[log]`: the access log (`crate::access`) and the log format.
+    fn log(&self, l: &super::file::FileLog) -> Result<crate::access::LogConfig, ConfigError> {
+        use crate::access::{LogConfig, LogFormat, SubjectInLog};
+        let access = match l.access.as_str() {
+            "on" => true,
+            "off" => false,
+            other => {
+                return Err(self.bad(
+                    "log.access",
+                    format!("{other:?}"),
+                    "must be \"on\" or \"off\"",
+                ))
+            }
+        };
+        if !(l.access_sample > 0.0 && l.access_sample <= 1.0) {
+            return Err(self.bad(
+                "log.access_sample",
+                l.access_sample.to_string(),
+                "must be a fraction in (0, 1]: 1 logs every request, 0.01 one in a hundred",
+            ));
+        }
+        let access_subject = match l.access_subject.as_str() {
+            "hash" => SubjectInLog::Hash,
+            "id" => SubjectInLog::Id,
+            "none" => SubjectInLog::None,
+            other => {
+                return Err(self.bad(
+                    "log.access_subject",
+                    format!("{other:?}"),
+                    "must be \"hash\", \"id\" or \"none\"",
+                ))
+            }
+        };
+        let format = LogFormat::parse(&l.format).ok_or_else(|| {
+            self.bad(
+                "log.format",
+                format!("{:?}", l.format),
+                "must be \"text\" or \"json\"",
+            )
+        })?;
+        Ok(LogConfig {
+            access,
+            access_sample: l.access_sample,
+            access_subject,
+            format,
         })
     }
 
@@ -137,7 +187,15 @@ impl Validator<'_> {
         let addresses = u
             .addresses
             .iter()
-            .map(|a| self.addr("upstream.addresses", a))
+            .map(|a| {
+                crate::resolve::UpstreamAddr::parse(a).ok_or_else(|| {
+                    self.bad(
+                        "upstream.addresses",
+                        format!("{a:?}"),
+                        "must be IP:PORT or HOST:PORT, e.g. \"127.0.0.1:3001\" or \"app.internal:3001\"",
+                    )
+                })
+            })
             .collect::<Result<Vec<_>, _>>()?;
         if !u.health_path.starts_with('/') {
             return Err(self.bad(
@@ -161,6 +219,13 @@ impl Validator<'_> {
                 60_000,
             )?,
             read_timeout: self.ms("upstream.read_timeout_ms", u.read_timeout_ms, 100, 600_000)?,
+            idle_timeout: self.ms("upstream.idle_timeout_ms", u.idle_timeout_ms, 100, 600_000)?,
+            resolve_interval: self.ms(
+                "upstream.resolve_interval_ms",
+                u.resolve_interval_ms,
+                100,
+                3_600_000,
+            )?,
             health_path: u.health_path,
         })
     }

@@ -58,6 +58,15 @@ pub(super) async fn refresh(state: &State, session: &mut Session) -> Result<()> 
             if let Some(entry) = view.registry.get(unreachable).filter(|s| s.is_live()) {
                 let alive = state.prober.is_alive(&entry.id, &entry.url).await;
                 state.metrics.probe(alive);
+                if alive {
+                    // Alive for us, not for this client: remembered for
+                    // this client's family only (rule 0).
+                    state.unreachable_reports.record(
+                        &claims.fam,
+                        &entry.id,
+                        std::time::Instant::now(),
+                    );
+                }
             }
         }
     }
@@ -72,6 +81,14 @@ pub(super) async fn refresh(state: &State, session: &mut Session) -> Result<()> 
         .filter(|id| *id != me.id)
         .collect();
 
+    let cut_off_ids = if state.cfg.routing.fast_failover {
+        state
+            .unreachable_reports
+            .cut_off(&claims.fam, std::time::Instant::now())
+    } else {
+        Vec::new()
+    };
+    let cut_off: Vec<&str> = cut_off_ids.iter().map(String::as_str).collect();
     let decision = placement::place(
         &view.registry,
         &placement::Request {
@@ -82,6 +99,7 @@ pub(super) async fn refresh(state: &State, session: &mut Session) -> Result<()> 
             answering: &me.id,
             answering_region: &me.region,
             confirmed_dead: &confirmed_dead,
+            unreachable_by_client: &cut_off,
         },
         &state.cfg.routing.hysteresis,
     );

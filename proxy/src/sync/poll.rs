@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
-use tether_protocol::registry::SnapshotError;
+use tether_protocol::registry::{Registry, SnapshotError};
 use tether_protocol::wire::Snapshot;
 
 use super::Backoff;
@@ -37,6 +37,11 @@ async fn run(state: &State) {
     let mut etag: Option<String> = None;
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
     let mut gate = Gate::new(d.implausible_accept_after);
+    // What discovery last sent and the proxy accepted: the gate judges a
+    // new snapshot against this, not against the view (which always holds
+    // this server itself, so a clean start would look like "1 server known,
+    // now none").
+    let mut known = Registry::new(Snapshot::default());
     let resolve = state.cfg.routing.foreign_lock == ForeignLock::Forward;
     loop {
         let started = Instant::now();
@@ -70,7 +75,7 @@ async fn run(state: &State) {
                     .map(|b| serde_json::from_slice::<Snapshot>(&b))
                 {
                     Ok(Ok(snapshot)) => {
-                        match offer(state, &mut gate, snapshot, resolve).await {
+                        match offer(state, &mut gate, &mut known, snapshot, resolve).await {
                             Ok(()) => {
                                 etag = tag;
                                 state.registry.mark_contact();
@@ -119,11 +124,11 @@ async fn run(state: &State) {
 async fn offer(
     state: &State,
     gate: &mut Gate,
+    known: &mut Registry,
     snapshot: Snapshot,
     resolve: bool,
 ) -> Result<(), SnapshotError> {
-    let current = state.registry.load_full();
-    match gate.judge(&current.registry, &snapshot, Instant::now()) {
+    match gate.judge(known, &snapshot, Instant::now()) {
         Passage::Pass => {}
         Passage::Believed {
             error,
@@ -143,7 +148,7 @@ async fn offer(
             return Err(error);
         }
     }
-    drop(current);
+    *known = Registry::new(snapshot.clone());
     let me = &state.cfg.server.id;
     let peers = if resolve {
         peer_addrs(&snapshot, me).await

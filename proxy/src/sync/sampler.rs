@@ -31,7 +31,7 @@ async fn run(state: &State) {
         state.metrics.load.set(state.load.value());
         state
             .metrics
-            .registry_staleness_ms
-            .set(state.registry.staleness().as_millis() as i64);
+            .registry_staleness_seconds
+            .set(state.registry.staleness().as_secs_f64());
     }
 }
