@@ -166,7 +166,12 @@ async fn killing_the_first_discovery_node_moves_proxies_to_the_second() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn polls_are_deltas_and_the_view_matches_the_listing() {
-    let mut c = Cluster::new(Timing::default());
+    // A TTL well above the fake servers' heartbeat round, so none is
+    // evicted (and re-added) while the bytes are counted.
+    let mut c = Cluster::new(Timing {
+        ttl_ms: 5000,
+        ..Timing::default()
+    });
     c.start_discovery(0);
     let app = Upstream::start("app").await;
     let p = c.proxy("eu-1", "eu").upstream(&app).start().await;
