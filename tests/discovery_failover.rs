@@ -309,7 +309,10 @@ async fn all_discovery_down_longer_than_the_access_lifetime() {
     assert_eq!(s, 200, "{v}");
     assert_ne!(v["reason"], "discovery_unavailable", "rotated again: {v}");
     let rotated = v["refreshToken"].as_str().unwrap().to_owned();
-    assert_ne!(rotated, copied, "the first refresh after the outage rotates");
+    assert_ne!(
+        rotated, copied,
+        "the first refresh after the outage rotates"
+    );
     // ...then the copy is presented (after the grace window, at another
     // proxy): reuse, and the family is revoked everywhere.
     tokio::time::sleep(Duration::from_millis(600)).await;

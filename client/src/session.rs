@@ -334,7 +334,10 @@ mod tests {
             reason: "discovery_unavailable".into(),
         };
         let s = Session::from_refresh(answer, Instant::now(), 2).unwrap();
-        assert_eq!((s.access_token.as_str(), s.refresh_token.as_str()), ("a2", "r1"));
+        assert_eq!(
+            (s.access_token.as_str(), s.refresh_token.as_str()),
+            ("a2", "r1")
+        );
     }
 
     #[test]
