@@ -46,10 +46,14 @@ pub enum Reason {
     SameRegionLeastLoad,
     MovedRegion,
     ClientUnreachable,
+    /// Not a placement by these rules: no discovery node answered, so the
+    /// proxy kept the current lock (or re-placed only from a dead server)
+    /// and handed the refresh token back unrotated (docs/design.md §6b).
+    DiscoveryUnavailable,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 7] = [
+    pub const ALL: [Reason; 8] = [
         Reason::ServerDown,
         Reason::CriticalTask,
         Reason::HomeRegion,
@@ -57,6 +61,7 @@ impl Reason {
         Reason::SameRegionLeastLoad,
         Reason::MovedRegion,
         Reason::ClientUnreachable,
+        Reason::DiscoveryUnavailable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -68,6 +73,7 @@ impl Reason {
             Reason::SameRegionLeastLoad => "same_region_least_load",
             Reason::MovedRegion => "moved_region",
             Reason::ClientUnreachable => "client_unreachable",
+            Reason::DiscoveryUnavailable => "discovery_unavailable",
         }
     }
 }

@@ -401,14 +401,6 @@ impl Metrics {
         }
     }
 
-    /// Adds a series made elsewhere (the upstream resolver's, built
-    /// before the metrics); it gets the `tether_proxy_` prefix.
-    pub fn register(&self, c: impl prometheus::core::Collector + 'static) {
-        if let Err(e) = self.registry.register(Box::new(c)) {
-            tracing::error!("metric registration failed: {e}");
-        }
-    }
-
     /// The registry behind `/metrics` (prefix `tether_proxy_`, label
     /// `server`), for metrics defined elsewhere (idempotency).
     pub fn registry(&self) -> &Registry {
@@ -468,6 +460,15 @@ impl Metrics {
             tracing::error!("metric registration failed: {e}");
         }
         g
+    }
+
+    /// Registers a metric another module owns (e.g.
+    /// `crate::sync::DiscoveryNodes`) so `/metrics` shows it.
+    pub fn register<C: prometheus::core::Collector + Clone + 'static>(&self, c: C) -> C {
+        if let Err(e) = self.registry.register(Box::new(c.clone())) {
+            tracing::error!("metric registration failed: {e}");
+        }
+        c
     }
 
     /// The Prometheus text exposition.

@@ -54,6 +54,8 @@ pub struct State {
     pub successor_key: [u8; 32],
     /// Calls to discovery (heartbeats, polls).
     pub discovery_http: reqwest::Client,
+    /// The discovery nodes and the one in use (`discovery.urls`).
+    pub discovery: crate::sync::DiscoveryNodes,
     /// Calls to the upstream's login path.
     pub upstream_http: reqwest::Client,
     /// Refresh families revoked by a logout at this proxy, with the time
@@ -92,7 +94,9 @@ impl State {
             false => None,
         };
         let lifecycle = crate::lifecycle::Lifecycle::new(&cfg, &metrics);
+        let discovery = crate::sync::DiscoveryNodes::new(&cfg.discovery.urls, &metrics);
         let state = Arc::new(State {
+            discovery,
             tokens: TokenStore::new(&cfg.tokens),
             registry: RegistryState::new(RegistryView::default()),
             upstream,

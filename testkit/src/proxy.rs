@@ -29,6 +29,7 @@ pub struct ProxyBuilder<'c> {
     tls: Option<(PathBuf, PathBuf)>,
     /// Extra TOML lines per table, for tables the builder has no method for.
     sections: Vec<(String, String)>,
+    discovery_urls: Option<Vec<String>>,
 }
 
 /// A running proxy process.
@@ -60,6 +61,7 @@ impl<'c> ProxyBuilder<'c> {
             server_extra: String::new(),
             tls: None,
             sections: Vec::new(),
+            discovery_urls: None,
         }
     }
 
@@ -134,6 +136,13 @@ impl<'c> ProxyBuilder<'c> {
         self
     }
 
+    /// `discovery.urls` (in this order) instead of `discovery.url` = the
+    /// cluster's discovery.
+    pub fn discovery_urls(mut self, urls: &[&str]) -> Self {
+        self.discovery_urls = Some(urls.iter().map(|u| (*u).to_owned()).collect());
+        self
+    }
+
     /// Serve HTTPS with this certificate chain and key; the proxy's `url`
     /// and public URL become `https://`.
     pub fn tls(mut self, cert: &Path, key: &Path) -> Self {
@@ -174,9 +183,12 @@ impl<'c> ProxyBuilder<'c> {
             )
             .set("upstream", "connect_timeout_ms", 500i64)
             .set("upstream", "read_timeout_ms", 5000i64);
-        c.retain("discovery", &[])
-            .set("discovery", "url", self.cluster.discovery_url())
-            .set("discovery", "cluster_token_file", "cluster.token")
+        c.retain("discovery", &[]);
+        match &self.discovery_urls {
+            Some(urls) => c.set("discovery", "urls", urls.clone()),
+            None => c.set("discovery", "url", self.cluster.discovery_url()),
+        };
+        c.set("discovery", "cluster_token_file", "cluster.token")
             .set("discovery", "heartbeat_interval_ms", t.heartbeat_ms as i64)
             .set("discovery", "poll_wait_seconds", 5i64)
             .set("discovery", "min_poll_interval_ms", 50i64)
