@@ -23,6 +23,11 @@ fn a_dropped_proc_leaves_nothing_in_its_group() {
         group_members(group).len() >= 3
     });
     drop(started);
+    // The group was sent SIGKILL and its leader reaped; the background
+    // sleep, reparented to init, is gone once init has reaped it too.
+    eventually_blocking(Duration::from_secs(3), "the group is empty", || {
+        group_members(group).is_empty()
+    });
     assert_eq!(group_members(group), Vec::new());
     assert!(std::fs::read_to_string(&log).unwrap().contains("ready"));
 }
