@@ -143,7 +143,12 @@ async fn discovery_down_policy() {
     let mut c = Cluster::new(Timing::default());
     c.start_discovery(0);
     let app = Upstream::start("app").await;
-    let closed = c.proxy("eu-1", "eu").upstream(&app).start().await;
+    let closed = c
+        .proxy("eu-1", "eu")
+        .upstream(&app)
+        .tokens_extra("refresh_when_discovery_down = \"fail_closed\"")
+        .start()
+        .await;
     let open = c
         .proxy("eu-2", "eu")
         .upstream(&app)
@@ -154,7 +159,7 @@ async fn discovery_down_policy() {
     let lo = login(&c.http, &open.url, "bob", None).await;
     c.discovery.as_mut().unwrap().proc.kill();
 
-    // Fail-closed (the default): no refresh without reuse detection...
+    // Fail-closed: no refresh without reuse detection...
     let (s, v) = refresh(&c.http, &closed.url, json!({"refreshToken": lc.refresh})).await;
     assert_eq!(s, 503, "{v}");
     assert_eq!(v["error"], "refresh_unavailable");

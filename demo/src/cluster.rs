@@ -142,7 +142,7 @@ impl Cluster {
             conf.set("server", "admin_listen", format!("127.0.0.1:{admin}"));
             conf.set("upstream", "addresses", vec![app.to_string()]);
             conf.set("upstream", "health_interval_ms", 250i64);
-            conf.set("discovery", "url", discovery_url.clone());
+            conf.set("discovery", "urls", vec![discovery_url.clone()]);
             conf.set(
                 "discovery",
                 "heartbeat_interval_ms",

@@ -37,16 +37,21 @@ pub enum Reason {
     Kept,
     SameRegionLeastLoad,
     MovedRegion,
+    /// Not a placement by these rules: no discovery node answered, so the
+    /// proxy kept the current lock (or re-placed only from a dead server)
+    /// and handed the refresh token back unrotated (docs/design.md §6b).
+    DiscoveryUnavailable,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 6] = [
+    pub const ALL: [Reason; 7] = [
         Reason::ServerDown,
         Reason::CriticalTask,
         Reason::HomeRegion,
         Reason::Kept,
         Reason::SameRegionLeastLoad,
         Reason::MovedRegion,
+        Reason::DiscoveryUnavailable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -57,6 +62,7 @@ impl Reason {
             Reason::Kept => "kept",
             Reason::SameRegionLeastLoad => "same_region_least_load",
             Reason::MovedRegion => "moved_region",
+            Reason::DiscoveryUnavailable => "discovery_unavailable",
         }
     }
 }

@@ -394,6 +394,15 @@ impl Metrics {
         }
     }
 
+    /// Registers a metric another module owns (e.g.
+    /// `crate::sync::DiscoveryNodes`) so `/metrics` shows it.
+    pub fn register<C: prometheus::core::Collector + Clone + 'static>(&self, c: C) -> C {
+        if let Err(e) = self.registry.register(Box::new(c.clone())) {
+            tracing::error!("metric registration failed: {e}");
+        }
+        c
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> Vec<u8> {
         let mut buf = Vec::with_capacity(8 * 1024);

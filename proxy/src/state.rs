@@ -44,6 +44,8 @@ pub struct State {
     pub successor_key: [u8; 32],
     /// Calls to discovery (heartbeats, polls).
     pub discovery_http: reqwest::Client,
+    /// The discovery nodes and the one in use (`discovery.urls`).
+    pub discovery: crate::sync::DiscoveryNodes,
     /// Calls to the upstream's login path.
     pub upstream_http: reqwest::Client,
     /// Refresh families revoked by a logout at this proxy, with the time
@@ -65,11 +67,14 @@ impl State {
             .timeout(cfg.upstream.read_timeout)
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
+        let metrics = Metrics::new(&cfg.server.id);
+        let discovery = crate::sync::DiscoveryNodes::new(&cfg.discovery.urls, &metrics);
         let state = Arc::new(State {
+            discovery,
             tokens: TokenStore::new(&cfg.tokens),
             registry: RegistryState::new(RegistryView::default()),
             upstream,
-            metrics: Metrics::new(&cfg.server.id),
+            metrics,
             load: Load::default(),
             prober: Prober::new(
                 cfg.routing.probe_timeout,

@@ -49,6 +49,7 @@ fn valid_hs256_token_check_and_lock_decision_allocate_nothing() {
         keyring: ring,
         refresh_rotation: true,
         when_discovery_down: DownPolicy::FailClosed,
+        max_extend: std::time::Duration::from_secs(21_600),
         verified_cache_entries: 0,
     });
     let view = RegistryView {

@@ -36,6 +36,7 @@ fn tokens_with(ring: &str, cache_entries: usize) -> Tokens {
         keyring: ring,
         refresh_rotation: true,
         when_discovery_down: DownPolicy::FailClosed,
+        max_extend: std::time::Duration::from_secs(21_600),
         verified_cache_entries: cache_entries,
     })
 }

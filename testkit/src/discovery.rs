@@ -68,6 +68,34 @@ impl Cluster {
         self.discovery.as_ref().expect("just set")
     }
 
+    /// Starts another discovery process with the same config (its own
+    /// port, config file and log, `discovery.<name>.*`), for proxies that
+    /// list several nodes. The cluster's own discovery is unaffected.
+    pub fn start_extra_discovery(&self, name: &str) -> Discovery {
+        let path = self
+            .discovery_conf(0)
+            .write(&self.path(&format!("discovery.{name}.toml")))
+            .expect("write config");
+        let started = Spawn::new(&format!("discovery {name}"), &self.bin)
+            .args(["discovery", "--config"])
+            .arg(&path)
+            .env("TETHER_LOG", "info")
+            .log(&self.path(&format!("discovery.{name}.log")))
+            .ready("tether discovery listening on ")
+            .start()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let url = started.first().to_owned();
+        let addr: SocketAddr = url
+            .trim_start_matches("http://")
+            .parse()
+            .expect("discovery address");
+        Discovery {
+            proc: started.proc,
+            url,
+            addr,
+        }
+    }
+
     pub fn discovery_url(&self) -> String {
         self.discovery
             .as_ref()

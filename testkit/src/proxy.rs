@@ -24,6 +24,7 @@ pub struct ProxyBuilder<'c> {
     tokens_extra: String,
     limits: String,
     tls: Option<(PathBuf, PathBuf)>,
+    discovery_urls: Option<Vec<String>>,
 }
 
 /// A running proxy process.
@@ -51,6 +52,7 @@ impl<'c> ProxyBuilder<'c> {
             tokens_extra: String::new(),
             limits: String::new(),
             tls: None,
+            discovery_urls: None,
         }
     }
 
@@ -95,6 +97,13 @@ impl<'c> ProxyBuilder<'c> {
         self
     }
 
+    /// `discovery.urls` (in this order) instead of `discovery.url` = the
+    /// cluster's discovery.
+    pub fn discovery_urls(mut self, urls: &[&str]) -> Self {
+        self.discovery_urls = Some(urls.iter().map(|u| (*u).to_owned()).collect());
+        self
+    }
+
     /// Serve HTTPS with this certificate chain and key; the proxy's `url`
     /// and public URL become `https://`.
     pub fn tls(mut self, cert: &Path, key: &Path) -> Self {
@@ -134,9 +143,12 @@ impl<'c> ProxyBuilder<'c> {
             )
             .set("upstream", "connect_timeout_ms", 500i64)
             .set("upstream", "read_timeout_ms", 5000i64);
-        c.retain("discovery", &[])
-            .set("discovery", "url", self.cluster.discovery_url())
-            .set("discovery", "cluster_token_file", "cluster.token")
+        c.retain("discovery", &[]);
+        match &self.discovery_urls {
+            Some(urls) => c.set("discovery", "urls", urls.clone()),
+            None => c.set("discovery", "url", self.cluster.discovery_url()),
+        };
+        c.set("discovery", "cluster_token_file", "cluster.token")
             .set("discovery", "heartbeat_interval_ms", t.heartbeat_ms as i64)
             .set("discovery", "poll_wait_seconds", 5i64)
             .set("discovery", "min_poll_interval_ms", 50i64)

@@ -68,7 +68,10 @@ fn default_read_timeout() -> u64 {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct FileDiscovery {
-    pub(super) url: String,
+    /// One discovery node (kept for existing configs), or several in
+    /// `urls`: exactly one of the two.
+    pub(super) url: Option<String>,
+    pub(super) urls: Option<Vec<String>>,
     pub(super) cluster_token_file: Option<String>,
     pub(super) cluster_token_env: Option<String>,
     #[serde(default = "default_heartbeat")]
@@ -110,6 +113,8 @@ pub(super) struct FileTokens {
     pub(super) refresh_rotation: bool,
     #[serde(default = "default_down_policy")]
     pub(super) refresh_when_discovery_down: String,
+    #[serde(default = "default_max_extend")]
+    pub(super) max_extend_seconds: u64,
     #[serde(default = "default_cache_entries")]
     pub(super) verified_cache_entries: usize,
 }
@@ -119,7 +124,14 @@ fn default_cache_entries() -> usize {
 }
 
 fn default_down_policy() -> String {
-    "fail_closed".into()
+    "extend".into()
+}
+
+/// Six hours: covers a discovery or etcd outage through a night shift
+/// (time to page someone and repair it), while bounding how long a copied
+/// refresh token can go undetected to well under the refresh lifetime.
+fn default_max_extend() -> u64 {
+    21_600
 }
 
 fn default_access_ttl() -> u64 {

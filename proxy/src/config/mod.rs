@@ -27,6 +27,11 @@ pub use typed::{
 pub const ACCESS_TTL_RANGE: (u64, u64) = (60, 300);
 /// Refresh-token lifetime bounds, days.
 pub const REFRESH_TTL_RANGE: (u64, u64) = (7, 30);
+/// `tokens.max_extend_seconds` bounds, seconds: at most seven days (the
+/// shortest refresh lifetime: past that, "extend" would outlive every
+/// refresh token anyway). Smaller is only stricter, so the floor is 1
+/// (use `fail_closed` for none at all).
+pub const MAX_EXTEND_RANGE: (u64, u64) = (1, 7 * 86_400);
 /// Largest allowed verification leeway, seconds.
 pub const MAX_LEEWAY: u64 = 30;
 

@@ -210,3 +210,90 @@ fn refresh_lifetime_cap_is_the_top_of_the_range() {
         super::REFRESH_TTL_RANGE.1 * 86_400
     );
 }
+
+#[test]
+fn discovery_urls_and_the_single_url() {
+    let f = Fixture::new();
+    // The single `url` stays accepted: a list of one.
+    let one = f.parse(GOOD).unwrap();
+    assert_eq!(one.discovery.urls, vec!["http://127.0.0.1:7070".to_owned()]);
+    let two = f
+        .parse(&GOOD.replace(
+            "url = \"http://127.0.0.1:7070\"",
+            "urls = [\"http://10.0.0.5:7070/\", \"https://disco.example:7443\"]",
+        ))
+        .unwrap();
+    assert_eq!(
+        two.discovery.urls,
+        vec![
+            "http://10.0.0.5:7070".to_owned(),
+            "https://disco.example:7443".to_owned()
+        ]
+    );
+    let swap = |to: &str| GOOD.replace("url = \"http://127.0.0.1:7070\"", to);
+    for (text, key, says) in [
+        (
+            swap("url = \"http://a:1\"\nurls = [\"http://b:1\"]"),
+            "discovery.urls",
+            "exactly one of discovery.url and discovery.urls",
+        ),
+        (swap(""), "discovery.urls", "set discovery.urls"),
+        (swap("urls = []"), "discovery.urls", "at least one"),
+        (
+            swap("urls = [\"http://a:1\", \"ftp://b\"]"),
+            "discovery.urls",
+            "ftp://b",
+        ),
+        (
+            swap("urls = [\"http://a:1\", \"http://a:1/\"]"),
+            "discovery.urls",
+            "listed twice",
+        ),
+        (swap("url = \"nope\""), "discovery.url", "nope"),
+    ] {
+        let e = expect_err(&f, &text, key);
+        assert!(e.contains(says), "{e:?} should say {says:?}");
+    }
+}
+
+#[test]
+fn refresh_down_policy_defaults_to_extend_and_is_bounded() {
+    let f = Fixture::new();
+    let c = f.parse(GOOD).unwrap();
+    assert_eq!(c.tokens.when_discovery_down, DownPolicy::Extend);
+    assert_eq!(c.tokens.max_extend, Duration::from_secs(21_600));
+    let with = |extra: &str| {
+        GOOD.replace(
+            "keyring_file = \"keyring.toml\"",
+            &format!("keyring_file = \"keyring.toml\"\n{extra}"),
+        )
+    };
+    for (policy, want) in [
+        ("extend", DownPolicy::Extend),
+        ("fail_closed", DownPolicy::FailClosed),
+        ("fail_open", DownPolicy::FailOpen),
+    ] {
+        let c = f
+            .parse(&with(&format!(
+                "refresh_when_discovery_down = \"{policy}\"\nmax_extend_seconds = 60"
+            )))
+            .unwrap();
+        assert_eq!(c.tokens.when_discovery_down, want);
+        assert_eq!(c.tokens.max_extend, Duration::from_secs(60));
+    }
+    let e = expect_err(
+        &f,
+        &with("refresh_when_discovery_down = \"stretch\""),
+        "tokens.refresh_when_discovery_down",
+    );
+    assert!(e.contains("\"extend\""), "{e}");
+    for bad in ["0", "604801"] {
+        let e = expect_err(
+            &f,
+            &with(&format!("max_extend_seconds = {bad}")),
+            "tokens.max_extend_seconds",
+        );
+        assert!(e.contains("between 1 and 604800 seconds"), "{e}");
+    }
+    expect_err(&f, &with("max_extend_seconds = -1"), "max_extend_seconds");
+}

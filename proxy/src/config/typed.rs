@@ -46,8 +46,9 @@ pub struct UpstreamConfig {
 
 #[derive(Debug, Clone)]
 pub struct DiscoveryClientConfig {
-    /// Base URL, without a trailing slash.
-    pub url: String,
+    /// Base URLs of the discovery nodes, without a trailing slash, in the
+    /// order they are tried (`discovery.urls`, or the one `discovery.url`).
+    pub urls: Vec<String>,
     pub cluster_token: String,
     pub heartbeat_interval: Duration,
     pub poll_wait: Duration,

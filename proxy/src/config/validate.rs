@@ -17,7 +17,7 @@ use super::typed::{
     DiscoveryClientConfig, ForeignLock, Limits, LoginConfig, ProxyConfig, RoutingConfig,
     ServerIdentity, Source, TlsFiles, UpstreamConfig,
 };
-use super::{ConfigError, ACCESS_TTL_RANGE, MAX_LEEWAY, REFRESH_TTL_RANGE};
+use super::{ConfigError, ACCESS_TTL_RANGE, MAX_EXTEND_RANGE, MAX_LEEWAY, REFRESH_TTL_RANGE};
 use crate::tokens::{DownPolicy, KeyRing, TokenConfig};
 
 pub(super) struct Validator<'a> {
@@ -133,7 +133,7 @@ impl Validator<'_> {
     /// `[discovery]`: where discovery is, the cluster token, the timings.
     fn discovery(&self, d: &FileDiscovery) -> Result<DiscoveryClientConfig, ConfigError> {
         Ok(DiscoveryClientConfig {
-            url: self.base_url("discovery.url", &d.url)?,
+            urls: self.discovery_urls(d)?,
             cluster_token: self.secret(
                 "discovery.cluster_token_file",
                 d.cluster_token_file.as_deref(),
@@ -159,6 +159,47 @@ impl Validator<'_> {
             )?,
             implausible_accept_after: Duration::from_secs(d.implausible_accept_after_seconds),
         })
+    }
+
+    /// `discovery.urls` (at least one, no repeats) or the single
+    /// `discovery.url`: exactly one of the two, each URL checked like
+    /// `server.public_url`.
+    fn discovery_urls(&self, d: &FileDiscovery) -> Result<Vec<String>, ConfigError> {
+        match (&d.url, &d.urls) {
+            (Some(url), None) => Ok(vec![self.base_url("discovery.url", url)?]),
+            (None, Some(urls)) => {
+                if urls.is_empty() {
+                    return Err(self.bad(
+                        "discovery.urls",
+                        "[]",
+                        "list at least one discovery URL, e.g. [\"http://127.0.0.1:7070\"]",
+                    ));
+                }
+                let mut out: Vec<String> = Vec::with_capacity(urls.len());
+                for u in urls {
+                    let u = self.base_url("discovery.urls", u)?;
+                    if out.contains(&u) {
+                        return Err(self.bad(
+                            "discovery.urls",
+                            format!("{u:?}"),
+                            "is listed twice; list each discovery node once",
+                        ));
+                    }
+                    out.push(u);
+                }
+                Ok(out)
+            }
+            (Some(_), Some(_)) => Err(self.bad(
+                "discovery.urls",
+                "(both url and urls)",
+                "set exactly one of discovery.url and discovery.urls",
+            )),
+            (None, None) => Err(self.bad(
+                "discovery.urls",
+                "(missing)",
+                "set discovery.urls = [\"http://...\", ...] (or the single discovery.url)",
+            )),
+        }
     }
 
     /// `[tokens]`: issuer, audience, lifetimes, the key ring (read and
@@ -195,16 +236,23 @@ impl Validator<'_> {
             source,
         })?;
         let when_discovery_down = match t.refresh_when_discovery_down.as_str() {
+            "extend" => DownPolicy::Extend,
             "fail_closed" => DownPolicy::FailClosed,
             "fail_open" => DownPolicy::FailOpen,
             other => {
                 return Err(self.bad(
                     "tokens.refresh_when_discovery_down",
                     format!("{other:?}"),
-                    "must be \"fail_closed\" or \"fail_open\"",
+                    "must be \"extend\", \"fail_closed\" or \"fail_open\"",
                 ))
             }
         };
+        let max_extend = self.range(
+            "tokens.max_extend_seconds",
+            t.max_extend_seconds,
+            MAX_EXTEND_RANGE,
+            " seconds",
+        )?;
         let verified_cache_entries = self.range(
             "tokens.verified_cache_entries",
             t.verified_cache_entries,
@@ -215,6 +263,7 @@ impl Validator<'_> {
             verified_cache_entries,
             refresh_rotation: t.refresh_rotation,
             when_discovery_down,
+            max_extend: Duration::from_secs(max_extend),
             issuer: t.issuer.clone(),
             audience: t.audience.clone(),
             access_ttl: Duration::from_secs(access_ttl),

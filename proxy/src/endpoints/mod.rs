@@ -136,22 +136,40 @@ pub(super) fn summary(id: &str, url: &str, region: &str) -> ServerSummary {
     }
 }
 
-/// A cluster-token call to discovery, bounded to 2 s: a refresh or logout
-/// never waits long on it.
+/// A cluster-token call to discovery, bounded to 2 s per node: a refresh
+/// or logout never waits long on it. A node that fails
+/// ([`crate::sync::node_failed`]) is left for the next one, each node tried
+/// once; the last failure is returned when none answers.
 pub(super) async fn discovery_post<T: serde::Serialize>(
     state: &State,
     path: &str,
     body: &T,
 ) -> reqwest::Result<reqwest::Response> {
     let d = &state.cfg.discovery;
-    state
-        .discovery_http
-        .post(format!("{}{path}", d.url))
-        .bearer_auth(&d.cluster_token)
-        .timeout(std::time::Duration::from_secs(2))
-        .json(body)
-        .send()
-        .await
+    let nodes = &state.discovery;
+    let mut tries = nodes.len().max(1);
+    loop {
+        let (node, base) = nodes.current();
+        let result = state
+            .discovery_http
+            .post(format!("{base}{path}"))
+            .bearer_auth(&d.cluster_token)
+            .timeout(std::time::Duration::from_secs(2))
+            .json(body)
+            .send()
+            .await;
+        match crate::sync::node_failed(&result) {
+            None => {
+                nodes.answered();
+                return result;
+            }
+            Some(why) => nodes.failed(node, &why),
+        }
+        tries -= 1;
+        if tries == 0 {
+            return result;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,10 +1,14 @@
 //! `POST /auth/refresh`: verify the refresh token, probe a server the
 //! client reports unreachable, place the client again
 //! (`tether_protocol::placement`), rotate the refresh token at discovery,
-//! mint the new pair.
+//! mint the new pair. When no discovery node answers, the
+//! `tokens.refresh_when_discovery_down` policy decides (docs/design.md
+//! §6b): "extend" re-mints the access token for the current lock and
+//! hands the refresh token back unrotated, for at most
+//! `tokens.max_extend_seconds` of outage.
 
 use pingora_proxy::Session;
-use tether_protocol::placement::{self, PlacementError};
+use tether_protocol::placement::{self, PlacementError, Reason};
 use tether_protocol::validate::parse_json;
 use tether_protocol::wire::{ErrorBody, RefreshRequest, RefreshResponse, ServerSummary};
 
@@ -95,6 +99,8 @@ pub(super) async fn refresh(state: &State, session: &mut Session) -> Result<()> 
         }
     };
     let mut target = decision.server.summary();
+    let mut reason = decision.reason;
+    let mut extended = false;
     let mut refresh_id = None;
     if state.cfg.tokens.refresh_rotation {
         match rotate(state, &claims, &target).await {
@@ -130,9 +136,21 @@ pub(super) async fn refresh(state: &State, session: &mut Session) -> Result<()> 
                 return respond::error(session, 503, &body, &[("retry-after", "5")]).await;
             }
             Rotation::Untracked => {}
+            Rotation::Extend => {
+                // Keep the current lock unless its server is dead (then the
+                // placement above, from the last good snapshot, stands).
+                if decision.reason != Reason::ServerDown {
+                    if let Some(s) = view.registry.get(&claims.srv) {
+                        target = s.summary();
+                    }
+                }
+                reason = Reason::DiscoveryUnavailable;
+                extended = true;
+                state.discovery.extended.inc();
+            }
         }
     }
-    state.metrics.decision(decision.reason);
+    state.metrics.decision(reason);
     let minted = match state.tokens.mint_with(
         &claims.sub,
         LockTarget {
@@ -152,13 +170,19 @@ pub(super) async fn refresh(state: &State, session: &mut Session) -> Result<()> 
     };
     let answer = RefreshResponse {
         access_token: minted.access,
-        refresh_token: minted.refresh,
+        // Extended: the presented refresh token, unrotated (nothing for
+        // reuse detection to track until discovery is back).
+        refresh_token: if extended {
+            req.refresh_token
+        } else {
+            minted.refresh
+        },
         token_type: "Bearer".into(),
         expires_in: minted.expires_in,
         server_changed: target.id != claims.srv,
         server: target,
         previous_server_id: claims.srv.clone(),
-        reason: decision.reason.as_str().into(),
+        reason: reason.as_str().into(),
     };
     let json = serde_json::to_vec(&answer).unwrap_or_default();
     respond::json(session, 200, json, &[]).await
@@ -175,6 +199,10 @@ enum Rotation {
     /// Discovery could not be asked and the policy is fail-open: rotate
     /// without tracking.
     Untracked,
+    /// No discovery node answered, the policy is "extend" and the outage
+    /// is within `tokens.max_extend_seconds`: re-mint the access token,
+    /// hand the refresh token back unrotated.
+    Extend,
 }
 
 /// The compare-and-set at discovery (docs/design.md §3, RFC 9700 §4.14.2).
@@ -218,6 +246,19 @@ async fn rotate(
             ..
         }) => Rotation::Issue { jti, iat, srv },
         _ => match state.cfg.tokens.when_discovery_down {
+            DownPolicy::Extend => {
+                let silence = state.discovery.silence();
+                if silence <= state.cfg.tokens.max_extend {
+                    Rotation::Extend
+                } else {
+                    tracing::warn!(
+                        "no discovery node has answered for {}s, over tokens.max_extend_seconds = {}: refreshes are refused until discovery is back",
+                        silence.as_secs(),
+                        state.cfg.tokens.max_extend.as_secs()
+                    );
+                    Rotation::Unavailable
+                }
+            }
             DownPolicy::FailClosed => Rotation::Unavailable,
             DownPolicy::FailOpen => Rotation::Untracked,
         },

@@ -1,6 +1,8 @@
 //! The heartbeat sender: this server's id, region, URL, load and health
 //! to discovery every `discovery.heartbeat_interval_ms` (±10%), with
-//! backoff while discovery does not take them.
+//! backoff while discovery does not take them, to the discovery node in
+//! use ([`super::DiscoveryNodes`]; a node that does not answer is left
+//! for the next).
 
 use std::sync::Arc;
 
@@ -28,7 +30,6 @@ impl BackgroundService for Heartbeats {
 
 async fn run(state: &State) {
     let d = &state.cfg.discovery;
-    let url = format!("{}/v1/heartbeat", d.url);
     let auth = format!("Bearer {}", d.cluster_token);
     let mut backoff = Backoff::new(Duration::from_millis(200), d.heartbeat_interval);
     loop {
@@ -44,6 +45,8 @@ async fn run(state: &State) {
             healthy: state.upstream_healthy(),
             draining,
         };
+        let (node, base) = state.discovery.current();
+        let url = format!("{base}/v1/heartbeat");
         let result = state
             .discovery_http
             .post(&url)
@@ -52,6 +55,10 @@ async fn run(state: &State) {
             .json(&hb)
             .send()
             .await;
+        match super::node_failed(&result) {
+            None => state.discovery.answered(),
+            Some(why) => state.discovery.failed(node, &why),
+        }
         let wait = match result {
             Ok(r) if r.status().is_success() => {
                 state.metrics.heartbeats_sent.inc();

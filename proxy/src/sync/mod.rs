@@ -2,6 +2,8 @@
 //! service (with its own runtime thread), so one that stalls never holds
 //! up another:
 //!
+//! - `nodes`: the configured discovery nodes, which one is in use, and
+//!   failing over to the next;
 //! - `heartbeat`: tells discovery this server is alive, with its load;
 //! - `poll`: long-polls discovery for the registry and swaps a snapshot
 //!   in once the [`crate::registry::Gate`] lets it pass;
@@ -13,6 +15,7 @@
 //! async threads.
 
 mod heartbeat;
+mod nodes;
 mod poll;
 mod reload;
 mod sampler;
@@ -23,6 +26,7 @@ use std::time::Duration;
 use pingora_core::server::ShutdownWatch;
 
 pub use heartbeat::Heartbeats;
+pub use nodes::{node_failed, DiscoveryNodes};
 pub use poll::Poller;
 pub use reload::KeyRingReloader;
 pub use sampler::LoadSampler;

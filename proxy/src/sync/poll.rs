@@ -1,7 +1,10 @@
-//! The registry poller: long-polls discovery (`GET /v1/servers` with the
-//! ETag), offers each new snapshot to the [`Gate`], and swaps in what
-//! passes. While discovery is down or refused, the last good registry
-//! stays.
+//! The registry poller: long-polls the discovery node in use
+//! (`GET /v1/servers?since=<held version>&wait=…` with the ETag) for what
+//! changed, applies the delta to the registry it holds, offers the result
+//! to the [`Gate`], and swaps in what passes. The first poll, and the one
+//! after a refused answer, fetch the whole registry. While discovery is
+//! down or refused, the last good registry stays; a node that does not
+//! answer is left for the next ([`super::DiscoveryNodes`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -11,6 +14,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
+use tether_protocol::delta::Delta;
 use tether_protocol::registry::SnapshotError;
 use tether_protocol::wire::Snapshot;
 
@@ -34,69 +38,91 @@ impl BackgroundService for Poller {
 
 async fn run(state: &State) {
     let d = &state.cfg.discovery;
+    let nodes = &state.discovery;
+    // The registry as discovery last sent it and the gate let it in
+    // (without this server added), its version the `since` of the next
+    // poll, and its ETag. Both stay across a switch of nodes.
+    let mut held: Option<Snapshot> = None;
     let mut etag: Option<String> = None;
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
     let mut gate = Gate::new(d.implausible_accept_after);
     let resolve = state.cfg.routing.foreign_lock == ForeignLock::Forward;
     loop {
         let started = Instant::now();
-        let wait = if etag.is_some() {
-            d.poll_wait.as_secs()
-        } else {
-            0
+        let (node, base) = nodes.current();
+        let (url, wait) = match &held {
+            Some(h) => {
+                let wait = d.poll_wait.as_secs();
+                let url = format!("{base}/v1/servers?since={}&wait={wait}", h.version);
+                (url, wait)
+            }
+            None => (format!("{base}/v1/servers?wait=0"), 0),
         };
-        let url = format!("{}/v1/servers?wait={wait}", d.url);
         let mut req = state
             .discovery_http
             .get(&url)
             .timeout(Duration::from_secs(wait) + Duration::from_secs(5));
-        if let Some(tag) = &etag {
+        if let Some(tag) = etag.as_ref().filter(|_| held.is_some()) {
             req = req.header("if-none-match", tag);
         }
-        let failed = match req.send().await {
+        let result = req.send().await;
+        if let Some(why) = super::node_failed(&result) {
+            nodes.failed(node, &why);
+        }
+        let failed = match result {
             Ok(r) if r.status() == reqwest::StatusCode::NOT_MODIFIED => {
+                nodes.answered();
                 state.registry.mark_contact();
                 false
             }
             Ok(r) if r.status().is_success() => {
+                nodes.answered();
                 let tag = r
                     .headers()
                     .get("etag")
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_owned);
-                match r
-                    .bytes()
-                    .await
-                    .map(|b| serde_json::from_slice::<Snapshot>(&b))
-                {
-                    Ok(Ok(snapshot)) => {
-                        match offer(state, &mut gate, snapshot, resolve).await {
-                            Ok(()) => {
-                                etag = tag;
-                                state.registry.mark_contact();
-                                false
+                match r.bytes().await {
+                    Ok(body) => {
+                        state.discovery.poll_bytes.inc_by(body.len() as u64);
+                        match next_snapshot(held.as_ref(), &body) {
+                            Ok(next) => {
+                                match offer(state, &mut gate, next.clone(), resolve).await {
+                                    Ok(()) => {
+                                        held = Some(next);
+                                        etag = tag;
+                                        state.registry.mark_contact();
+                                        false
+                                    }
+                                    Err(e) => {
+                                        tracing::warn!("keeping the last good registry: discovery sent an implausible snapshot: {e}");
+                                        // Ask for the whole registry next time,
+                                        // after a pause.
+                                        held = None;
+                                        etag = None;
+                                        true
+                                    }
+                                }
                             }
                             Err(e) => {
-                                tracing::warn!("keeping the last good registry: discovery sent an implausible snapshot: {e}");
-                                // Ask again without the ETag next time, after a pause.
+                                tracing::warn!(
+                                    "discovery sent a registry answer that is not valid JSON: {e}"
+                                );
+                                state.metrics.snapshot_rejected(SnapshotRejected::Malformed);
+                                held = None;
                                 etag = None;
                                 true
                             }
                         }
                     }
-                    Ok(Err(e)) => {
-                        tracing::warn!("discovery sent a snapshot that is not valid JSON: {e}");
-                        state.metrics.snapshot_rejected(SnapshotRejected::Malformed);
-                        true
-                    }
                     Err(e) => {
-                        tracing::warn!("reading the snapshot failed: {e}");
+                        tracing::warn!("reading the registry answer from {base} failed: {e}");
                         true
                     }
                 }
             }
             Ok(r) => {
-                tracing::warn!(status = %r.status(), "discovery did not serve the registry");
+                tracing::warn!(status = %r.status(), "discovery at {base} did not serve the registry");
                 true
             }
             Err(e) => {
@@ -112,6 +138,22 @@ async fn run(state: &State) {
         }
         let next = started + d.min_poll_interval;
         tokio::time::sleep_until(next.into()).await;
+    }
+}
+
+/// The registry after a poll answer: with nothing held, `body` is a full
+/// listing; otherwise it is a `?since=` answer
+/// ([`tether_protocol::delta::Delta`]), applied to a copy of what is held
+/// (`"full": true` replaces it).
+fn next_snapshot(held: Option<&Snapshot>, body: &[u8]) -> Result<Snapshot, serde_json::Error> {
+    match held {
+        None => serde_json::from_slice::<Snapshot>(body),
+        Some(h) => {
+            let delta: Delta = serde_json::from_slice(body)?;
+            let mut next = h.clone();
+            delta.apply(&mut next);
+            Ok(next)
+        }
     }
 }
 

@@ -53,6 +53,9 @@ pub struct TokenConfig {
     pub refresh_rotation: bool,
     /// What a refresh does when discovery cannot be asked about the family.
     pub when_discovery_down: DownPolicy,
+    /// How long `DownPolicy::Extend` lasts through one continuous
+    /// discovery outage before it behaves as `FailClosed`.
+    pub max_extend: Duration,
     /// Size of the verified-token cache for access tokens (0: off).
     pub verified_cache_entries: usize,
 }
@@ -61,8 +64,13 @@ pub struct TokenConfig {
 /// already issued are never affected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DownPolicy {
+    /// Re-mint the access token for the current lock and hand the
+    /// presented refresh token back unrotated, for at most `max_extend` of
+    /// continuous outage (default; docs/design.md §6b). Reuse detection is
+    /// postponed to the first refresh after discovery returns.
+    Extend,
     /// Refuse refreshes (503) until discovery answers: reuse detection is
-    /// never skipped (default).
+    /// never postponed.
     FailClosed,
     /// Rotate without reuse detection while discovery is away.
     FailOpen,

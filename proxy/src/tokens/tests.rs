@@ -26,6 +26,7 @@ fn cfg(ring: KeyRing) -> TokenConfig {
         keyring: ring,
         refresh_rotation: true,
         when_discovery_down: crate::tokens::DownPolicy::FailClosed,
+        max_extend: std::time::Duration::from_secs(21_600),
         verified_cache_entries: 100,
     }
 }
