@@ -324,30 +324,44 @@ async fn outage_phase(
         let (s, v) = refresh(a.clone(), old.clone()).await;
         let extended =
             s == 200 && v["reason"] == "discovery_unavailable" && v["refreshToken"] == old.as_str();
+        let during = format!(
+            "refresh during the outage: {s} {}",
+            if s == 200 {
+                v["reason"].to_string()
+            } else {
+                v.to_string()
+            }
+        );
         cluster.discovery_up(&opts.tether_bin)?;
         eprintln!("  discovery is back");
         // The first refresh after discovery returns rotates; then the old
         // token is a replay, and its family is revoked everywhere.
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut new = None;
+        let mut last = String::new();
         while Instant::now() < deadline {
             let (s, v) = refresh(a.clone(), old.clone()).await;
             if s == 200 && v["refreshToken"] != old.as_str() {
                 new = v["refreshToken"].as_str().map(str::to_owned);
                 break;
             }
+            last = format!("{s} {v}");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         let (detail, caught) = match new {
             None => (
-                "no rotation within 30 s of discovery's return".to_owned(),
+                format!(
+                    "{during}; no rotation within 30 s of discovery's return, last answer {last}"
+                ),
                 false,
             ),
             Some(new) => {
                 let (replay, _) = refresh(b.clone(), old.clone()).await;
                 let (after, _) = refresh(a.clone(), new).await;
                 (
-                    format!("rotated; old token replayed: {replay}; successor then: {after}"),
+                    format!(
+                        "{during}; rotated; old token replayed: {replay}; successor then: {after}"
+                    ),
                     replay == 401 && after == 401,
                 )
             }
