@@ -283,11 +283,12 @@ async fn outage_phase(
         .timeout(Duration::from_secs(10))
         .build()
         .map_err(|e| DemoError::Start(e.to_string()))?;
-    // The session whose refresh token is replayed after the outage.
+    // The session whose refresh token is replayed after the outage (a
+    // sample-app user the simulated clients do not use).
     let (a, b) = (proxies[0].clone(), proxies[proxies.len() - 1].clone());
     let r = http
         .post(format!("{a}/auth/login"))
-        .json(&serde_json::json!({"username": "replay-check", "password": "demo"}))
+        .json(&serde_json::json!({"username": "bob", "password": "demo"}))
         .send()
         .await
         .map_err(|e| DemoError::Start(format!("replay-check login: {e}")))?;
