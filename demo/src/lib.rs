@@ -357,6 +357,9 @@ async fn outage_phase(
                 false,
             ),
             Some(new) => {
+                // Past discovery's grace window (10 s by default), within
+                // which a retry of the old token gets the same successor.
+                tokio::time::sleep(Duration::from_secs(11)).await;
                 let (replay, _) = refresh(b.clone(), old.clone()).await;
                 let (after, _) = refresh(a.clone(), new).await;
                 (
