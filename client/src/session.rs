@@ -315,6 +315,32 @@ mod tests {
     }
 
     #[test]
+    fn an_extended_refresh_keeps_the_same_refresh_token() {
+        // docs/design.md §6b: with no discovery node answering, the proxy
+        // hands the presented refresh token back unrotated; the session
+        // simply keeps it, with the new access token.
+        let answer = RefreshResponse {
+            access_token: "a2".into(),
+            refresh_token: "r1".into(),
+            token_type: "Bearer".into(),
+            expires_in: 60,
+            server: ServerSummary {
+                id: "eu-1".into(),
+                url: "http://127.0.0.1:1".into(),
+                region: "eu".into(),
+            },
+            server_changed: false,
+            previous_server_id: "eu-1".into(),
+            reason: "discovery_unavailable".into(),
+        };
+        let s = Session::from_refresh(answer, Instant::now(), 2).unwrap();
+        assert_eq!(
+            (s.access_token.as_str(), s.refresh_token.as_str()),
+            ("a2", "r1")
+        );
+    }
+
+    #[test]
     fn joins_urls() {
         assert_eq!(join("http://a:1", "/x"), "http://a:1/x");
         assert_eq!(join("http://a:1/", "/x"), "http://a:1/x");

@@ -17,7 +17,8 @@
 //!   the policy in `tether_protocol::placement`; login, logout,
 //!   `/closestToMe`, `/healthz` beside it;
 //! - the registry snapshot checked and swapped: [`registry`] (the gate and
-//!   the `ArcSwap`ed view), fed by the poller in [`sync`], which also runs
+//!   the `ArcSwap`ed view), fed by the poller in [`sync`] (deltas, failover
+//!   between discovery nodes in [`sync::DiscoveryNodes`]), which also runs
 //!   the heartbeats, key-ring reloads and load sampling;
 //! - headers read, added and stripped: [`headers`]; the hop marker between
 //!   proxies: [`hop`];

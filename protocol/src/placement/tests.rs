@@ -619,7 +619,12 @@ fn exhaustive_small_worlds_never_choose_ineligible_servers() {
             }
         }
     }
+    // DiscoveryUnavailable is the proxy's, never `place`'s (§6b).
     for reason in Reason::ALL {
+        if reason == Reason::DiscoveryUnavailable {
+            assert!(!seen.contains(&reason), "place() never says {reason:?}");
+            continue;
+        }
         assert!(seen.contains(&reason), "reason {reason:?} never produced");
     }
 }
@@ -672,7 +677,8 @@ fn reasons_have_stable_wire_names() {
             "home_region",
             "kept",
             "same_region_least_load",
-            "moved_region"
+            "moved_region",
+            "discovery_unavailable"
         ]
     );
 }

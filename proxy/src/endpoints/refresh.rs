@@ -224,9 +224,16 @@ async fn rotate(
         expires_at: now + state.cfg.tokens.refresh_ttl.as_secs(),
     };
     let answer = discovery_post(state, "/v1/families/rotate", &request).await;
+    // Whether a node answered at all (a 2xx or 4xx): "extend" is for
+    // discovery being away, not for an answer the proxy cannot use.
+    let mut answered = false;
     let parsed = match answer {
-        Ok(r) if r.status().is_success() => r.json::<RotateResponse>().await.ok(),
+        Ok(r) if r.status().is_success() => {
+            answered = true;
+            r.json::<RotateResponse>().await.ok()
+        }
         Ok(r) => {
+            answered = !r.status().is_server_error();
             tracing::warn!(status = %r.status(), "discovery refused the refresh rotation");
             None
         }
@@ -246,6 +253,7 @@ async fn rotate(
             ..
         }) => Rotation::Issue { jti, iat, srv },
         _ => match state.cfg.tokens.when_discovery_down {
+            DownPolicy::Extend if answered => Rotation::Unavailable,
             DownPolicy::Extend => {
                 let silence = state.discovery.silence();
                 if silence <= state.cfg.tokens.max_extend {

@@ -147,7 +147,13 @@ async fn run(state: &State) {
 /// (`"full": true` replaces it).
 fn next_snapshot(held: Option<&Snapshot>, body: &[u8]) -> Result<Snapshot, serde_json::Error> {
     match held {
-        None => serde_json::from_slice::<Snapshot>(body),
+        None => {
+            // Deltas are applied by id (binary search): keep the listing
+            // sorted, whatever order a discovery node sent it in.
+            let mut full: Snapshot = serde_json::from_slice(body)?;
+            full.servers.sort_by(|a, b| a.id.cmp(&b.id));
+            Ok(full)
+        }
         Some(h) => {
             let delta: Delta = serde_json::from_slice(body)?;
             let mut next = h.clone();
