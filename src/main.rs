@@ -126,6 +126,15 @@ struct DemoArgs {
     /// The region whose proxy is killed in phase 3.
     #[arg(long, default_value = "us")]
     kill_region: String,
+    /// Discovery's store: "memory" (one node) or "etcd" (a three-member
+    /// etcd cluster and two discovery nodes; needs `etcd` on PATH).
+    #[arg(long, default_value = "memory")]
+    store: String,
+    /// Add a fourth phase: every discovery node down for 75 s, longer
+    /// than the access-token lifetime (set to 60 s for the run) and its
+    /// 10 s clock leeway.
+    #[arg(long)]
+    discovery_outage: bool,
 }
 
 #[derive(clap::Args)]
@@ -383,6 +392,12 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
         ttl: Duration::from_millis(args.ttl_ms),
         reconnect_wait: Duration::from_millis(args.reconnect_wait_ms),
         kill_region: args.kill_region,
+        store_etcd: match args.store.as_str() {
+            "memory" => false,
+            "etcd" => true,
+            other => anyhow::bail!("--store {other:?}: must be \"memory\" or \"etcd\""),
+        },
+        discovery_outage: args.discovery_outage.then(|| Duration::from_secs(75)),
         ..tether_demo::DemoOptions::default()
     };
     if args.serve {

@@ -1,44 +1,118 @@
 //! The discovery service over real HTTP (docs/design.md §6): an in-process server
 //! on 127.0.0.1:0 driven with reqwest, plus the `tether` binary as a child
 //! process.
+//!
+//! One suite, two stores (docs/design.md §6a): every scenario that does not
+//! depend on the store's nature runs twice, over the memory store and over
+//! a one-member etcd the kit starts (`on_both_stores!` at the end makes
+//! `memory::NAME` and `etcd::NAME` of each). Warm-up and the binary's own
+//! tests stay memory-only: warm-up does not exist over etcd, and the binary
+//! tests check the shipped config.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use tether_discovery::config::{EtcdConfig, StoreConfig};
 use tether_discovery::{Config, Running};
-use tether_testkit::{eventually, Spawn};
+use tether_testkit::{eventually, Etcd, Spawn};
 
 const CLUSTER: &str = "test-cluster-token-0123456789";
 const ADMIN: &str = "test-admin-token-0123456789";
+
+/// Which store a scenario runs over.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Store {
+    Memory,
+    Etcd,
+}
+
+impl Store {
+    /// A short heartbeat interval and TTL for eviction scenarios. etcd
+    /// leases count whole seconds, so over etcd they are one second long.
+    fn short_ttl(self) -> (Duration, Duration) {
+        match self {
+            Store::Memory => (Duration::from_millis(100), Duration::from_millis(300)),
+            Store::Etcd => (Duration::from_millis(300), Duration::from_secs(1)),
+        }
+    }
+}
+
+/// Runs each named `async fn NAME(store: Store)` as two tests,
+/// `memory::NAME` and `etcd::NAME`.
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Store::Memory).await
+                }
+            )*
+        }
+        mod etcd {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Store::Etcd).await
+                }
+            )*
+        }
+    };
+}
 
 /// A discovery server for one test, with helpers that speak its API.
 struct Discovery {
     running: Running,
     base: String,
     http: reqwest::Client,
+    /// The etcd under the etcd store; dropped (killed) after the server.
+    _etcd: Option<Etcd>,
 }
 
 impl Discovery {
-    async fn start() -> Discovery {
-        Discovery::with(|_| {}).await
+    async fn start(store: Store) -> Discovery {
+        Discovery::with(store, |_| {}).await
     }
 
-    async fn with(tweak: impl FnOnce(&mut Config)) -> Discovery {
+    async fn with(store: Store, tweak: impl FnOnce(&mut Config)) -> Discovery {
         let mut config = Config::loopback(CLUSTER, ADMIN);
+        let etcd = match store {
+            Store::Memory => None,
+            Store::Etcd => {
+                let etcd = Etcd::start(1).await;
+                let mut e = EtcdConfig::new(etcd.endpoints());
+                e.request_timeout = Duration::from_millis(1000);
+                e.connect_timeout = Duration::from_millis(1000);
+                config.store = StoreConfig::Etcd(e);
+                Some(etcd)
+            }
+        };
         tweak(&mut config);
         let running = tether_discovery::bind(config)
             .await
             .expect("discovery binds");
-        Discovery {
+        let d = Discovery {
             base: running.url(),
             running,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(20))
                 .build()
                 .unwrap(),
+            _etcd: etcd,
+        };
+        if store == Store::Etcd {
+            // Over etcd the node answers 503 until its first sync; wait on
+            // the gauge rather than a listing, which the tests count.
+            eventually(
+                Duration::from_secs(20),
+                "discovery synced with etcd",
+                || async { d.metric("tether_discovery_store_up").await == 1.0 },
+            )
+            .await;
         }
+        d
     }
 
     fn url(&self, path: &str) -> String {
@@ -131,9 +205,8 @@ fn hb(id: &str) -> Value {
     json!({"id": id, "region": "eu", "url": format!("http://127.0.0.1:9/{id}"), "load": 1.0, "healthy": true})
 }
 
-#[tokio::test]
-async fn heartbeat_then_listed_with_every_field() {
-    let d = Discovery::start().await;
+async fn heartbeat_then_listed_with_every_field(store: Store) {
+    let d = Discovery::start(store).await;
     let empty = d.list().await;
     assert_eq!(empty["servers"], json!([]));
     let ack = d
@@ -174,9 +247,8 @@ async fn heartbeat_then_listed_with_every_field() {
     tether_protocol::registry::check_snapshot(&Default::default(), &snap).unwrap();
 }
 
-#[tokio::test]
-async fn steady_heartbeats_keep_the_version_and_a_wrong_content_type_is_fine() {
-    let d = Discovery::start().await;
+async fn steady_heartbeats_keep_the_version_and_a_wrong_content_type_is_fine(store: Store) {
+    let d = Discovery::start(store).await;
     let v1 = d.heartbeat(&hb("a")).await["registryVersion"]
         .as_u64()
         .unwrap();
@@ -200,9 +272,13 @@ async fn steady_heartbeats_keep_the_version_and_a_wrong_content_type_is_fine() {
         "an immaterial load change does not bump"
     );
     let list = d.list().await;
+    // Over etcd an immaterial heartbeat is a lease keep-alive, not a write
+    // (docs/discovery.md, "Discovery on etcd"), so the stored load stays
+    // the last material one; in memory the listing shows the latest.
+    let shown = if store == Store::Memory { 1.2 } else { 1.0 };
     assert_eq!(
-        list["servers"][0]["load"], 1.2,
-        "the listing shows the latest load"
+        list["servers"][0]["load"], shown,
+        "the listing shows the load as stored"
     );
     let v2 = d
         .heartbeat(
@@ -212,18 +288,24 @@ async fn steady_heartbeats_keep_the_version_and_a_wrong_content_type_is_fine() {
     assert_eq!(v2["registryVersion"].as_u64().unwrap(), v1 + 1);
 }
 
-#[tokio::test]
-async fn silence_past_the_ttl_evicts() {
-    let d = Discovery::with(|c| {
-        c.heartbeat_interval = Duration::from_millis(100);
-        c.ttl = Duration::from_millis(300);
+async fn silence_past_the_ttl_evicts(store: Store) {
+    let (interval, ttl) = store.short_ttl();
+    let d = Discovery::with(store, |c| {
+        c.heartbeat_interval = interval;
+        c.ttl = ttl;
     })
     .await;
     d.heartbeat(&hb("quiet")).await;
     d.heartbeat(&hb("chatty")).await;
     let v = d.list().await["version"].as_u64().unwrap();
+    // Twice the TTL (plus etcd's lease-expiry check, about half a second).
+    let quiet_for = ttl * 2
+        + match store {
+            Store::Memory => Duration::ZERO,
+            Store::Etcd => Duration::from_millis(700),
+        };
     let start = Instant::now();
-    while start.elapsed() < Duration::from_millis(600) {
+    while start.elapsed() < quiet_for {
         d.heartbeat(&hb("chatty")).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -251,9 +333,8 @@ async fn silence_past_the_ttl_evicts() {
     assert_eq!(d.metric("tether_discovery_servers").await, 0.0);
 }
 
-#[tokio::test]
-async fn etag_round_trip() {
-    let d = Discovery::start().await;
+async fn etag_round_trip(store: Store) {
+    let d = Discovery::start(store).await;
     d.heartbeat(&hb("a")).await;
     let r = d.http.get(d.url("/v1/servers")).send().await.unwrap();
     let etag = r.headers()["etag"].clone();
@@ -311,9 +392,8 @@ async fn etag_round_trip() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn long_poll_wakes_on_a_change() {
-    let d = Discovery::start().await;
+async fn long_poll_wakes_on_a_change(store: Store) {
+    let d = Discovery::start(store).await;
     d.heartbeat(&hb("a")).await;
     let etag = format!("\"{}\"", d.list().await["version"]);
     let poll = {
@@ -358,11 +438,11 @@ async fn long_poll_wakes_on_a_change() {
     assert_eq!(d.metric("tether_discovery_longpoll_waiters").await, 0.0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn long_poll_wakes_on_an_eviction() {
-    let d = Discovery::with(|c| {
-        c.heartbeat_interval = Duration::from_millis(100);
-        c.ttl = Duration::from_millis(300);
+async fn long_poll_wakes_on_an_eviction(store: Store) {
+    let (interval, ttl) = store.short_ttl();
+    let d = Discovery::with(store, |c| {
+        c.heartbeat_interval = interval;
+        c.ttl = ttl;
     })
     .await;
     d.heartbeat(&hb("a")).await;
@@ -385,9 +465,8 @@ async fn long_poll_wakes_on_an_eviction() {
     );
 }
 
-#[tokio::test]
-async fn long_poll_times_out_cleanly_and_answers_at_once_without_a_match() {
-    let d = Discovery::start().await;
+async fn long_poll_times_out_cleanly_and_answers_at_once_without_a_match(store: Store) {
+    let d = Discovery::start(store).await;
     d.heartbeat(&hb("a")).await;
     let etag = format!("\"{}\"", d.list().await["version"]);
     let start = Instant::now();
@@ -429,9 +508,8 @@ async fn long_poll_times_out_cleanly_and_answers_at_once_without_a_match() {
     assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
 }
 
-#[tokio::test]
-async fn bad_wait_is_a_400_naming_wait() {
-    let d = Discovery::start().await;
+async fn bad_wait_is_a_400_naming_wait(store: Store) {
+    let d = Discovery::start(store).await;
     for q in ["wait=31", "wait=-1", "wait=abc", "wait=", "wait=1.5"] {
         let r = d
             .http
@@ -446,9 +524,8 @@ async fn bad_wait_is_a_400_naming_wait() {
     }
 }
 
-#[tokio::test]
-async fn shutdown_releases_parked_long_polls() {
-    let d = Discovery::start().await;
+async fn shutdown_releases_parked_long_polls(store: Store) {
+    let d = Discovery::start(store).await;
     let etag = format!("\"{}\"", d.list().await["version"]);
     let req = d
         .http
@@ -468,9 +545,8 @@ async fn shutdown_releases_parked_long_polls() {
     assert_eq!(poll.await.unwrap(), StatusCode::NOT_MODIFIED);
 }
 
-#[tokio::test]
-async fn drain_needs_the_admin_token_is_sticky_and_can_be_undone() {
-    let d = Discovery::start().await;
+async fn drain_needs_the_admin_token_is_sticky_and_can_be_undone(store: Store) {
+    let d = Discovery::start(store).await;
     d.heartbeat(&hb("a")).await;
     let before = d.state().await;
     for token in [None, Some(CLUSTER), Some("wrong-token-wrong-token")] {
@@ -521,9 +597,8 @@ async fn drain_needs_the_admin_token_is_sticky_and_can_be_undone() {
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 }
 
-#[tokio::test]
-async fn heartbeats_without_the_cluster_token_are_401_and_change_nothing() {
-    let d = Discovery::start().await;
+async fn heartbeats_without_the_cluster_token_are_401_and_change_nothing(store: Store) {
+    let d = Discovery::start(store).await;
     d.heartbeat(&hb("a")).await;
     let before = d.state().await;
     let body = hb("b").to_string();
@@ -558,11 +633,11 @@ async fn heartbeats_without_the_cluster_token_are_401_and_change_nothing() {
     );
 }
 
-#[tokio::test]
-async fn an_id_held_by_a_live_server_is_409_until_it_is_evicted() {
-    let d = Discovery::with(|c| {
-        c.heartbeat_interval = Duration::from_millis(100);
-        c.ttl = Duration::from_millis(300);
+async fn an_id_held_by_a_live_server_is_409_until_it_is_evicted(store: Store) {
+    let (interval, ttl) = store.short_ttl();
+    let d = Discovery::with(store, |c| {
+        c.heartbeat_interval = interval;
+        c.ttl = ttl;
     })
     .await;
     d.heartbeat(&hb("a")).await;
@@ -580,17 +655,20 @@ async fn an_id_held_by_a_live_server_is_409_until_it_is_evicted() {
             .await,
         1.0
     );
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    d.heartbeat(&thief).await;
+    // Once the holder's TTL has run out, the id is free.
+    tokio::time::sleep(ttl).await;
+    eventually(Duration::from_secs(10), "the id is free", || async {
+        d.post_raw(Some(CLUSTER), thief.to_string()).await.status() == StatusCode::OK
+    })
+    .await;
     assert_eq!(
         d.list().await["servers"][0]["url"],
         "http://127.0.0.1:10/other"
     );
 }
 
-#[tokio::test]
-async fn bad_heartbeats_are_400_naming_the_field_and_change_nothing() {
-    let d = Discovery::start().await;
+async fn bad_heartbeats_are_400_naming_the_field_and_change_nothing(store: Store) {
+    let d = Discovery::start(store).await;
     d.heartbeat(&hb("a")).await;
     let before = d.state().await;
     let good = r#""region":"eu","url":"http://127.0.0.1:9","healthy":true"#;
@@ -670,9 +748,8 @@ async fn bad_heartbeats_are_400_naming_the_field_and_change_nothing() {
     assert_eq!(bad, cases.len() as f64);
 }
 
-#[tokio::test]
-async fn bodies_over_the_limit_are_413_naming_body() {
-    let d = Discovery::start().await;
+async fn bodies_over_the_limit_are_413_naming_body(store: Store) {
+    let d = Discovery::start(store).await;
     d.heartbeat(&hb("a")).await;
     let before = d.state().await;
     let mut big = hb("b");
@@ -729,7 +806,7 @@ async fn chunked_heartbeat(
 
 #[tokio::test]
 async fn warm_up_answers_503_but_takes_heartbeats() {
-    let d = Discovery::with(|c| c.warmup = Duration::from_millis(700)).await;
+    let d = Discovery::with(Store::Memory, |c| c.warmup = Duration::from_millis(700)).await;
     let ack = d.heartbeat(&hb("a")).await;
     let r = d.http.get(d.url("/v1/servers")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
@@ -750,9 +827,8 @@ async fn warm_up_answers_503_but_takes_heartbeats() {
     assert_eq!(list["servers"][0]["id"], "a");
 }
 
-#[tokio::test]
-async fn metrics_expose_every_series() {
-    let d = Discovery::start().await;
+async fn metrics_expose_every_series(store: Store) {
+    let d = Discovery::start(store).await;
     d.heartbeat(&hb("a")).await;
     let mut us = hb("u");
     us["region"] = json!("us");
@@ -784,9 +860,8 @@ async fn metrics_expose_every_series() {
     assert_eq!(d.metric("tether_discovery_registry_version").await, version);
 }
 
-#[tokio::test]
-async fn health_unknown_paths_and_wrong_methods_answer_json() {
-    let d = Discovery::start().await;
+async fn health_unknown_paths_and_wrong_methods_answer_json(store: Store) {
+    let d = Discovery::start(store).await;
     let r = d.http.get(d.url("/healthz")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.json::<Value>().await.unwrap(), json!({"status":"ok"}));
@@ -954,3 +1029,22 @@ fn tether_check_validates_discovery_configs() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("discovery.cluster_token_env"));
 }
+
+on_both_stores!(
+    heartbeat_then_listed_with_every_field,
+    steady_heartbeats_keep_the_version_and_a_wrong_content_type_is_fine,
+    silence_past_the_ttl_evicts,
+    etag_round_trip,
+    long_poll_wakes_on_a_change,
+    long_poll_wakes_on_an_eviction,
+    long_poll_times_out_cleanly_and_answers_at_once_without_a_match,
+    bad_wait_is_a_400_naming_wait,
+    shutdown_releases_parked_long_polls,
+    drain_needs_the_admin_token_is_sticky_and_can_be_undone,
+    heartbeats_without_the_cluster_token_are_401_and_change_nothing,
+    an_id_held_by_a_live_server_is_409_until_it_is_evicted,
+    bad_heartbeats_are_400_naming_the_field_and_change_nothing,
+    bodies_over_the_limit_are_413_naming_body,
+    metrics_expose_every_series,
+    health_unknown_paths_and_wrong_methods_answer_json
+);

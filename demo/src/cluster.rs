@@ -38,6 +38,13 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub discovery_url: String,
     pub discovery: Proc,
+    /// `--store etcd`: the second discovery node (its URL and process).
+    pub more_discovery: Vec<(String, Proc)>,
+    /// Each discovery node's config and log, to start it again on its port.
+    discovery_configs: Vec<(PathBuf, PathBuf)>,
+    /// `--store etcd`: the three etcd members under discovery. Declared
+    /// after the discovery processes, so it is stopped after them.
+    pub etcd: Option<tether_testkit::Etcd>,
     pub regions: Vec<Region>,
     pub apps: tether_sampleapp::SampleCluster,
 }
@@ -121,29 +128,53 @@ impl Cluster {
         .await
         .map_err(|e| DemoError::Start(format!("sample app: {e}")))?;
 
-        // Discovery.
-        let mut disc = Conf::discovery();
-        // A fixed (free) port, so discovery can be restarted where the
-        // proxies look for it.
-        disc.set("discovery", "listen", format!("127.0.0.1:{}", free_port()))
-            .set(
-                "discovery",
-                "heartbeat_interval_ms",
-                opts.heartbeat.as_millis() as i64,
-            )
-            .set("discovery", "ttl_ms", opts.ttl.as_millis() as i64)
-            // A brand-new registry has nothing to protect during warm-up.
-            .set("discovery", "warmup_ms", 0i64);
-        let disc_path = dir.path().join("discovery.toml");
-        write_toml(&disc_path, &disc)?;
-        let (discovery, url) = spawn(
-            bin,
-            "discovery",
-            &["discovery", "--config", &disc_path.to_string_lossy()],
-            &dir.path().join("discovery.log"),
-            "tether discovery listening on ",
-        )?;
-        let discovery_url = url;
+        // Discovery: one node in memory, or (`--store etcd`) two nodes
+        // over a three-member etcd cluster. Fixed ports, so an outage can
+        // start the same nodes again where the proxies look for them.
+        let etcd = if opts.store_etcd {
+            Some(tether_testkit::Etcd::start(3).await)
+        } else {
+            None
+        };
+        let nodes = if etcd.is_some() { 2 } else { 1 };
+        let mut discovery_procs = Vec::new();
+        let mut discovery_configs = Vec::new();
+        for n in 0..nodes {
+            let mut disc = Conf::discovery();
+            disc.set("discovery", "listen", format!("127.0.0.1:{}", free_port()))
+                .set(
+                    "discovery",
+                    "heartbeat_interval_ms",
+                    opts.heartbeat.as_millis() as i64,
+                )
+                .set("discovery", "ttl_ms", opts.ttl.as_millis() as i64)
+                // A brand-new registry has nothing to protect during warm-up.
+                .set("discovery", "warmup_ms", 0i64);
+            if let Some(etcd) = &etcd {
+                disc.set("store", "kind", "etcd")
+                    .set("store", "endpoints", etcd.endpoints())
+                    .set("store", "prefix", "/tether-demo/");
+            }
+            let name = if n == 0 {
+                "discovery".to_owned()
+            } else {
+                format!("discovery{}", n + 1)
+            };
+            let disc_path = dir.path().join(format!("{name}.toml"));
+            let log = dir.path().join(format!("{name}.log"));
+            write_toml(&disc_path, &disc)?;
+            let (proc, url) = spawn(
+                bin,
+                &name,
+                &["discovery", "--config", &disc_path.to_string_lossy()],
+                &log,
+                "tether discovery listening on ",
+            )?;
+            discovery_procs.push((url, proc));
+            discovery_configs.push((disc_path, log));
+        }
+        let discovery_urls: Vec<String> = discovery_procs.iter().map(|(u, _)| u.clone()).collect();
+        let (discovery_url, discovery) = discovery_procs.remove(0);
 
         let mut regions = Vec::new();
         for code in REGIONS {
@@ -160,7 +191,11 @@ impl Cluster {
             conf.set("server", "admin_listen", format!("127.0.0.1:{admin}"));
             conf.set("upstream", "addresses", vec![app.to_string()]);
             conf.set("upstream", "health_interval_ms", 250i64);
-            conf.set("discovery", "urls", vec![discovery_url.clone()]);
+            conf.set("discovery", "urls", discovery_urls.clone());
+            if opts.discovery_outage.is_some() {
+                // The shortest allowed lifetime, so the outage outlasts it.
+                conf.set("tokens", "access_ttl_seconds", 60i64);
+            }
             conf.set(
                 "discovery",
                 "heartbeat_interval_ms",
@@ -211,6 +246,9 @@ impl Cluster {
             dir,
             discovery_url,
             discovery,
+            more_discovery: discovery_procs,
+            discovery_configs,
+            etcd,
             regions,
             apps,
         };
@@ -249,6 +287,47 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Every discovery node goes away: over etcd the processes are killed
+    /// (the state is in etcd); in memory the one node is frozen
+    /// (`SIGSTOP`), as killing it would lose the refresh families it holds.
+    pub fn discovery_down(&mut self) {
+        if self.etcd.is_some() {
+            self.discovery.kill();
+            for (_, p) in &mut self.more_discovery {
+                p.kill();
+            }
+        } else {
+            self.discovery.signal("STOP");
+        }
+    }
+
+    /// Discovery comes back on the same ports.
+    pub fn discovery_up(&mut self, bin: &Path) -> Result<(), DemoError> {
+        if self.etcd.is_none() {
+            self.discovery.signal("CONT");
+            return Ok(());
+        }
+        let mut procs = Vec::new();
+        for (i, (config, log)) in self.discovery_configs.iter().enumerate() {
+            let (proc, _) = spawn(
+                bin,
+                &format!("discovery {}", i + 1),
+                &["discovery", "--config", &config.to_string_lossy()],
+                log,
+                "tether discovery listening on ",
+            )?;
+            procs.push(proc);
+        }
+        let mut procs = procs.into_iter();
+        if let Some(first) = procs.next() {
+            self.discovery = first;
+        }
+        for ((_, slot), p) in self.more_discovery.iter_mut().zip(procs) {
+            *slot = p;
+        }
+        Ok(())
     }
 
     pub fn region(&self, code: &str) -> Option<&Region> {

@@ -68,6 +68,13 @@ pub struct DemoOptions {
     /// Origins the proxies allow in `[cors]` (the live page's, with
     /// `--serve`; none otherwise).
     pub cors_origins: Vec<String>,
+    /// `--store etcd`: discovery is two nodes over a three-member etcd
+    /// cluster instead of one node in memory.
+    pub store_etcd: bool,
+    /// `--discovery-outage`: a fourth phase during which every discovery
+    /// node is down this long (longer than the access-token lifetime,
+    /// which the demo then sets to its minimum, 60 s).
+    pub discovery_outage: Option<Duration>,
 }
 
 impl Default for DemoOptions {
@@ -87,6 +94,8 @@ impl Default for DemoOptions {
             kill_region: "us".into(),
             seed: 7,
             cors_origins: Vec::new(),
+            store_etcd: false,
+            discovery_outage: None,
         }
     }
 }
@@ -136,6 +145,24 @@ pub struct Summary {
     pub replication_lag_ms: u64,
     pub fast_failover: bool,
     pub stale_events_ignored: u64,
+    /// `"memory"` or `"etcd"`.
+    pub store: String,
+    /// Phase 4 (`--discovery-outage`).
+    pub outage: Option<OutageReport>,
+}
+
+/// What phase 4 showed besides its workflows.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutageReport {
+    pub outage_seconds: f64,
+    /// A refresh during the outage answered 200 `discovery_unavailable`
+    /// with the same refresh token back (extend mode).
+    pub extended: bool,
+    /// After discovery returned: the refresh rotated, a replay of the old
+    /// token was refused, and the family was revoked at every proxy.
+    pub reuse_caught: bool,
+    pub detail: String,
 }
 
 /// Runs the three phases and returns the summary. Progress goes to stderr.
@@ -171,13 +198,18 @@ async fn run_async(opts: &DemoOptions) -> Result<Summary, DemoError> {
         .map(|r| r.proxy_url.clone())
         .collect();
 
-    eprintln!("phase 1/3: geo routing alone, straight to the apps");
+    let total = if opts.discovery_outage.is_some() {
+        4
+    } else {
+        3
+    };
+    eprintln!("phase 1/{total}: geo routing alone, straight to the apps");
     let p1 = load::direct(opts, apps, "geo routing alone").await;
-    eprintln!("phase 2/3: through tether");
+    eprintln!("phase 2/{total}: through tether");
     let p2 = load::through_tether(opts, proxies.clone(), "through tether", None).await;
 
     eprintln!(
-        "phase 3/3: through tether, killing the {} proxy mid-run",
+        "phase 3/{total}: through tether, killing the {} proxy mid-run",
         opts.kill_region
     );
     let victim = cluster
@@ -193,11 +225,30 @@ async fn run_async(opts: &DemoOptions) -> Result<Summary, DemoError> {
     };
     let p3 = load::through_tether(
         opts,
-        proxies,
+        proxies.clone(),
         &format!("tether, {} proxy killed", opts.kill_region),
         Some(kill),
     )
     .await;
+
+    let mut phases = vec![p1, p2, p3];
+    let mut outage = None;
+    if let Some(length) = opts.discovery_outage {
+        eprintln!(
+            "phase 4/4: through tether, every discovery node down for {} s",
+            length.as_secs()
+        );
+        // Phase 3 killed one proxy; phase 4 runs on the live ones.
+        let live: Vec<String> = cluster
+            .regions
+            .iter()
+            .filter(|r| r.code != opts.kill_region)
+            .map(|r| r.proxy_url.clone())
+            .collect();
+        let (p4, report) = outage_phase(opts, &mut cluster, live, length).await?;
+        phases.push(p4);
+        outage = Some(report);
+    }
 
     let stale = cluster::REGIONS
         .iter()
@@ -210,13 +261,130 @@ async fn run_async(opts: &DemoOptions) -> Result<Summary, DemoError> {
         t0.elapsed().as_secs_f64()
     );
     Ok(Summary {
-        phases: vec![p1, p2, p3],
+        phases,
         clients: opts.clients,
         phase_seconds: opts.phase.as_secs_f64(),
         replication_lag_ms: opts.lag.as_millis() as u64,
         fast_failover: opts.fast_failover,
         stale_events_ignored: stale,
+        store: if opts.store_etcd { "etcd" } else { "memory" }.into(),
+        outage,
     })
+}
+
+/// Phase 4: the tether workload while every discovery node is down for
+/// `length`, and a reuse check with one session's refresh token.
+async fn outage_phase(
+    opts: &DemoOptions,
+    cluster: &mut cluster::Cluster,
+    proxies: Vec<String>,
+    length: Duration,
+) -> Result<(PhaseReport, OutageReport), DemoError> {
+    let down_at = Duration::from_secs(2);
+    let phase_opts = DemoOptions {
+        phase: down_at + length + Duration::from_secs(8),
+        ..opts.clone()
+    };
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| DemoError::Start(e.to_string()))?;
+    // The session whose refresh token is replayed after the outage (a
+    // sample-app user the simulated clients do not use).
+    let (a, b) = (proxies[0].clone(), proxies[proxies.len() - 1].clone());
+    let r = http
+        .post(format!("{a}/auth/login"))
+        .json(&serde_json::json!({"username": "bob", "password": "demo"}))
+        .send()
+        .await
+        .map_err(|e| DemoError::Start(format!("replay-check login: {e}")))?;
+    let old = r
+        .headers()
+        .get("tether-refresh-token")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let refresh = |url: String, token: String| {
+        let http = http.clone();
+        async move {
+            match http
+                .post(format!("{url}/auth/refresh"))
+                .json(&serde_json::json!({"refreshToken": token}))
+                .send()
+                .await
+            {
+                Ok(r) => {
+                    let s = r.status().as_u16();
+                    (s, r.json::<serde_json::Value>().await.unwrap_or_default())
+                }
+                Err(_) => (0, serde_json::Value::Null),
+            }
+        }
+    };
+    let name = format!("tether, discovery down {} s", length.as_secs());
+    let load = load::through_tether(&phase_opts, proxies, &name, None);
+    let driver = async {
+        tokio::time::sleep(down_at).await;
+        cluster.discovery_down();
+        eprintln!("  every discovery node is down");
+        tokio::time::sleep(length).await;
+        let (s, v) = refresh(a.clone(), old.clone()).await;
+        let extended =
+            s == 200 && v["reason"] == "discovery_unavailable" && v["refreshToken"] == old.as_str();
+        let during = format!(
+            "refresh during the outage: {s} {}",
+            if s == 200 {
+                v["reason"].to_string()
+            } else {
+                v.to_string()
+            }
+        );
+        cluster.discovery_up(&opts.tether_bin)?;
+        eprintln!("  discovery is back");
+        // The first refresh after discovery returns rotates; then the old
+        // token is a replay, and its family is revoked everywhere.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut new = None;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            let (s, v) = refresh(a.clone(), old.clone()).await;
+            if s == 200 && v["refreshToken"] != old.as_str() {
+                new = v["refreshToken"].as_str().map(str::to_owned);
+                break;
+            }
+            last = format!("{s} {v}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let (detail, caught) = match new {
+            None => (
+                format!(
+                    "{during}; no rotation within 30 s of discovery's return, last answer {last}"
+                ),
+                false,
+            ),
+            Some(new) => {
+                // Past discovery's grace window (10 s by default), within
+                // which a retry of the old token gets the same successor.
+                tokio::time::sleep(Duration::from_secs(11)).await;
+                let (replay, _) = refresh(b.clone(), old.clone()).await;
+                let (after, _) = refresh(a.clone(), new).await;
+                (
+                    format!(
+                        "{during}; rotated; old token replayed: {replay}; successor then: {after}"
+                    ),
+                    replay == 401 && after == 401,
+                )
+            }
+        };
+        Ok::<_, DemoError>(OutageReport {
+            outage_seconds: length.as_secs_f64(),
+            extended,
+            reuse_caught: caught,
+            detail,
+        })
+    };
+    let (p4, report) = tokio::join!(load, driver);
+    Ok((p4, report?))
 }
 
 /// The summary as a table for people.
@@ -309,6 +477,18 @@ pub fn table(s: &Summary) -> String {
             replays.join(", ")
         );
     }
+    if let Some(o) = &s.outage {
+        let p4 = s.phases.get(3);
+        let _ = writeln!(
+            out,
+            "phase 4: discovery down {:.0} s (access tokens live 60 s + 10 s leeway): {} users signed out; refresh during the outage kept the refresh token: {}; reuse detection after discovery returned: {} ({})",
+            o.outage_seconds,
+            p4.and_then(|p| p.signed_out).unwrap_or(0),
+            if o.extended { "yes" } else { "NO" },
+            if o.reuse_caught { "replay refused, family revoked" } else { "NOT WORKING" },
+            o.detail
+        );
+    }
     if let Some(p3) = s.phases.get(2) {
         if let (Some(a), Some(m)) = (p3.affected_clients, p3.clients_moved) {
             let _ = writeln!(
@@ -320,11 +500,12 @@ pub fn table(s: &Summary) -> String {
     }
     let _ = writeln!(
         out,
-        "{} clients, {:.0} s per phase, replication lag {} ms, fast failover {}; {} stale replication events ignored by the apps",
+        "{} clients, {:.0} s per phase, replication lag {} ms, fast failover {}, discovery store {}; {} stale replication events ignored by the apps",
         s.clients,
         s.phase_seconds,
         s.replication_lag_ms,
         if s.fast_failover { "on" } else { "off" },
+        if s.store == "etcd" { "etcd (3 members, 2 discovery nodes)" } else { "memory (1 node)" },
         s.stale_events_ignored
     );
     out

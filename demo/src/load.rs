@@ -61,6 +61,9 @@ pub struct PhaseReport {
     pub affected_clients: Option<u64>,
     /// Phase 3: affected clients that got a new server.
     pub clients_moved: Option<u64>,
+    /// Tether phases: clients no longer signed in at the end of the phase
+    /// (their refresh token was refused).
+    pub signed_out: Option<u64>,
 }
 
 #[derive(Default)]
@@ -505,6 +508,10 @@ pub async fn through_tether(
     show.abort();
     checks.abort();
     let mut report = tally.report(name);
+    report.signed_out = clients
+        .lock()
+        .ok()
+        .map(|c| c.iter().flatten().filter(|c| !c.is_logged_in()).count() as u64);
     if let Some(rec) = report_kill {
         let affected = match rec.affected.lock() {
             Ok(a) => a.clone(),

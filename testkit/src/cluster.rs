@@ -37,6 +37,9 @@ pub struct Cluster {
     pub bin: PathBuf,
     /// Extra TOML lines for the `[discovery]` table of discovery's config.
     pub discovery_extra: String,
+    /// etcd client URLs: when set, discovery runs with `[store] kind =
+    /// "etcd"` over them (an [`crate::Etcd`] the test owns); else in memory.
+    pub etcd_endpoints: Option<Vec<String>>,
     pub discovery: Option<Discovery>,
     pub http: reqwest::Client,
 }
@@ -65,6 +68,7 @@ impl Cluster {
             timing,
             bin,
             discovery_extra: String::new(),
+            etcd_endpoints: None,
             discovery: None,
             http,
         }

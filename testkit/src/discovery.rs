@@ -31,6 +31,12 @@ impl Cluster {
             .set("discovery", "cluster_token_file", "cluster.token")
             .set("discovery", "admin_token_file", "admin.token")
             .merge("discovery", &self.discovery_extra);
+        if let Some(endpoints) = &self.etcd_endpoints {
+            let list: Vec<toml::Value> = endpoints.iter().map(|e| e.as_str().into()).collect();
+            conf.set("store", "kind", "etcd")
+                .set("store", "endpoints", list)
+                .set("store", "prefix", "/tether-test/");
+        }
         conf
     }
 

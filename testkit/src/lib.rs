@@ -21,6 +21,9 @@
 //!   [`Timing`]; [`discovery`]: `cluster.start_discovery(0)`; [`proxy`]:
 //!   [`ProxyBuilder`] and [`Proxy`],
 //!   `cluster.proxy("eu-1", "eu").upstream(&app).start().await`.
+//! - [`etcd`]: [`Etcd`], a 1- or 3-member etcd cluster on ephemeral ports
+//!   (kill, restart, stop all for no-quorum tests); set
+//!   [`Cluster::etcd_endpoints`] to run discovery over it.
 //! - [`upstream`]: [`Upstream`], an echo app with `/login` and a switchable
 //!   `/health`; [`recording`]: [`RecordingUpstream`], which keeps the raw
 //!   bytes of every request; [`sampleapp`]: `tether sample-app` as a child;
@@ -44,6 +47,7 @@ pub mod client;
 pub mod cluster;
 pub mod conf;
 pub mod discovery;
+pub mod etcd;
 pub mod flaky;
 pub mod net;
 pub mod netns;
@@ -59,6 +63,7 @@ pub use client::{get, login, metric, mint, refresh, Login};
 pub use cluster::{Cluster, Timing};
 pub use conf::Conf;
 pub use discovery::Discovery;
+pub use etcd::Etcd;
 pub use flaky::{FlakyUpstream, Flaw};
 pub use net::{addr, free_port, port_open, wait_for_port};
 pub use poll::{eventually, eventually_blocking};

@@ -67,7 +67,7 @@
 //! every lease when a new leader is elected, so servers are not evicted
 //! because etcd was down.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -201,6 +201,11 @@ struct Cache {
     floor: i64,
     version: i64,
     listing_len_hint: usize,
+    /// Regions ever listed, so a region's live gauge drops to 0 (not
+    /// stale) when its last server goes.
+    regions_seen: BTreeSet<String>,
+    /// Servers removed (lease expired) since the metrics last heard.
+    evicted_unreported: u64,
 }
 
 impl Cache {
@@ -213,6 +218,8 @@ impl Cache {
             floor: version,
             version,
             listing_len_hint: 64,
+            regions_seen: BTreeSet::new(),
+            evicted_unreported: 0,
         }
     }
 
@@ -293,6 +300,7 @@ impl Cache {
                 }
                 None => {
                     if self.servers.remove(id).is_some() {
+                        self.evicted_unreported += 1;
                         self.removed.push_back((rev, id.to_owned()));
                         while self.removed.len() > REMOVED_LOG {
                             if let Some((v, _)) = self.removed.pop_front() {
@@ -1130,6 +1138,7 @@ impl EtcdStore {
             );
         }
         cache.version = newest;
+        cache.regions_seen = std::mem::take(&mut self.cache().regions_seen);
         *self.cache() = cache;
         self.applied_tx.send_replace(newest);
         // Replay from just after the newest key, so deletions up to the
@@ -1212,6 +1221,7 @@ impl EtcdStore {
                     let version = self.as_version(cache.version);
                     self.metrics.set_version(version);
                     self.metrics.set_servers(cache.servers.len());
+                    self.publish_live(&mut cache);
                     drop(cache);
                     self.version_tx.send_if_modified(|v| {
                         let moved = *v != version;
@@ -1231,9 +1241,33 @@ impl EtcdStore {
         }
     }
 
+    /// The live-servers gauge per region and the evictions counter, from
+    /// this node's copy (every node counts the evictions it watches).
+    fn publish_live(&self, cache: &mut Cache) {
+        let mut live: BTreeMap<&str, i64> = BTreeMap::new();
+        for e in cache.servers.values() {
+            let n = live.entry(e.rec.region.as_str()).or_insert(0);
+            if e.rec.healthy {
+                *n += 1;
+            }
+        }
+        for region in live.keys() {
+            if !cache.regions_seen.contains(*region) {
+                cache.regions_seen.insert((*region).to_owned());
+            }
+        }
+        for region in &cache.regions_seen {
+            self.metrics
+                .set_live(region, live.get(region.as_str()).copied().unwrap_or(0));
+        }
+        self.metrics
+            .evicted(std::mem::take(&mut cache.evicted_unreported));
+    }
+
     fn mark_synced(&self) {
         let (version, servers) = {
-            let c = self.cache();
+            let mut c = self.cache();
+            self.publish_live(&mut c);
             (self.as_version(c.version), c.servers.len())
         };
         self.metrics.set_version(version);
