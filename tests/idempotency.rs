@@ -174,7 +174,16 @@ async fn five_retries_create_one_order(k: &Kit, p: &Proxy) {
         assert_eq!(again.replayed.as_deref(), Some("true"), "retry {i}");
     }
     assert_eq!(k.orders().await, before + 1, "the app saw one order");
-    let m = metrics(k, p).await;
+    // The outcome is counted in the proxy's logging phase, just after the
+    // answer went out: wait (bounded) for the last one.
+    let mut m = metrics(k, p).await;
+    for _ in 0..50 {
+        if metric(&m, "tether_proxy_requests_total{outcome=\"idempotency\"") == Some(5.0) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        m = metrics(k, p).await;
+    }
     assert_eq!(idem_metric(&m, "stored"), 1.0);
     assert_eq!(idem_metric(&m, "replayed"), 5.0);
     assert_eq!(

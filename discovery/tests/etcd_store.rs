@@ -257,6 +257,12 @@ async fn families_and_revocations_survive_a_restart_of_every_node() {
         .await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(revoked_families(&a.list().await), vec!["fam1", "fam3"]);
+    // Node b learns the revocation made through a from its watch: give it
+    // a moment (bounded) before the exact check.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while revoked_families(&b.list().await).len() < 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(revoked_families(&b.list().await), vec!["fam1", "fam3"]);
     let version_before = a.list().await["version"].as_u64().unwrap();
 
