@@ -242,6 +242,9 @@ pub fn write_tether_config_with(
         .set("routing", "foreign_lock", "redirect")
         .set("routing", "probe_timeout_ms", 300i64);
     c.table.remove("limits");
+    // `[log]` at its defaults (no access log), and so readable by older
+    // builds compared with TETHER_BENCH_COMPARE.
+    c.table.remove("log");
     c.write(&dir.join(format!("proxy.{port}.toml")))
         .expect("write proxy config")
 }
