@@ -226,6 +226,11 @@ enum Rotation {
     Extend,
 }
 
+/// How long a rotation whose answer was lost is tried again: well inside
+/// discovery's grace window (`refresh_grace_ms`, 10 s by default), so a
+/// rotation that was applied is confirmed by a `grace` answer.
+const ROTATE_UNSURE_RETRY_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The compare-and-set at discovery (docs/design.md §3, RFC 9700 §4.14.2).
 async fn rotate(
     state: &State,
@@ -244,7 +249,27 @@ async fn rotate(
         rgn: target.region.clone(),
         expires_at: now + state.cfg.tokens.refresh_ttl.as_secs(),
     };
-    let answer = discovery_post(state, "/v1/families/rotate", &request).await;
+    // A rotation whose answer was lost (a timeout, a 5xx) may have been
+    // applied: giving up then would hand back a refresh token discovery
+    // already replaced, and the client's next refresh would read as reuse
+    // (a sign-out). The same request again is safe — within the grace
+    // window discovery answers `grace` with the same successor — so it is
+    // repeated for a few seconds before discovery counts as away. A node
+    // that refuses the connection, or answers 503, is away at once.
+    let started = std::time::Instant::now();
+    let answer = loop {
+        let answer = discovery_post(state, "/v1/families/rotate", &request).await;
+        // 503 (`store_unavailable`, `warming_up`) is discovery saying it
+        // did not apply anything: not unsure.
+        let unsure = match &answer {
+            Ok(r) => r.status().is_server_error() && r.status().as_u16() != 503,
+            Err(e) => e.is_timeout(),
+        };
+        if !unsure || started.elapsed() >= ROTATE_UNSURE_RETRY_WITHIN {
+            break answer;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    };
     // Whether a node answered at all (a 2xx or 4xx): "extend" is for
     // discovery being away, not for an answer the proxy cannot use.
     let mut answered = false;
