@@ -50,7 +50,7 @@ fn revoked_families(listing: &Value) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeat_list_conflict_and_eviction_by_lease() {
-    let etcd = Etcd::start(1);
+    let etcd = Etcd::start(1).await;
     etcd.wait_ready().await;
     let a = Node::over(&etcd, |_| {}).await;
     let b = Node::over(&etcd, |_| {}).await;
@@ -106,7 +106,7 @@ async fn heartbeat_list_conflict_and_eviction_by_lease() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn versions_etags_and_long_polls_agree_across_nodes() {
-    let etcd = Etcd::start(1);
+    let etcd = Etcd::start(1).await;
     etcd.wait_ready().await;
     let a = Node::over(&etcd, |c| c.ttl = Duration::from_secs(30)).await;
     let b = Node::over(&etcd, |c| c.ttl = Duration::from_secs(30)).await;
@@ -183,7 +183,7 @@ async fn versions_etags_and_long_polls_agree_across_nodes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn families_and_revocations_survive_a_restart_of_every_node() {
-    let etcd = Etcd::start(1);
+    let etcd = Etcd::start(1).await;
     etcd.wait_ready().await;
     let mut a = Node::over(&etcd, |_| {}).await;
     let mut b = Node::over(&etcd, |_| {}).await;
@@ -298,7 +298,7 @@ async fn families_and_revocations_survive_a_restart_of_every_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_marks_live_in_etcd() {
-    let etcd = Etcd::start(1);
+    let etcd = Etcd::start(1).await;
     etcd.wait_ready().await;
     let a = Node::over(&etcd, |c| c.ttl = Duration::from_secs(30)).await;
     let b = Node::over(&etcd, |c| c.ttl = Duration::from_secs(30)).await;
@@ -445,7 +445,7 @@ async fn check_deltas(a: &Node, b: &Node, evicts: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deltas_over_etcd() {
-    let etcd = Etcd::start(1);
+    let etcd = Etcd::start(1).await;
     etcd.wait_ready().await;
     let a = Node::over(&etcd, |_| {}).await;
     let b = Node::over(&etcd, |_| {}).await;
@@ -476,12 +476,12 @@ async fn deltas_in_memory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_member_lost_the_service_continues() {
-    let mut etcd = Etcd::start(3);
+    let mut etcd = Etcd::start(3).await;
     etcd.wait_ready().await;
     let a = Node::over(&etcd, |c| c.ttl = Duration::from_secs(5)).await;
     let b = Node::over(&etcd, |c| c.ttl = Duration::from_secs(5)).await;
     a.beat(&hb("s0", "http://10.0.0.0:1", 1.0)).await;
-    etcd.kill(0);
+    etcd.kill_member(0);
     // After at most a re-election, both nodes take heartbeats and list.
     let last = std::sync::Mutex::new(String::new());
     let served = tokio::time::timeout(Duration::from_secs(20), async {
@@ -536,12 +536,12 @@ async fn one_member_lost_the_service_continues() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_quorum_answers_503_and_recovers_by_itself() {
-    let mut etcd = Etcd::start(3);
+    let mut etcd = Etcd::start(3).await;
     etcd.wait_ready().await;
     let a = Node::over(&etcd, |c| c.ttl = Duration::from_secs(5)).await;
     a.beat(&hb("s0", "http://10.0.0.0:1", 1.0)).await;
-    etcd.kill(1);
-    etcd.kill(2);
+    etcd.kill_member(1);
+    etcd.kill_member(2);
     let body = eventually(20, "503 without quorum", || async {
         let (status, _, body) = a.get("", None).await;
         (status == StatusCode::SERVICE_UNAVAILABLE).then_some(body)
@@ -564,8 +564,8 @@ async fn no_quorum_answers_503_and_recovers_by_itself() {
     })
     .await;
 
-    etcd.restart(1);
-    etcd.restart(2);
+    etcd.restart_member(1);
+    etcd.restart_member(2);
     // Back without a manual step; the server survived (leases are renewed
     // when a leader is elected).
     eventually(30, "service again with quorum", || async {

@@ -1,194 +1,19 @@
-//! Test kit for the discovery crate's integration tests: real etcd members
-//! on ephemeral loopback ports with temporary data dirs (never the system
-//! service), and in-process discovery nodes on 127.0.0.1:0.
+//! Test kit for the discovery crate's integration tests: in-process
+//! discovery nodes on 127.0.0.1:0 over real etcd members, which the
+//! workspace test kit starts (`tether_testkit::Etcd`: ephemeral loopback
+//! ports, temporary data dirs, never the system service).
 #![allow(dead_code)]
 
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::Value;
 use tether_discovery::config::{EtcdConfig, StoreConfig};
 use tether_discovery::{Config, Running};
+pub use tether_testkit::Etcd;
 
 pub const CLUSTER: &str = "test-cluster-token-0123456789";
 pub const ADMIN: &str = "test-admin-token-0123456789";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
-
-struct Member {
-    name: String,
-    client_url: String,
-    peer_url: String,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-/// An etcd cluster of 1 or 3 (or any number of) members. Dropping it kills
-/// and reaps every member; when the test is failing, their logs are
-/// printed first.
-pub struct Etcd {
-    members: Vec<Member>,
-    initial_cluster: String,
-    token: String,
-    dir: tempfile::TempDir,
-}
-
-impl Etcd {
-    pub fn start(n: usize) -> Etcd {
-        let dir = tempfile::Builder::new()
-            .prefix("tether-etcd-")
-            .tempdir()
-            .expect("a temp dir");
-        let members: Vec<Member> = (0..n)
-            .map(|i| Member {
-                name: format!("m{i}"),
-                client_url: format!("http://127.0.0.1:{}", free_port()),
-                peer_url: format!("http://127.0.0.1:{}", free_port()),
-                log: dir.path().join(format!("m{i}.log")),
-                child: None,
-            })
-            .collect();
-        let initial_cluster = members
-            .iter()
-            .map(|m| format!("{}={}", m.name, m.peer_url))
-            .collect::<Vec<_>>()
-            .join(",");
-        let token = format!(
-            "tether-test-{}-{}",
-            std::process::id(),
-            dir.path().file_name().unwrap().to_string_lossy()
-        );
-        let mut etcd = Etcd {
-            members,
-            initial_cluster,
-            token,
-            dir,
-        };
-        for i in 0..n {
-            etcd.spawn(i);
-        }
-        etcd
-    }
-
-    fn spawn(&mut self, i: usize) {
-        let data = self.dir.path().join(format!("m{i}.data"));
-        let m = &mut self.members[i];
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&m.log)
-            .expect("etcd log file");
-        let child = Command::new("etcd")
-            .arg("--name")
-            .arg(&m.name)
-            .arg("--data-dir")
-            .arg(&data)
-            .arg("--listen-client-urls")
-            .arg(&m.client_url)
-            .arg("--advertise-client-urls")
-            .arg(&m.client_url)
-            .arg("--listen-peer-urls")
-            .arg(&m.peer_url)
-            .arg("--initial-advertise-peer-urls")
-            .arg(&m.peer_url)
-            .arg("--initial-cluster")
-            .arg(&self.initial_cluster)
-            .arg("--initial-cluster-token")
-            .arg(&self.token)
-            .arg("--initial-cluster-state")
-            .arg("new")
-            // Fast elections keep the member-loss tests short.
-            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
-            .args(["--logger", "zap", "--log-outputs", "stderr"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log fd"))
-            .stderr(log)
-            .spawn()
-            .expect("etcd starts (is etcd-server installed? scripts/install-deps.sh)");
-        m.child = Some(child);
-    }
-
-    pub fn endpoints(&self) -> Vec<String> {
-        self.members.iter().map(|m| m.client_url.clone()).collect()
-    }
-
-    /// SIGKILLs member `i` and reaps it.
-    pub fn kill(&mut self, i: usize) {
-        if let Some(mut c) = self.members[i].child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Starts member `i` again on its data dir.
-    pub fn restart(&mut self, i: usize) {
-        assert!(self.members[i].child.is_none(), "member {i} is running");
-        self.spawn(i);
-    }
-
-    /// Waits until a linearizable read succeeds (a leader with quorum).
-    pub async fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let ok = async {
-                let mut c = etcd_client::Client::connect(self.endpoints(), None)
-                    .await
-                    .ok()?;
-                tokio::time::timeout(Duration::from_secs(1), c.get("probe", None))
-                    .await
-                    .ok()?
-                    .ok()
-            }
-            .await
-            .is_some();
-            if ok {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "etcd did not become ready\n{}",
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    pub fn logs(&self) -> String {
-        let mut out = String::new();
-        for m in &self.members {
-            let text = std::fs::read_to_string(&m.log).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(40).collect();
-            out.push_str(&format!(
-                "--- etcd {} ({}) last lines ---\n",
-                m.name, m.client_url
-            ));
-            for l in tail.into_iter().rev() {
-                out.push_str(l);
-                out.push('\n');
-            }
-        }
-        out
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("{}", self.logs());
-        }
-        for i in 0..self.members.len() {
-            self.kill(i);
-        }
-    }
-}
 
 /// A discovery node (in-process) with helpers speaking its API.
 pub struct Node {
