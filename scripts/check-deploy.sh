@@ -251,12 +251,12 @@ systemd_signals() {
   grep -qx 'ExecReload=/bin/kill -HUP $MAINPID' "$u" || { echo "$u: ExecReload (SIGHUP) missing" >&2; rc=1; }
   grep -qE '^TimeoutStopSec=[0-9]+' "$u" || { echo "$u: TimeoutStopSec missing" >&2; rc=1; }
   # TimeoutStopSec above the proxy's default shutdown grace + timeout
-  # (proxy/src/lifecycle.rs) + 1 s for the runtimes, or systemd SIGKILLs
+  # (proxy/src/config/lifecycle.rs) + 1 s for the runtimes, or systemd SIGKILLs
   # requests in flight.
   local stop grace timeout
   stop="$(sed -n 's/^TimeoutStopSec=\([0-9]*\)$/\1/p' "$u")"
-  grace="$(sed -n 's/.*DEFAULT_SHUTDOWN_GRACE_SECONDS: u64 = \([0-9]*\);/\1/p' proxy/src/lifecycle.rs)"
-  timeout="$(sed -n 's/.*DEFAULT_SHUTDOWN_TIMEOUT_SECONDS: u64 = \([0-9]*\);/\1/p' proxy/src/lifecycle.rs)"
+  grace="$(sed -n 's/.*DEFAULT_SHUTDOWN_GRACE_SECONDS: u64 = \([0-9]*\);/\1/p' proxy/src/config/lifecycle.rs)"
+  timeout="$(sed -n 's/.*DEFAULT_SHUTDOWN_TIMEOUT_SECONDS: u64 = \([0-9]*\);/\1/p' proxy/src/config/lifecycle.rs)"
   if [ -z "$stop" ] || [ -z "$grace" ] || [ -z "$timeout" ]; then
     echo "$u: cannot read TimeoutStopSec or the proxy's default shutdown times" >&2; rc=1
   elif [ "$stop" -gt $((grace + timeout + 1)) ]; then

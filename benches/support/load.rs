@@ -1,49 +1,12 @@
-//! Loads: what to send (`LoadSpec`), what came back (`LoadResult`), and the
-//! closed-loop (wrk, else the bench's own generator) and open-loop runs.
+//! Loads: the closed-loop (wrk, else the bench's own generator in
+//! `loadgen`) and open-loop runs, and reading wrk's report.
 
-use std::net::SocketAddr;
 use std::process::Stdio;
 
+use super::loadgen::{LoadResult, LoadSpec, PostSpec};
 use super::process::{find_bin, Pinning, LOAD_CORE};
-use super::roles::ROLE;
 use super::targets::Target;
-use super::CONNECTIONS;
-
-#[derive(serde::Serialize, serde::Deserialize, Clone, Debug)]
-pub struct LoadSpec {
-    pub addr: SocketAddr,
-    pub bearer: Option<String>,
-    pub connections: usize,
-    pub warmup_ms: u64,
-    pub duration_ms: u64,
-    /// Requests per second for an open-loop load; `None` = closed loop.
-    pub rate: Option<f64>,
-    /// Send POSTs with this body instead of `GET /`.
-    #[serde(default)]
-    pub post: Option<PostSpec>,
-}
-
-/// A POST load: the body, and whether every request carries a fresh
-/// `Idempotency-Key` (unique per request, so none is a replay).
-#[derive(serde::Serialize, serde::Deserialize, Clone, Debug)]
-pub struct PostSpec {
-    pub body: String,
-    pub keyed: bool,
-}
-
-#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, Default)]
-pub struct LoadResult {
-    pub requests: u64,
-    /// Non-200 answers and broken connections.
-    pub errors: u64,
-    pub seconds: f64,
-    pub rps: f64,
-    pub p50_us: f64,
-    pub p99_us: f64,
-    pub p999_us: f64,
-    /// Which generator produced this.
-    pub tool: String,
-}
+use super::{CONNECTIONS, ROLE};
 
 /// Closed loop with wrk when installed (the notes' method), else the
 /// bench's own generator.

@@ -11,12 +11,48 @@
 //! back. (When the connection was idle and only the timer woke late,
 //! latency counts from the actual send: that delay is the generator's.)
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::load::{LoadResult, LoadSpec};
+/// What to send: the generator's input (also read by wrk's runs).
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug)]
+pub struct LoadSpec {
+    pub addr: SocketAddr,
+    pub bearer: Option<String>,
+    pub connections: usize,
+    pub warmup_ms: u64,
+    pub duration_ms: u64,
+    /// Requests per second for an open-loop load; `None` = closed loop.
+    pub rate: Option<f64>,
+    /// Send POSTs with this body instead of `GET /`.
+    #[serde(default)]
+    pub post: Option<PostSpec>,
+}
+
+/// A POST load: the body, and whether every request carries a fresh
+/// `Idempotency-Key` (unique per request, so none is a replay).
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug)]
+pub struct PostSpec {
+    pub body: String,
+    pub keyed: bool,
+}
+
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, Default)]
+pub struct LoadResult {
+    pub requests: u64,
+    /// Non-200 answers and broken connections.
+    pub errors: u64,
+    pub seconds: f64,
+    pub rps: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    /// Which generator produced this.
+    pub tool: String,
+}
 
 struct Conn {
     lat_us: Vec<u32>,
@@ -198,7 +234,7 @@ async fn read_response(sock: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
         have += n;
-        if let Some(end) = super::roles::find(&buf[..have], b"\r\n\r\n") {
+        if let Some(end) = find(&buf[..have], b"\r\n\r\n") {
             let head = std::str::from_utf8(&buf[..end]).map_err(std::io::Error::other)?;
             let status: u16 = head
                 .get(9..12)
@@ -226,4 +262,9 @@ async fn read_response(sock: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<
             return Err(std::io::Error::other("response head too large"));
         }
     }
+}
+
+/// Where `needle` first occurs in `hay`.
+pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
 }

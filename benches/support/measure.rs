@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use tether_testkit::alloc::read_published_count;
 
-use super::load::{run_loadgen, LoadResult, LoadSpec};
+use super::load::run_loadgen;
+use super::loadgen::{LoadResult, LoadSpec};
 use super::process::Pinning;
 use super::targets::Target;
 use super::CONNECTIONS;

@@ -27,13 +27,17 @@ pub mod roles;
 pub mod targets;
 
 pub use load::*;
+pub use loadgen::{find, LoadResult, LoadSpec, PostSpec};
 pub use measure::*;
 pub use process::*;
-pub use roles::{find, run_role_if_asked};
+pub use roles::run_role_if_asked;
 pub use targets::*;
 pub use tether_testkit::{addr, free_port, Proc};
 
 pub const TETHER: &str = env!("CARGO_BIN_EXE_tether");
+/// The variable that tells a re-executed bench binary which part to play
+/// (`roles`).
+pub const ROLE: &str = "TETHER_BENCH_ROLE";
 /// Closed-loop connections, for every target (the notes' `wrk -c32`).
 pub const CONNECTIONS: usize = 32;
 /// The id of the tether server under test; its tokens are locked to it.

@@ -6,10 +6,8 @@ use std::path::Path;
 
 use tether_testkit::alloc::publish_process_count;
 
-use super::load::LoadSpec;
-
-/// The environment variable naming the role a re-executed bench plays.
-pub const ROLE: &str = "TETHER_BENCH_ROLE";
+use super::loadgen::{find, LoadSpec};
+use super::ROLE;
 
 /// Call first in `main`: when this process was started to play a role,
 /// plays it and never returns.
@@ -155,8 +153,4 @@ fn content_length(head: &[u8]) -> usize {
                 .then(|| v.trim().parse().ok())?
         })
         .unwrap_or(0)
-}
-
-pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
 }

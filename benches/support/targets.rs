@@ -10,8 +10,7 @@ use tether_testkit::conf::Conf;
 use tether_testkit::{addr, free_port, Proc};
 
 use super::process::{find_bin, spawn, wait_ready, Pinning, LOAD_CORE, PROXY_CORE};
-use super::roles::ROLE;
-use super::{SECRET, SERVER_ID, TETHER};
+use super::{ROLE, SECRET, SERVER_ID, TETHER};
 
 /// What a load is sent to.
 pub struct Target {

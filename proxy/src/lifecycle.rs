@@ -20,7 +20,6 @@
 //! during the grace ends the grace at once; `SIGINT` at any time is fast.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -31,33 +30,11 @@ use pingora_core::services::background::BackgroundService;
 use prometheus::IntGauge;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::config::ProxyConfig;
+use crate::config::{LifecycleConfig, ProxyConfig};
 use crate::metrics::Metrics;
-use crate::state::State;
 
-/// Route 53's health check every 10 s with a failure threshold of 3 takes
-/// a failing server out after about 30 s; 10 s more for the check in
-/// progress and the resolvers' first retries.
-pub const DEFAULT_SHUTDOWN_GRACE_SECONDS: u64 = 40;
-/// Requests in flight when the listeners close get this long.
-pub const DEFAULT_SHUTDOWN_TIMEOUT_SECONDS: u64 = 20;
-/// Under the shipped systemd unit's `RuntimeDirectory=tether-proxy`.
-pub const DEFAULT_UPGRADE_SOCKET: &str = "/run/tether-proxy/upgrade.sock";
 /// At most this many refresh families are tracked in [`LockedClients`].
 pub const LOCKED_CLIENTS_CAP: usize = 100_000;
-
-/// The `[server]` shutdown and upgrade keys, validated.
-#[derive(Debug, Clone)]
-pub struct LifecycleConfig {
-    /// `shutdown_grace_seconds`: failing health, still serving.
-    pub shutdown_grace: Duration,
-    /// `shutdown_timeout_seconds`: for requests in flight once the
-    /// listeners closed.
-    pub shutdown_timeout: Duration,
-    /// `upgrade_socket`: where a process started with `--upgrade` waits
-    /// for the listening sockets of the running one.
-    pub upgrade_socket: PathBuf,
-}
 
 /// What the request path and the heartbeats read of the process's life.
 pub struct Lifecycle {
@@ -163,7 +140,8 @@ impl LockedClients {
 /// Pingora's signal semantics, with the health grace in front of
 /// `SIGTERM` (see the module doc).
 pub struct Signals {
-    pub state: Arc<State>,
+    pub cfg: LifecycleConfig,
+    pub lifecycle: Arc<Lifecycle>,
 }
 
 #[async_trait]
@@ -181,7 +159,7 @@ impl ShutdownSignalWatch for Signals {
             _ = term.recv() => {}
             _ = quit.recv() => {
                 tracing::info!(
-                    socket = %self.state.cfg.lifecycle.upgrade_socket.display(),
+                    socket = %self.cfg.upgrade_socket.display(),
                     "SIGQUIT: handing the listening sockets to the new process"
                 );
                 return ShutdownSignal::GracefulUpgrade;
@@ -191,8 +169,8 @@ impl ShutdownSignalWatch for Signals {
                 return ShutdownSignal::FastShutdown;
             }
         }
-        let lc = &self.state.cfg.lifecycle;
-        self.state.lifecycle.begin_shutdown();
+        let lc = &self.cfg;
+        self.lifecycle.begin_shutdown();
         tracing::info!(
             grace_s = lc.shutdown_grace.as_secs(),
             timeout_s = lc.shutdown_timeout.as_secs(),
@@ -215,14 +193,15 @@ impl ShutdownSignalWatch for Signals {
 /// listeners, ends the process as soon as no client connection is open
 /// (Pingora itself would wait the whole `shutdown_timeout_seconds`).
 pub struct Watcher {
-    pub state: Arc<State>,
+    pub lifecycle: Arc<Lifecycle>,
+    /// The `connections_open` gauge of [`crate::metrics::Metrics`].
+    pub connections_open: IntGauge,
 }
 
 #[async_trait]
 impl BackgroundService for Watcher {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let state = &self.state;
-        let lc = &state.lifecycle;
+        let lc = &self.lifecycle;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
@@ -238,7 +217,7 @@ impl BackgroundService for Watcher {
         // counted within a few milliseconds; give them that.
         tokio::time::sleep(Duration::from_millis(100)).await;
         loop {
-            if state.metrics.connections_open.get() <= 0 {
+            if self.connections_open.get() <= 0 {
                 tracing::info!("listeners closed and no client connection left: exiting");
                 std::process::exit(0);
             }

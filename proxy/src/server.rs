@@ -161,7 +161,8 @@ pub fn run_with(cfg: ProxyConfig, upgrade: bool) -> Result<(), Error> {
     server.add_service(background_service(
         "lifecycle watcher",
         lifecycle::Watcher {
-            state: state.clone(),
+            lifecycle: state.lifecycle.clone(),
+            connections_open: state.metrics.connections_open.clone(),
         },
     ));
     server.add_service(proxy);
@@ -178,7 +179,10 @@ pub fn run_with(cfg: ProxyConfig, upgrade: bool) -> Result<(), Error> {
         state.cfg.server.id
     );
     server.run(RunArgs {
-        shutdown_signal: Box::new(lifecycle::Signals { state }),
+        shutdown_signal: Box::new(lifecycle::Signals {
+            cfg: state.cfg.lifecycle.clone(),
+            lifecycle: state.lifecycle.clone(),
+        }),
     });
     std::process::exit(0)
 }

@@ -64,7 +64,7 @@ pub struct State {
     /// The `Idempotency-Key` engine; `None` when `[idempotency]` is off.
     pub idem: Option<Arc<crate::idempotency::Idempotency>>,
     /// Shutdown grace and the clients still locked here (`lifecycle`).
-    pub lifecycle: crate::lifecycle::Lifecycle,
+    pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
     /// The access log (`crate::access`), off unless `log.access = "on"`.
     pub access: crate::access::AccessLog,
     /// "Unreachable" reports per refresh family (`crate::reports`).
@@ -93,7 +93,7 @@ impl State {
             )?),
             false => None,
         };
-        let lifecycle = crate::lifecycle::Lifecycle::new(&cfg, &metrics);
+        let lifecycle = Arc::new(crate::lifecycle::Lifecycle::new(&cfg, &metrics));
         let discovery = crate::sync::DiscoveryNodes::new(&cfg.discovery.urls, &metrics);
         let state = Arc::new(State {
             discovery,

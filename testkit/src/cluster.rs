@@ -1,14 +1,15 @@
 //! A test cluster: a temp folder with fresh secrets (`tether keygen`), one
-//! discovery process (`discovery.rs`) and any number of proxies
-//! (`proxy.rs`) started from it.
+//! discovery process and any number of proxies started from it. This file
+//! holds only what they share; the roles add their own `impl Cluster`
+//! blocks (`discovery.rs`, `proxy.rs`), so nothing here imports them.
 
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::discovery::Discovery;
-use crate::proc::tether_bin;
-use crate::proxy::ProxyBuilder;
+use std::net::SocketAddr;
+
+use crate::proc::{tether_bin, Proc};
 
 /// Timing knobs shared by discovery and proxies, small for tests.
 #[derive(Clone, Copy, Debug)]
@@ -28,6 +29,14 @@ impl Default for Timing {
             health_interval_ms: 200,
         }
     }
+}
+
+/// A running discovery process of a [`Cluster`] (started by the methods in
+/// `discovery.rs`).
+pub struct Discovery {
+    pub proc: Proc,
+    pub url: String,
+    pub addr: SocketAddr,
 }
 
 pub struct Cluster {
@@ -91,10 +100,5 @@ impl Cluster {
 
     pub fn admin_token(&self) -> String {
         self.secret("admin.token")
-    }
-
-    /// A proxy to configure and start (see [`ProxyBuilder`]).
-    pub fn proxy(&self, id: &str, region: &str) -> ProxyBuilder<'_> {
-        ProxyBuilder::new(self, id, region)
     }
 }

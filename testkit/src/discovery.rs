@@ -4,16 +4,9 @@
 
 use std::net::SocketAddr;
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, Discovery};
 use crate::conf::Conf;
-use crate::proc::{Proc, Spawn};
-
-/// The discovery process of a [`Cluster`].
-pub struct Discovery {
-    pub proc: Proc,
-    pub url: String,
-    pub addr: SocketAddr,
-}
+use crate::proc::Spawn;
 
 impl Cluster {
     /// Discovery's config: the shipped `conf/discovery.toml` with this

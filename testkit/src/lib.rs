@@ -60,9 +60,8 @@ pub mod sampleapp;
 pub mod upstream;
 
 pub use client::{get, login, metric, mint, refresh, Login};
-pub use cluster::{Cluster, Timing};
+pub use cluster::{Cluster, Discovery, Timing};
 pub use conf::Conf;
-pub use discovery::Discovery;
 pub use etcd::Etcd;
 pub use flaky::{FlakyUpstream, Flaw};
 pub use net::{addr, free_port, port_open, wait_for_port};

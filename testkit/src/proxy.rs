@@ -43,6 +43,13 @@ pub struct Proxy {
     pub proc: Proc,
 }
 
+impl Cluster {
+    /// A proxy to configure and start (see [`ProxyBuilder`]).
+    pub fn proxy(&self, id: &str, region: &str) -> ProxyBuilder<'_> {
+        ProxyBuilder::new(self, id, region)
+    }
+}
+
 impl<'c> ProxyBuilder<'c> {
     pub(crate) fn new(cluster: &'c Cluster, id: &str, region: &str) -> Self {
         ProxyBuilder {

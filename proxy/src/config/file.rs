@@ -89,13 +89,13 @@ fn one() -> usize {
     1
 }
 fn default_shutdown_grace() -> u64 {
-    crate::lifecycle::DEFAULT_SHUTDOWN_GRACE_SECONDS
+    super::lifecycle::DEFAULT_SHUTDOWN_GRACE_SECONDS
 }
 fn default_shutdown_timeout() -> u64 {
-    crate::lifecycle::DEFAULT_SHUTDOWN_TIMEOUT_SECONDS
+    super::lifecycle::DEFAULT_SHUTDOWN_TIMEOUT_SECONDS
 }
 fn default_upgrade_socket() -> String {
-    crate::lifecycle::DEFAULT_UPGRADE_SOCKET.into()
+    super::lifecycle::DEFAULT_UPGRADE_SOCKET.into()
 }
 
 #[derive(Debug, Deserialize)]

@@ -3,13 +3,15 @@
 //! - `file`: the TOML file as serde reads it (`deny_unknown_fields`),
 //!   with its defaults;
 //! - `validate`: every key checked, one function per `[section]`;
-//! - `typed`: the validated [`ProxyConfig`] the rest of the crate sees.
+//! - `typed`: the validated [`ProxyConfig`] the rest of the crate sees
+//!   (`lifecycle`: its shutdown and upgrade part).
 //!
 //! Every error names the file, the key, the bad value and what is allowed.
 //! Relative paths (key ring, token files) resolve against the directory of
 //! the config file, so `conf/` works from any working directory.
 
 mod file;
+mod lifecycle;
 mod typed;
 mod validate;
 
@@ -18,6 +20,10 @@ use std::path::Path;
 use crate::tokens::KeyRingError;
 
 pub use crate::tokens::{DownPolicy, TokenConfig};
+pub use lifecycle::{
+    LifecycleConfig, DEFAULT_SHUTDOWN_GRACE_SECONDS, DEFAULT_SHUTDOWN_TIMEOUT_SECONDS,
+    DEFAULT_UPGRADE_SOCKET,
+};
 pub use typed::{
     DiscoveryClientConfig, ForeignLock, Limits, LoginConfig, ProxyConfig, RoutingConfig,
     ServerIdentity, Source, TlsFiles, UpstreamConfig,

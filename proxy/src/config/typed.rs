@@ -30,7 +30,7 @@ pub struct ProxyConfig {
     /// `[cors]`: browsers from other origins (off when no origin is listed).
     pub cors: crate::cors::CorsConfig,
     /// `[server]` shutdown and upgrade keys.
-    pub lifecycle: crate::lifecycle::LifecycleConfig,
+    pub lifecycle: super::lifecycle::LifecycleConfig,
     /// `[log]`: access log and format.
     pub log: crate::access::LogConfig,
 }

@@ -60,7 +60,7 @@ impl Validator<'_> {
     }
 
     /// `[server]` shutdown and upgrade keys (docs/design.md §11).
-    fn lifecycle(&self, s: &FileServer) -> Result<crate::lifecycle::LifecycleConfig, ConfigError> {
+    fn lifecycle(&self, s: &FileServer) -> Result<super::lifecycle::LifecycleConfig, ConfigError> {
         let grace = self.range(
             "server.shutdown_grace_seconds",
             s.shutdown_grace_seconds,
@@ -80,7 +80,7 @@ impl Validator<'_> {
                 "an absolute path of at most 100 bytes (a Unix socket path)",
             ));
         }
-        Ok(crate::lifecycle::LifecycleConfig {
+        Ok(super::lifecycle::LifecycleConfig {
             shutdown_grace: Duration::from_secs(grace),
             shutdown_timeout: Duration::from_secs(timeout),
             upgrade_socket: PathBuf::from(&s.upgrade_socket),
