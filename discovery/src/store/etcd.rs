@@ -520,11 +520,16 @@ impl EtcdStore {
 
     /// Runs one etcd request within the timeout, timing it. A request
     /// that could not reach a member (connection refused: a member is
-    /// down; or `Unavailable`) is tried again at once, up to three times:
-    /// the client balances over every endpoint, so the retry usually goes
-    /// to a live member. Retrying a compare-and-set is safe: if the first
-    /// attempt was applied, the retry's compare fails and the caller reads
-    /// its own write.
+    /// down; or `Unavailable`) is tried again after a short pause, for up
+    /// to [`UNREACHABLE_RETRY_FOR`]: the client balances over every
+    /// endpoint, but its balancer (power of two choices by load) favours a
+    /// dead member, whose requests fail at once, so with one member of
+    /// three gone about two attempts in three meet it. Three attempts were
+    /// not enough (one request in four failed for seconds after a member
+    /// died, and both discovery nodes answered 503); retrying for half a
+    /// second makes that vanishingly rare. Retrying a compare-and-set is
+    /// safe: if the first attempt was applied, the retry's compare fails
+    /// and the caller reads its own write.
     async fn call<T, F, Fut>(&self, op: &'static str, mut f: F) -> Result<T, Fail>
     where
         F: FnMut() -> Fut,
@@ -532,13 +537,14 @@ impl EtcdStore {
     {
         let start = std::time::Instant::now();
         let deadline = Instant::now() + self.timeout;
-        let mut attempts = 0;
+        let retry_until = deadline.min(Instant::now() + UNREACHABLE_RETRY_FOR);
+        let mut pause = Duration::from_millis(5);
         let result = loop {
-            attempts += 1;
             match tokio::time::timeout_at(deadline, f()).await {
                 Ok(Ok(v)) => break Ok(v),
-                Ok(Err(e)) if attempts < 3 && unreachable(&e) => {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+                Ok(Err(e)) if unreachable(&e) && Instant::now() + pause < retry_until => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(40));
                 }
                 Ok(Err(e)) => {
                     let message = e.to_string();
@@ -1340,6 +1346,10 @@ impl EtcdStore {
 }
 
 /// A request that never reached a live member: worth trying again.
+/// How long [`EtcdStore::call`] keeps trying a request that could not
+/// reach a member (within the request timeout).
+const UNREACHABLE_RETRY_FOR: Duration = Duration::from_millis(500);
+
 fn unreachable(e: &etcd_client::Error) -> bool {
     match e {
         etcd_client::Error::TransportError(_) => true,
