@@ -925,6 +925,7 @@ impl EtcdStore {
         self.check()?;
         let fam_key = format!("{}{}", self.keys.families, req.family);
         let rev_key = format!("{}{}", self.keys.revoked, req.family);
+        let mut unsure = None;
         for _ in 0..CAS_ATTEMPTS {
             let read = Txn::new().and_then([
                 TxnOp::get(fam_key.clone(), None),
@@ -1016,7 +1017,19 @@ impl EtcdStore {
                     self.forget_bucket(lease);
                     continue;
                 }
-                Err(f) => return Err(f.into()),
+                Err(f) => {
+                    // The write may have been applied (a timeout, a member
+                    // lost with the request in flight). Answering 503 here
+                    // would tell the proxy nothing was done: it would hand
+                    // the client its old token back, which reads as reuse
+                    // once the grace window has passed (a sign-out). Read
+                    // again instead: the next round finds this very write
+                    // (and answers `grace` with its successor) or not (and
+                    // decides afresh).
+                    tracing::warn!(family = %req.family, "a rotation's write failed ({}); reading the family again", f.message);
+                    unsure = Some(f);
+                    continue;
+                }
             };
             if !resp.succeeded() {
                 continue;
@@ -1036,10 +1049,13 @@ impl EtcdStore {
                 }
             });
         }
-        Err(StoreError(format!(
-            "the rotation of family {:?} lost {CAS_ATTEMPTS} compare-and-set races in a row",
-            req.family
-        )))
+        Err(match unsure {
+            Some(f) => f.into(),
+            None => StoreError(format!(
+                "the rotation of family {:?} lost {CAS_ATTEMPTS} compare-and-set races in a row",
+                req.family
+            )),
+        })
     }
 
     pub async fn revoke(&self, family: &str, expires_at: u64) -> Result<(), StoreError> {
