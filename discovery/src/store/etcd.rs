@@ -11,6 +11,8 @@
 //! | `families/<family>` | the rotation state (hashes, never tokens) | an expiry bucket |
 //! | `meta/epoch` | Unix microseconds when the deployment's first node started | none |
 //! | `meta/sync` | empty: written by a node when (re)starting its watch | none |
+//! | `alive` | Unix ms when a node last found etcd answering (every second) | none |
+//! | `outage` | `{"from","to"}`: Unix ms of the last time no node was alive | none |
 //!
 //! **Heartbeats and eviction.** A server's key lives under a lease whose
 //! TTL is the eviction TTL, so etcd itself evicts a silent server (the
@@ -59,6 +61,19 @@
 //! whose tokens expire in that hour), so a revocation stays at least until
 //! the family's tokens have expired, across any restart of discovery.
 //!
+//! **The grace window counts service time.** A rotation that etcd applied
+//! just before every node went down (the answer lost with the node) left
+//! the client with its old token: proxies extend refreshes while no node
+//! answers, handing that token back. When discovery returns, the old token
+//! is the family's `previous`; measured by the wall clock its grace window
+//! is long over, and it would read as reuse (a sign-out). So the window
+//! does not count the last outage of the whole service: every node writes
+//! `alive` each second; a node that finds it older than
+//! [`OUTAGE_GAP`] records `outage = {from, to}` before it answers, and a
+//! rotation subtracts the part of that outage after the family's last
+//! rotation. A replay is still reuse after the window's worth of time
+//! with discovery up, as always.
+//!
 //! **Availability.** A probe does a linearizable read every second; while
 //! it fails (no quorum, no member reachable) or before the watch has
 //! caught up, every request answers 503 (proxies then keep their last
@@ -94,6 +109,26 @@ const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 const BUCKET_SECONDS: u64 = 3600;
 /// Compare-and-set attempts before a write gives up with a 503.
 const CAS_ATTEMPTS: usize = 5;
+/// `alive` older than this: no node was up in between, an outage.
+const OUTAGE_GAP: Duration = Duration::from_secs(3);
+
+/// The last time no discovery node was alive (Unix ms).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+struct Outage {
+    from: u64,
+    to: u64,
+}
+
+/// Milliseconds of service time from `since` to `now`: wall time minus
+/// the part of `outage` in between.
+fn service_ms(since: u64, now: u64, outage: Option<Outage>) -> u64 {
+    let wall = now.saturating_sub(since);
+    let Some(o) = outage else {
+        return wall;
+    };
+    let overlap = o.to.min(now).saturating_sub(o.from.max(since));
+    wall.saturating_sub(overlap)
+}
 
 /// A server's stored value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -155,6 +190,9 @@ struct Keys {
     epoch: String,
     meta: String,
     sync: String,
+    /// Outside the watched range: their writes wake no watch.
+    alive: String,
+    outage: String,
     /// End of the watched range: `meta/` up to and including `reg/`.
     watch_end: String,
 }
@@ -170,6 +208,8 @@ impl Keys {
             epoch: format!("{prefix}meta/epoch"),
             meta: format!("{prefix}meta/"),
             sync: format!("{prefix}meta/sync"),
+            alive: format!("{prefix}alive"),
+            outage: format!("{prefix}outage"),
             // "reg0" is the first key after every "reg/..." key.
             watch_end: format!("{prefix}reg0"),
         }
@@ -930,12 +970,20 @@ impl EtcdStore {
             let read = Txn::new().and_then([
                 TxnOp::get(fam_key.clone(), None),
                 TxnOp::get(rev_key.clone(), None),
+                TxnOp::get(self.keys.outage.clone(), None),
             ]);
             let resp = self.txn("rotate", read).await?;
             let ops = resp.op_responses();
             if matches!(ops.get(1), Some(TxnOpResponse::Get(g)) if !g.kvs().is_empty()) {
                 return Ok(revoked_answer());
             }
+            let outage = match ops.get(2) {
+                Some(TxnOpResponse::Get(g)) => g
+                    .kvs()
+                    .first()
+                    .and_then(|kv| serde_json::from_slice::<Outage>(kv.value()).ok()),
+                _ => None,
+            };
             let now_ms = unix_ms();
             let (family, mod_rev) = match ops.first() {
                 Some(TxnOpResponse::Get(g)) => match g.kvs().first() {
@@ -972,7 +1020,7 @@ impl EtcdStore {
                 }),
                 Some(f)
                     if f.previous.as_deref() == Some(req.presented.as_str())
-                        && now_ms.saturating_sub(f.rotated_at_ms)
+                        && service_ms(f.rotated_at_ms, now_ms, outage)
                             <= u64::try_from(self.grace.as_millis()).unwrap_or(u64::MAX) =>
                 {
                     return Ok(RotateResponse {
@@ -1315,6 +1363,12 @@ impl EtcdStore {
                 )
                 .await
                 .is_ok();
+            // Before the first "healthy" (so before the node answers a
+            // rotation), then every second.
+            let healthy_now = self.healthy.load(Ordering::Acquire);
+            if answered && (!healthy_now || round.is_multiple_of(2)) {
+                self.note_alive().await;
+            }
             // Two failures in a row (about a second) before answering 503:
             // one slow answer during a re-election is not an outage.
             failures = if answered { 0 } else { failures + 1 };
@@ -1337,6 +1391,43 @@ impl EtcdStore {
                 () = tokio::time::sleep(PROBE_INTERVAL) => {}
                 () = stopped(&mut stop) => return,
             }
+        }
+    }
+
+    /// Writes `alive`; when the previous `alive` is older than
+    /// [`OUTAGE_GAP`], no node was up in between: records that as the
+    /// last `outage` first (module docs). Best effort: a failure is
+    /// logged and tried again next round.
+    async fn note_alive(&self) {
+        let now = unix_ms();
+        let last = match self.get("alive", &self.keys.alive, None).await {
+            Ok(r) => r
+                .kvs()
+                .first()
+                .and_then(|kv| std::str::from_utf8(kv.value()).ok()?.parse::<u64>().ok()),
+            Err(f) => {
+                tracing::debug!("reading alive failed: {}", f.message);
+                return;
+            }
+        };
+        let gap = u64::try_from(OUTAGE_GAP.as_millis()).unwrap_or(u64::MAX);
+        let mut ops = vec![TxnOp::put(self.keys.alive.clone(), now.to_string(), None)];
+        if let Some(from) = last.filter(|&t| now.saturating_sub(t) > gap) {
+            let outage = Outage { from, to: now };
+            tracing::info!(
+                from,
+                to = now,
+                "no discovery node was alive for {} ms: rotations' grace windows do not count that time",
+                now - from
+            );
+            ops.push(TxnOp::put(
+                self.keys.outage.clone(),
+                serde_json::to_vec(&outage).expect("serialising an outage"),
+                None,
+            ));
+        }
+        if let Err(f) = self.txn("alive", Txn::new().and_then(ops)).await {
+            tracing::debug!("writing alive failed: {}", f.message);
         }
     }
 
@@ -1405,4 +1496,29 @@ fn first_get(resp: &TxnResponse) -> Option<(Vec<u8>, i64, i64)> {
             .map(|kv| (kv.value().to_vec(), kv.lease(), kv.mod_revision())),
         _ => None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_time_leaves_out_the_outage() {
+        // No outage: wall time.
+        assert_eq!(service_ms(1_000, 5_000, None), 4_000);
+        // Rotated at 1 s, everything down from 0.5 s (the last `alive`)
+        // to 80 s, asked at 82 s: 2 s of service time.
+        let o = Outage {
+            from: 500,
+            to: 80_000,
+        };
+        assert_eq!(service_ms(1_000, 82_000, Some(o)), 2_000);
+        // An outage wholly before the rotation changes nothing.
+        assert_eq!(service_ms(90_000, 95_000, Some(o)), 5_000);
+        // Asked during the outage's recorded span (a clock step): never
+        // below zero.
+        assert_eq!(service_ms(1_000, 50_000, Some(o)), 0);
+        // Rotated before the outage began: the time up before it counts.
+        assert_eq!(service_ms(100, 80_100, Some(o)), 500);
+    }
 }
