@@ -2,15 +2,35 @@
 //! processes: three etcd members, two discovery nodes over them, three
 //! proxies listing both nodes (`discovery.urls`), and clients logging in,
 //! calling the app and refreshing while members and nodes die.
+//!
+//! The first test is the issue's headline: SDK clients (`tether-client`,
+//! through the kit's `Workflows`) run the sample app's order workflow in a
+//! loop while an etcd member and then the discovery node in use die; no
+//! workflow fails, nobody is signed out, the app's own records hold
+//! exactly what the workflows wrote, and every proxy is on the other node
+//! within one registry poll. The others drive the token endpoints with raw
+//! HTTP, where a test needs a token in hand (a replay, a revoked family).
+//!
+//! `all_discovery_down_past_the_access_ttl_…` runs about 80 s on purpose:
+//! the shortest access-token lifetime is 60 s, and the point is to
+//! outlive it.
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{json, Value};
+
+/// What the proxies are in front of.
+enum Apps {
+    /// One echo app per proxy, all in region `eu` (`eu-1` … `eu-3`).
+    Echo(Vec<Upstream>),
+    /// The sample app (`tether sample-app`), one listener per region, the
+    /// regions replicating to each other; proxies `eu-1`, `us-1`, `ap-1`.
+    Sample(SampleApp),
+}
 
 struct Deployment {
     etcd: Etcd,
@@ -18,11 +38,79 @@ struct Deployment {
     /// The second discovery node (the first is `c.discovery`).
     b: Discovery,
     proxies: Vec<Proxy>,
-    _apps: Vec<Upstream>,
+    apps: Apps,
 }
 
+/// The proxies' `discovery.poll_wait_seconds` in the workflow test: the
+/// longest a registry poll lasts, so "within one poll" is this.
+const POLL_WAIT: Duration = Duration::from_secs(2);
+
 impl Deployment {
+    /// Echo apps behind the proxies; a 500 ms grace window at discovery,
+    /// so a replay is reuse a second later.
     async fn start(access_ttl: u64) -> Deployment {
+        let mut apps = Vec::new();
+        for i in 1..=3 {
+            apps.push(Upstream::start(&format!("app-{i}")).await);
+        }
+        let upstreams = apps
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (format!("eu-{}", i + 1), "eu".to_owned(), a.addr))
+            .collect();
+        Deployment::over(
+            access_ttl,
+            "refresh_grace_ms = 500",
+            "",
+            upstreams,
+            Apps::Echo(apps),
+        )
+        .await
+    }
+
+    /// The sample app in three regions behind the proxies (with
+    /// `discovery_extra` at discovery); registry polls of at most
+    /// [`POLL_WAIT`].
+    async fn with_sample_app(discovery_extra: &str) -> Deployment {
+        let regions = ["eu", "us", "ap"];
+        let app = SampleApp::start(
+            &[
+                "--regions",
+                "eu,us,ap",
+                "--lag-ms",
+                "50",
+                "--jitter-ms",
+                "0",
+                "--users",
+                "20",
+            ],
+            regions.len(),
+        );
+        let upstreams = regions
+            .iter()
+            .map(|r| {
+                let url = &app.urls[*r];
+                let addr: SocketAddr = url
+                    .trim_start_matches("http://")
+                    .parse()
+                    .expect("app address");
+                (format!("{r}-1"), (*r).to_owned(), addr)
+            })
+            .collect();
+        let poll = format!("poll_wait_seconds = {}", POLL_WAIT.as_secs());
+        Deployment::over(60, discovery_extra, &poll, upstreams, Apps::Sample(app)).await
+    }
+
+    /// Three etcd members, two discovery nodes over them (with
+    /// `discovery_extra`), one proxy per `(id, region, upstream)` listing
+    /// both nodes (with `proxy_discovery_extra` in `[discovery]`).
+    async fn over(
+        access_ttl: u64,
+        discovery_extra: &str,
+        proxy_discovery_extra: &str,
+        upstreams: Vec<(String, String, SocketAddr)>,
+        apps: Apps,
+    ) -> Deployment {
         let etcd = Etcd::start(3).await;
         let mut c = Cluster::new(Timing {
             heartbeat_ms: 300,
@@ -31,179 +119,183 @@ impl Deployment {
             health_interval_ms: 200,
         });
         c.etcd_endpoints = Some(etcd.endpoints());
-        // A short grace window, so a replay is reuse a second later.
-        c.discovery_extra = "refresh_grace_ms = 500".into();
+        c.discovery_extra = discovery_extra.into();
         c.start_discovery(0);
         let b = c.start_extra_discovery("b");
         let urls = [c.discovery_url(), b.url.clone()];
         let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
-        let mut apps = Vec::new();
         let mut proxies = Vec::new();
-        for i in 1..=3 {
-            let app = Upstream::start(&format!("app-{i}")).await;
+        for (id, region, addr) in &upstreams {
             let p = c
-                .proxy(&format!("eu-{i}"), "eu")
-                .upstream(&app)
+                .proxy(id, region)
+                .upstream_addr(*addr)
                 .access_ttl(access_ttl)
                 .discovery_urls(&urls)
+                .section("discovery", proxy_discovery_extra)
                 .start()
                 .await;
-            apps.push(app);
             proxies.push(p);
         }
+        let ids: Vec<&str> = upstreams.iter().map(|(id, _, _)| id.as_str()).collect();
         for p in &proxies {
-            p.wait_sees(&c.http, &["eu-1", "eu-2", "eu-3"]).await;
+            p.wait_sees(&c.http, &ids).await;
         }
         Deployment {
             etcd,
             c,
             b,
             proxies,
-            _apps: apps,
+            apps,
         }
     }
 
     fn a_port(&self) -> u16 {
         self.c.discovery.as_ref().expect("node a").addr.port()
     }
+
+    fn echo_app(&self, i: usize) -> SocketAddr {
+        match &self.apps {
+            Apps::Echo(apps) => apps[i].addr,
+            Apps::Sample(_) => panic!("a deployment over the sample app"),
+        }
+    }
+
+    /// The sample app's listeners, one per region.
+    fn app_urls(&self) -> Vec<String> {
+        match &self.apps {
+            Apps::Sample(app) => app.urls.values().cloned().collect(),
+            Apps::Echo(_) => panic!("a deployment over echo apps"),
+        }
+    }
+
+    /// Kills the discovery node at `url` (a or b).
+    fn kill_node(&mut self, url: &str) {
+        if url == self.b.url {
+            self.b.proc.kill();
+        } else {
+            let a = self.c.discovery.as_mut().expect("node a");
+            assert_eq!(a.url, url, "not a discovery node of this deployment");
+            a.proc.kill();
+        }
+    }
 }
 
-/// The value of the first series starting with `prefix` and containing
-/// `needle`.
-fn series(text: &str, prefix: &str, needle: &str) -> Option<f64> {
+/// The discovery node `p` uses now: the URL whose
+/// `tether_proxy_discovery_node` gauge is 1 (proxy/src/sync/nodes.rs).
+async fn node_in_use(p: &Proxy, http: &reqwest::Client) -> Option<String> {
+    let text = p.metrics(http).await;
     text.lines()
-        .find(|l| l.starts_with(prefix) && l.contains(needle))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
-/// Clients running workflows (log in, call the app, refresh, call again)
-/// against every proxy until stopped; counts finished and failed ones.
-struct Workload {
-    stop: Arc<AtomicBool>,
-    done: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-    errors: Arc<std::sync::Mutex<Vec<String>>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Workload {
-    fn start(http: &reqwest::Client, proxies: &[Proxy], clients: usize) -> Workload {
-        let w = Workload {
-            stop: Arc::new(AtomicBool::new(false)),
-            done: Arc::new(AtomicU64::new(0)),
-            failed: Arc::new(AtomicU64::new(0)),
-            errors: Arc::default(),
-            tasks: Vec::new(),
-        };
-        let urls: Vec<String> = proxies.iter().map(|p| p.url.clone()).collect();
-        let mut tasks = Vec::new();
-        for i in 0..clients {
-            let (http, urls) = (http.clone(), urls.clone());
-            let (stop, done, failed, errors) = (
-                w.stop.clone(),
-                w.done.clone(),
-                w.failed.clone(),
-                w.errors.clone(),
-            );
-            tasks.push(tokio::spawn(async move {
-                let mut n = 0usize;
-                while !stop.load(Ordering::Relaxed) {
-                    let url = &urls[(i + n) % urls.len()];
-                    n += 1;
-                    match workflow(&http, url, &format!("user{i}")).await {
-                        Ok(()) => done.fetch_add(1, Ordering::Relaxed),
-                        Err(e) => {
-                            errors.lock().unwrap().push(e);
-                            failed.fetch_add(1, Ordering::Relaxed)
-                        }
-                    };
-                }
-            }));
-        }
-        Workload { tasks, ..w }
-    }
-
-    async fn finish(self) -> (u64, u64, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.tasks {
-            t.await.unwrap();
-        }
-        let errors = self.errors.lock().unwrap().clone();
-        (
-            self.done.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed),
-            errors,
-        )
-    }
-}
-
-async fn workflow(http: &reqwest::Client, url: &str, user: &str) -> Result<(), String> {
-    let r = http
-        .post(format!("{url}/auth/login"))
-        .json(&json!({"username": user, "password": "pw"}))
-        .send()
-        .await
-        .map_err(|e| format!("login: {e}"))?;
-    if r.status() != 200 {
-        return Err(format!("login: {}", r.status()));
-    }
-    let access = header(&r, "tether-access-token")?;
-    let refresh_token = header(&r, "tether-refresh-token")?;
-    for step in 0..2 {
-        let s = get(http, &format!("{url}/x/{step}"), Some(&access))
-            .await
-            .status();
-        if s != 200 {
-            return Err(format!("step {step}: {s}"));
-        }
-    }
-    let (s, v) = refresh(http, url, json!({"refreshToken": refresh_token})).await;
-    if s != 200 {
-        return Err(format!("refresh: {s} {v}"));
-    }
-    let access = v["accessToken"].as_str().unwrap_or_default();
-    let s = get(http, &format!("{url}/x/after"), Some(access))
-        .await
-        .status();
-    if s != 200 {
-        return Err(format!("after refresh: {s}"));
-    }
-    Ok(())
-}
-
-fn header(r: &reqwest::Response, name: &str) -> Result<String, String> {
-    r.headers()
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .ok_or_else(|| format!("no {name}"))
+        .filter(|l| l.starts_with("tether_proxy_discovery_node{") && l.ends_with(" 1"))
+        .find_map(|l| {
+            l.split("url=\"")
+                .nth(1)?
+                .split('"')
+                .next()
+                .map(str::to_owned)
+        })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_an_etcd_member_then_a_discovery_node_fails_no_workflow() {
-    let mut d = Deployment::start(60).await;
-    let w = Workload::start(&d.c.http, &d.proxies, 6);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let t0 = Instant::now();
+    // Discovery's default grace window (10 s), as in production.
+    let mut d = Deployment::with_sample_app("").await;
+    let http = d.c.http.clone();
+    eprintln!("deployment up in {:?}", t0.elapsed());
+    // Six users, two per proxy as their global URL; user-0001 … 0003 have
+    // home regions eu, us, ap; user-0000 and user-0004 none.
+    let users: Vec<(String, String)> = (0..6)
+        .map(|i| (d.proxies[i % 3].url.clone(), format!("user-{i:04}")))
+        .collect();
+    let w = Workflows::start(&users, WorkflowOptions::default()).await;
+    eprintln!("clients locked to {:?}", w.logged_in_on);
+    w.wait_for_more(12, Duration::from_secs(20)).await;
+
+    // One etcd member dies (the first, which both nodes list first); the
+    // workflows go on over the other two.
     d.etcd.kill_member(0);
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    d.c.discovery.as_mut().expect("node a").proc.kill();
-    let b_url = d.b.url.clone();
+    let member_killed = Instant::now();
+    eprintln!("etcd member 0 killed after {} workflows", w.completed());
+    w.wait_for_more(12, Duration::from_secs(20)).await;
+    tokio::time::sleep_until((member_killed + Duration::from_secs(3)).into()).await;
+
+    // The discovery node the proxies use now dies (the one most of them
+    // use: while both nodes' etcd watches reconnect after the member's
+    // loss, the nodes answer 503 for a moment, and a proxy that met one
+    // has moved on already).
+    let mut using = Vec::new();
     for p in &d.proxies {
-        eventually(
-            Duration::from_secs(10),
-            "the proxy moves to discovery node b",
-            || async {
-                let m = p.metrics(&d.c.http).await;
-                series(&m, "tether_proxy_discovery_node{", &format!("\"{b_url}\"")) == Some(1.0)
-            },
-        )
-        .await;
+        using.push(node_in_use(p, &http).await.expect("a node in use"));
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let (done, failed, errors) = w.finish().await;
-    assert!(done > 0, "no workflow finished");
-    assert_eq!(failed, 0, "{done} done; failures: {errors:?}");
+    let on = |url: &str| using.iter().filter(|u| *u == url).count();
+    let victim = if on(&d.b.url) > on(&d.c.discovery_url()) {
+        d.b.url.clone()
+    } else {
+        d.c.discovery_url()
+    };
+    let survivor = if victim == d.b.url {
+        d.c.discovery_url()
+    } else {
+        d.b.url.clone()
+    };
+    eprintln!(
+        "{} workflows done ({} refreshes extended); proxies use {using:?}; killing {victim}",
+        w.completed(),
+        w.extended()
+    );
+    d.kill_node(&victim);
+    let killed = Instant::now();
+    // Each proxy's time to be on the survivor, polled every 20 ms.
+    let mut moved: Vec<Option<Duration>> = vec![None; d.proxies.len()];
+    let margin = Duration::from_secs(1);
+    while moved.iter().any(Option::is_none)
+        && killed.elapsed() < POLL_WAIT + margin + Duration::from_secs(10)
+    {
+        for (i, p) in d.proxies.iter().enumerate() {
+            if moved[i].is_none() && node_in_use(p, &http).await.as_deref() == Some(&survivor) {
+                moved[i] = Some(killed.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("proxies on {survivor} after {moved:?}");
+    for (i, p) in d.proxies.iter().enumerate() {
+        let t = moved[i].unwrap_or_else(|| panic!("{} never moved to {survivor}", p.id));
+        if using[i] == victim {
+            assert!(
+                t <= POLL_WAIT + margin,
+                "{} moved to {survivor} {t:?} after the kill: more than one poll ({POLL_WAIT:?}) + {margin:?}",
+                p.id
+            );
+        }
+    }
+    w.wait_for_more(12, Duration::from_secs(20)).await;
+    tokio::time::sleep_until((killed + Duration::from_secs(3)).into()).await;
+
+    let report = w.stop().await;
+    eprintln!(
+        "{} workflows in {:?} ({} refreshes extended, {} SDK resends, {} idempotent replays, {} server changes); whole test {:?}",
+        report.completed,
+        report.elapsed,
+        report.extended,
+        report.retries,
+        report.replayed,
+        report.server_changes,
+        t0.elapsed()
+    );
+    assert!(
+        report.failures.is_empty(),
+        "{} failed workflows: {:?}",
+        report.failures.len(),
+        report.failures
+    );
+    assert!(
+        report.signed_out.is_empty(),
+        "signed out: {:?}",
+        report.signed_out
+    );
+    assert!(report.completed >= 36, "{}", report.completed);
+    report.check_app(&http, &d.app_urls()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -244,6 +336,88 @@ async fn two_nodes_serve_the_same_version_and_etag() {
     assert_eq!(status, 304, "node a honours node b's ETag");
 }
 
+/// A discovery node's metric (its `/metrics`), 0 when absent.
+async fn node_metric(http: &reqwest::Client, node: &str, prefix: &str) -> f64 {
+    let text = http
+        .get(format!("{node}/metrics"))
+        .send()
+        .await
+        .expect("node metrics")
+        .text()
+        .await
+        .expect("text");
+    metric(&text, prefix).unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_switching_nodes_does_not_refetch_an_unchanged_registry() {
+    let mut d = Deployment::start(60).await;
+    let http = d.c.http.clone();
+    let a_url = d.c.discovery_url();
+    let bytes = |p: &Proxy| {
+        let http = http.clone();
+        let admin = p.admin.clone();
+        async move {
+            let text = http
+                .get(format!("{admin}/metrics"))
+                .send()
+                .await
+                .expect("metrics")
+                .text()
+                .await
+                .expect("text");
+            metric(&text, "tether_proxy_discovery_poll_bytes_total").unwrap_or(0.0)
+        }
+    };
+    // Settled: every proxy parked in a long poll at node a, holding the
+    // current registry.
+    eventually(
+        Duration::from_secs(15),
+        "every proxy parked at node a",
+        || async { node_metric(&http, &a_url, "tether_discovery_longpoll_waiters").await >= 3.0 },
+    )
+    .await;
+    let full = http
+        .get(format!("{}/v1/servers", d.b.url))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .len() as f64;
+    let mut before = Vec::new();
+    for p in &d.proxies {
+        assert_eq!(node_in_use(p, &http).await.as_deref(), Some(a_url.as_str()));
+        before.push(bytes(p).await);
+    }
+    d.kill_node(&a_url);
+    // Every proxy moves to b and parks there: its version and ETag held
+    // from node a are current at node b too.
+    eventually(
+        Duration::from_secs(15),
+        "every proxy parked at node b",
+        || async { node_metric(&http, &d.b.url, "tether_discovery_longpoll_waiters").await >= 3.0 },
+    )
+    .await;
+    for (p, before) in d.proxies.iter().zip(before) {
+        assert_eq!(
+            node_in_use(p, &http).await.as_deref(),
+            Some(d.b.url.as_str())
+        );
+        let grown = bytes(p).await - before;
+        eprintln!(
+            "{}: {grown} registry bytes received across the switch (full listing {full} B)",
+            p.id
+        );
+        assert!(
+            grown < full / 2.0,
+            "{}: {grown} B received across the switch; the full listing is {full} B",
+            p.id
+        );
+    }
+}
+
 /// Refreshes at `url` until the answer is 200 and `pred` holds.
 async fn refresh_until(
     http: &reqwest::Client,
@@ -264,19 +438,65 @@ async fn refresh_until(
     panic!("timed out waiting for: {what}; last answer {last}");
 }
 
+/// A session logged in with raw HTTP (the sample app's password), for
+/// the checks that need the tokens in hand.
+struct Session {
+    access: String,
+    refresh: String,
+    server_id: String,
+}
+
+async fn login_demo(http: &reqwest::Client, url: &str, user: &str) -> Session {
+    let r = http
+        .post(format!("{url}/auth/login"))
+        .json(&json!({"username": user, "password": "demo"}))
+        .send()
+        .await
+        .expect("login request");
+    assert_eq!(r.status(), 200, "login of {user} at {url}");
+    let h = |name: &str| {
+        r.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_else(|| panic!("login answer lacks {name}"))
+            .to_owned()
+    };
+    Session {
+        access: h("tether-access-token"),
+        refresh: h("tether-refresh-token"),
+        server_id: h("tether-server-id"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_discovery_down_past_the_access_ttl_signs_nobody_out_and_reuse_is_caught_after() {
     let access_ttl = 60;
-    let mut d = Deployment::start(access_ttl).await;
+    // A 500 ms grace window, so a replay is reuse a second later.
+    let mut d = Deployment::with_sample_app("refresh_grace_ms = 500").await;
     let http = d.c.http.clone();
     let urls: Vec<String> = d.proxies.iter().map(|p| p.url.clone()).collect();
+    // SDK clients run workflows through the whole outage and past
+    // discovery's return (a refresh before each one); raw sessions hold
+    // their tokens for the expiry and replay checks.
+    let sdk_users: Vec<(String, String)> = (0..3)
+        .map(|i| (urls[i].clone(), format!("user-{:04}", 10 + i)))
+        .collect();
+    let w = Workflows::start(
+        &sdk_users,
+        WorkflowOptions {
+            think: Duration::from_millis(200),
+            ..WorkflowOptions::default()
+        },
+    )
+    .await;
     let mut users = Vec::new();
-    for (i, url) in urls.iter().enumerate() {
-        users.push(login(&http, url, &format!("u{i}"), None).await);
+    for (url, name) in urls.iter().zip(["alice", "bob", "carol"]) {
+        users.push(login_demo(&http, url, name).await);
     }
     let a_port = d.a_port();
     d.c.discovery.as_mut().expect("node a").proc.kill();
     d.b.proc.kill();
+    let down = Instant::now();
     // Every proxy answers refreshes in extend mode: same refresh token,
     // same server (no relock).
     for (u, url) in users.iter().zip(&urls) {
@@ -285,16 +505,18 @@ async fn all_discovery_down_past_the_access_ttl_signs_nobody_out_and_reuse_is_ca
         })
         .await;
         assert_eq!(v["refreshToken"], u.refresh.as_str(), "{v}");
+        assert_eq!(v["server"]["id"], u.server_id.as_str(), "no relock: {v}");
+        assert_eq!(v["serverChanged"], false, "{v}");
     }
     // Past the access-token lifetime, every user still works.
     // (The kit's proxies allow 2 s of clock leeway.)
-    tokio::time::sleep(Duration::from_secs(access_ttl + 2)).await;
+    tokio::time::sleep_until((down + Duration::from_secs(access_ttl + 2)).into()).await;
     for (u, url) in users.iter().zip(&urls) {
         eventually(
             Duration::from_secs(10),
             "the first access token has expired",
             || async {
-                get(&http, &format!("{url}/x"), Some(&u.access))
+                get(&http, &format!("{url}/stats"), Some(&u.access))
                     .await
                     .status()
                     == 401
@@ -305,12 +527,16 @@ async fn all_discovery_down_past_the_access_ttl_signs_nobody_out_and_reuse_is_ca
         assert_eq!(s, 200, "{v}");
         assert_eq!(v["reason"], "discovery_unavailable");
         assert_eq!(v["refreshToken"], u.refresh.as_str());
+        assert_eq!(v["server"]["id"], u.server_id.as_str(), "no relock: {v}");
         let access = v["accessToken"].as_str().unwrap();
         assert_eq!(
-            get(&http, &format!("{url}/x"), Some(access)).await.status(),
+            get(&http, &format!("{url}/stats"), Some(access))
+                .await
+                .status(),
             200
         );
     }
+    let during = w.completed();
     // Discovery returns: the next refresh rotates, and a copy of the old
     // token is caught as reuse, its family revoked at every proxy.
     d.c.start_discovery(a_port);
@@ -328,6 +554,25 @@ async fn all_discovery_down_past_the_access_ttl_signs_nobody_out_and_reuse_is_ca
         let (s, v) = refresh(&http, url, json!({"refreshToken": successor})).await;
         assert_eq!(s, 401, "the family is revoked at {url}: {v}");
     }
+    // The SDK clients worked through all of it, on their first server.
+    w.wait_for_more(6, Duration::from_secs(20)).await;
+    let servers = w.servers();
+    let logged_in_on = w.logged_in_on.clone();
+    let report = w.stop().await;
+    eprintln!(
+        "{} workflows ({during} before discovery returned), {} refreshes extended",
+        report.completed, report.extended
+    );
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert!(
+        report.signed_out.is_empty(),
+        "signed out: {:?}",
+        report.signed_out
+    );
+    assert!(report.extended > 0, "no refresh was extended");
+    assert_eq!(servers, logged_in_on, "no relock");
+    assert_eq!(report.server_changes, 0);
+    report.check_app(&http, &d.app_urls()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -349,7 +594,7 @@ async fn a_revocation_survives_a_restart_of_every_discovery_node() {
     let b = d.c.start_extra_discovery("b2");
     let late =
         d.c.proxy("eu-4", "eu")
-            .upstream_addr(d._apps[0].addr)
+            .upstream_addr(d.echo_app(0))
             .discovery_urls(&[&b.url])
             .start()
             .await;
@@ -359,6 +604,9 @@ async fn a_revocation_survives_a_restart_of_every_discovery_node() {
             "the revoked family is refused",
             || async {
                 let (s, v) = refresh(&http, &p.url, json!({"refreshToken": l.refresh})).await;
+                // Refused, never served: a 200 here (say, extended while
+                // no node answered) would be the revoked family back.
+                assert_ne!(s, 200, "{} served a revoked family: {v}", p.id);
                 s == 401 && v != Value::Null
             },
         )
@@ -379,6 +627,7 @@ async fn etcd_without_quorum_is_discovery_down_and_quorum_back_needs_nothing() {
     })
     .await;
     assert_eq!(v["refreshToken"], l.refresh.as_str());
+    assert_eq!(v["server"]["id"], l.server_id.as_str(), "no relock: {v}");
     assert_eq!(
         get(&http, &format!("{url}/x"), v["accessToken"].as_str())
             .await

@@ -8,8 +8,22 @@ use std::time::Duration;
 use common::*;
 use serde_json::json;
 
-async fn cluster(grace_ms: u64) -> (Cluster, Upstream, Upstream, Proxy, Proxy) {
+/// Which store discovery keeps the families in: memory, or a one-member
+/// etcd the test owns (one suite, two stores, as in tests/discovery.rs).
+async fn store(etcd: bool) -> Option<Etcd> {
+    if etcd {
+        Some(Etcd::start(1).await)
+    } else {
+        None
+    }
+}
+
+async fn cluster(
+    grace_ms: u64,
+    etcd: Option<&Etcd>,
+) -> (Cluster, Upstream, Upstream, Proxy, Proxy) {
     let mut c = Cluster::new(Timing::default());
+    c.etcd_endpoints = etcd.map(Etcd::endpoints);
     c.discovery_extra = format!("refresh_grace_ms = {grace_ms}");
     c.start_discovery(0);
     let app_a = Upstream::start("app-eu").await;
@@ -23,8 +37,18 @@ async fn cluster(grace_ms: u64) -> (Cluster, Upstream, Upstream, Proxy, Proxy) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_refreshes_get_one_successor_and_replay_revokes_everywhere() {
+    concurrent_refreshes(false).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_refreshes_get_one_successor_and_replay_revokes_everywhere_over_etcd() {
+    concurrent_refreshes(true).await
+}
+
+async fn concurrent_refreshes(etcd: bool) {
     let grace_ms = 1500;
-    let (c, _app_a, _app_b, a, b) = cluster(grace_ms).await;
+    let etcd = store(etcd).await;
+    let (c, _app_a, _app_b, a, b) = cluster(grace_ms, etcd.as_ref()).await;
     let l = login(&c.http, &a.url, "alice", None).await;
 
     // 50 concurrent refreshes of the same token, at both proxies.
@@ -101,7 +125,17 @@ async fn concurrent_refreshes_get_one_successor_and_replay_revokes_everywhere() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logout_at_one_proxy_revokes_at_all() {
-    let (c, _app_a, _app_b, a, b) = cluster(10_000).await;
+    logout_revokes(false).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_at_one_proxy_revokes_at_all_over_etcd() {
+    logout_revokes(true).await
+}
+
+async fn logout_revokes(etcd: bool) {
+    let etcd = store(etcd).await;
+    let (c, _app_a, _app_b, a, b) = cluster(10_000, etcd.as_ref()).await;
     let l = login(&c.http, &a.url, "bob", None).await;
     let r = c
         .http

@@ -296,6 +296,39 @@ async fn families_and_revocations_survive_a_restart_of_every_node() {
     );
 }
 
+/// A rotation etcd applied just before every node went down (its answer
+/// lost with the node) leaves the client holding the old token; proxies
+/// hand that one back while no node answers. After an outage longer than
+/// the grace window, that token must still get the grace answer: the
+/// window counts time with discovery up, not the outage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_just_before_every_node_went_down_keeps_its_grace() {
+    let etcd = Etcd::start(1).await;
+    etcd.wait_ready().await;
+    let grace = |cfg: &mut tether_discovery::Config| cfg.refresh_grace = Duration::from_secs(2);
+    let mut a = Node::over(&etcd, grace).await;
+    assert_eq!(
+        rotate_on(&a, &rotate("fam1", 'a', 'b', 1)).await["outcome"],
+        "rotated"
+    );
+    a.stop().await;
+    // Down longer than the grace window (and the 3 s outage gap).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let b = Node::over(&etcd, grace).await;
+    let r = rotate_on(&b, &rotate("fam1", 'a', 'c', 2)).await;
+    assert_eq!(
+        (r["outcome"].as_str(), r["iat"].as_u64()),
+        (Some("grace"), Some(1)),
+        "the old token gets its successor: {r}"
+    );
+    // Past the window with discovery up, a replay is reuse, as always.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        rotate_on(&b, &rotate("fam1", 'a', 'd', 3)).await["outcome"],
+        "revoked"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_marks_live_in_etcd() {
     let etcd = Etcd::start(1).await;

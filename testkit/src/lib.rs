@@ -32,7 +32,9 @@
 //!   bytes of every request; [`flaky`]: [`FlakyUpstream`], which fails in
 //!   a chosen way (drops reused connections, hangs, cuts its answer);
 //!   [`sampleapp`]: `tether sample-app` as a child.
-//! - [`client`]: login, refresh, requests, `tether token mint`, metrics.
+//! - [`client`]: login, refresh, requests, `tether token mint`, metrics;
+//!   [`workflows`]: [`Workflows`], SDK clients running the sample app's
+//!   order workflow until stopped, checked against the app's records.
 //! - [`net`]: [`free_port`], [`wait_for_port`]; [`poll`]: [`eventually`],
 //!   to wait for a condition with a deadline instead of sleeping.
 //! - [`netns`]: [`netns::Lab`], two regions in Linux network namespaces
@@ -58,6 +60,7 @@ pub mod recording;
 pub mod redis;
 pub mod sampleapp;
 pub mod upstream;
+pub mod workflows;
 
 pub use client::{get, login, metric, mint, refresh, Login};
 pub use cluster::{Cluster, Discovery, Timing};
@@ -72,3 +75,4 @@ pub use recording::{Recorded, RecordingUpstream};
 pub use redis::Redis;
 pub use sampleapp::SampleApp;
 pub use upstream::{Seen, Upstream};
+pub use workflows::{WorkflowOptions, WorkflowReport, Workflows};

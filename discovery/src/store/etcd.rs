@@ -11,6 +11,8 @@
 //! | `families/<family>` | the rotation state (hashes, never tokens) | an expiry bucket |
 //! | `meta/epoch` | Unix microseconds when the deployment's first node started | none |
 //! | `meta/sync` | empty: written by a node when (re)starting its watch | none |
+//! | `alive` | Unix ms when a node last found etcd answering (every second) | none |
+//! | `outage` | `{"from","to"}`: Unix ms of the last time no node was alive | none |
 //!
 //! **Heartbeats and eviction.** A server's key lives under a lease whose
 //! TTL is the eviction TTL, so etcd itself evicts a silent server (the
@@ -59,6 +61,19 @@
 //! whose tokens expire in that hour), so a revocation stays at least until
 //! the family's tokens have expired, across any restart of discovery.
 //!
+//! **The grace window counts service time.** A rotation that etcd applied
+//! just before every node went down (the answer lost with the node) left
+//! the client with its old token: proxies extend refreshes while no node
+//! answers, handing that token back. When discovery returns, the old token
+//! is the family's `previous`; measured by the wall clock its grace window
+//! is long over, and it would read as reuse (a sign-out). So the window
+//! does not count the last outage of the whole service: every node writes
+//! `alive` each second; a node that finds it older than
+//! [`OUTAGE_GAP`] records `outage = {from, to}` before it answers, and a
+//! rotation subtracts the part of that outage after the family's last
+//! rotation. A replay is still reuse after the window's worth of time
+//! with discovery up, as always.
+//!
 //! **Availability.** A probe does a linearizable read every second; while
 //! it fails (no quorum, no member reachable) or before the watch has
 //! caught up, every request answers 503 (proxies then keep their last
@@ -94,6 +109,26 @@ const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 const BUCKET_SECONDS: u64 = 3600;
 /// Compare-and-set attempts before a write gives up with a 503.
 const CAS_ATTEMPTS: usize = 5;
+/// `alive` older than this: no node was up in between, an outage.
+const OUTAGE_GAP: Duration = Duration::from_secs(3);
+
+/// The last time no discovery node was alive (Unix ms).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+struct Outage {
+    from: u64,
+    to: u64,
+}
+
+/// Milliseconds of service time from `since` to `now`: wall time minus
+/// the part of `outage` in between.
+fn service_ms(since: u64, now: u64, outage: Option<Outage>) -> u64 {
+    let wall = now.saturating_sub(since);
+    let Some(o) = outage else {
+        return wall;
+    };
+    let overlap = o.to.min(now).saturating_sub(o.from.max(since));
+    wall.saturating_sub(overlap)
+}
 
 /// A server's stored value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -155,6 +190,9 @@ struct Keys {
     epoch: String,
     meta: String,
     sync: String,
+    /// Outside the watched range: their writes wake no watch.
+    alive: String,
+    outage: String,
     /// End of the watched range: `meta/` up to and including `reg/`.
     watch_end: String,
 }
@@ -170,6 +208,8 @@ impl Keys {
             epoch: format!("{prefix}meta/epoch"),
             meta: format!("{prefix}meta/"),
             sync: format!("{prefix}meta/sync"),
+            alive: format!("{prefix}alive"),
+            outage: format!("{prefix}outage"),
             // "reg0" is the first key after every "reg/..." key.
             watch_end: format!("{prefix}reg0"),
         }
@@ -520,11 +560,16 @@ impl EtcdStore {
 
     /// Runs one etcd request within the timeout, timing it. A request
     /// that could not reach a member (connection refused: a member is
-    /// down; or `Unavailable`) is tried again at once, up to three times:
-    /// the client balances over every endpoint, so the retry usually goes
-    /// to a live member. Retrying a compare-and-set is safe: if the first
-    /// attempt was applied, the retry's compare fails and the caller reads
-    /// its own write.
+    /// down; or `Unavailable`) is tried again after a short pause, for up
+    /// to [`UNREACHABLE_RETRY_FOR`]: the client balances over every
+    /// endpoint, but its balancer (power of two choices by load) favours a
+    /// dead member, whose requests fail at once, so with one member of
+    /// three gone about two attempts in three meet it. Three attempts were
+    /// not enough (one request in four failed for seconds after a member
+    /// died, and both discovery nodes answered 503); retrying for half a
+    /// second makes that vanishingly rare. Retrying a compare-and-set is
+    /// safe: if the first attempt was applied, the retry's compare fails
+    /// and the caller reads its own write.
     async fn call<T, F, Fut>(&self, op: &'static str, mut f: F) -> Result<T, Fail>
     where
         F: FnMut() -> Fut,
@@ -532,13 +577,14 @@ impl EtcdStore {
     {
         let start = std::time::Instant::now();
         let deadline = Instant::now() + self.timeout;
-        let mut attempts = 0;
+        let retry_until = deadline.min(Instant::now() + UNREACHABLE_RETRY_FOR);
+        let mut pause = Duration::from_millis(5);
         let result = loop {
-            attempts += 1;
             match tokio::time::timeout_at(deadline, f()).await {
                 Ok(Ok(v)) => break Ok(v),
-                Ok(Err(e)) if attempts < 3 && unreachable(&e) => {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+                Ok(Err(e)) if unreachable(&e) && Instant::now() + pause < retry_until => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(40));
                 }
                 Ok(Err(e)) => {
                     let message = e.to_string();
@@ -919,16 +965,25 @@ impl EtcdStore {
         self.check()?;
         let fam_key = format!("{}{}", self.keys.families, req.family);
         let rev_key = format!("{}{}", self.keys.revoked, req.family);
+        let mut unsure = None;
         for _ in 0..CAS_ATTEMPTS {
             let read = Txn::new().and_then([
                 TxnOp::get(fam_key.clone(), None),
                 TxnOp::get(rev_key.clone(), None),
+                TxnOp::get(self.keys.outage.clone(), None),
             ]);
             let resp = self.txn("rotate", read).await?;
             let ops = resp.op_responses();
             if matches!(ops.get(1), Some(TxnOpResponse::Get(g)) if !g.kvs().is_empty()) {
                 return Ok(revoked_answer());
             }
+            let outage = match ops.get(2) {
+                Some(TxnOpResponse::Get(g)) => g
+                    .kvs()
+                    .first()
+                    .and_then(|kv| serde_json::from_slice::<Outage>(kv.value()).ok()),
+                _ => None,
+            };
             let now_ms = unix_ms();
             let (family, mod_rev) = match ops.first() {
                 Some(TxnOpResponse::Get(g)) => match g.kvs().first() {
@@ -965,7 +1020,7 @@ impl EtcdStore {
                 }),
                 Some(f)
                     if f.previous.as_deref() == Some(req.presented.as_str())
-                        && now_ms.saturating_sub(f.rotated_at_ms)
+                        && service_ms(f.rotated_at_ms, now_ms, outage)
                             <= u64::try_from(self.grace.as_millis()).unwrap_or(u64::MAX) =>
                 {
                     return Ok(RotateResponse {
@@ -1010,7 +1065,19 @@ impl EtcdStore {
                     self.forget_bucket(lease);
                     continue;
                 }
-                Err(f) => return Err(f.into()),
+                Err(f) => {
+                    // The write may have been applied (a timeout, a member
+                    // lost with the request in flight). Answering 503 here
+                    // would tell the proxy nothing was done: it would hand
+                    // the client its old token back, which reads as reuse
+                    // once the grace window has passed (a sign-out). Read
+                    // again instead: the next round finds this very write
+                    // (and answers `grace` with its successor) or not (and
+                    // decides afresh).
+                    tracing::warn!(family = %req.family, "a rotation's write failed ({}); reading the family again", f.message);
+                    unsure = Some(f);
+                    continue;
+                }
             };
             if !resp.succeeded() {
                 continue;
@@ -1030,10 +1097,13 @@ impl EtcdStore {
                 }
             });
         }
-        Err(StoreError(format!(
-            "the rotation of family {:?} lost {CAS_ATTEMPTS} compare-and-set races in a row",
-            req.family
-        )))
+        Err(match unsure {
+            Some(f) => f.into(),
+            None => StoreError(format!(
+                "the rotation of family {:?} lost {CAS_ATTEMPTS} compare-and-set races in a row",
+                req.family
+            )),
+        })
     }
 
     pub async fn revoke(&self, family: &str, expires_at: u64) -> Result<(), StoreError> {
@@ -1293,6 +1363,12 @@ impl EtcdStore {
                 )
                 .await
                 .is_ok();
+            // Before the first "healthy" (so before the node answers a
+            // rotation), then every second.
+            let healthy_now = self.healthy.load(Ordering::Acquire);
+            if answered && (!healthy_now || round.is_multiple_of(2)) {
+                self.note_alive().await;
+            }
             // Two failures in a row (about a second) before answering 503:
             // one slow answer during a re-election is not an outage.
             failures = if answered { 0 } else { failures + 1 };
@@ -1318,6 +1394,43 @@ impl EtcdStore {
         }
     }
 
+    /// Writes `alive`; when the previous `alive` is older than
+    /// [`OUTAGE_GAP`], no node was up in between: records that as the
+    /// last `outage` first (module docs). Best effort: a failure is
+    /// logged and tried again next round.
+    async fn note_alive(&self) {
+        let now = unix_ms();
+        let last = match self.get("alive", &self.keys.alive, None).await {
+            Ok(r) => r
+                .kvs()
+                .first()
+                .and_then(|kv| std::str::from_utf8(kv.value()).ok()?.parse::<u64>().ok()),
+            Err(f) => {
+                tracing::debug!("reading alive failed: {}", f.message);
+                return;
+            }
+        };
+        let gap = u64::try_from(OUTAGE_GAP.as_millis()).unwrap_or(u64::MAX);
+        let mut ops = vec![TxnOp::put(self.keys.alive.clone(), now.to_string(), None)];
+        if let Some(from) = last.filter(|&t| now.saturating_sub(t) > gap) {
+            let outage = Outage { from, to: now };
+            tracing::info!(
+                from,
+                to = now,
+                "no discovery node was alive for {} ms: rotations' grace windows do not count that time",
+                now - from
+            );
+            ops.push(TxnOp::put(
+                self.keys.outage.clone(),
+                serde_json::to_vec(&outage).expect("serialising an outage"),
+                None,
+            ));
+        }
+        if let Err(f) = self.txn("alive", Txn::new().and_then(ops)).await {
+            tracing::debug!("writing alive failed: {}", f.message);
+        }
+    }
+
     async fn refresh_gauges(&self) {
         let (server_leases, revoked) = {
             let c = self.cache();
@@ -1340,6 +1453,10 @@ impl EtcdStore {
 }
 
 /// A request that never reached a live member: worth trying again.
+/// How long [`EtcdStore::call`] keeps trying a request that could not
+/// reach a member (within the request timeout).
+const UNREACHABLE_RETRY_FOR: Duration = Duration::from_millis(500);
+
 fn unreachable(e: &etcd_client::Error) -> bool {
     match e {
         etcd_client::Error::TransportError(_) => true,
@@ -1379,4 +1496,29 @@ fn first_get(resp: &TxnResponse) -> Option<(Vec<u8>, i64, i64)> {
             .map(|kv| (kv.value().to_vec(), kv.lease(), kv.mod_revision())),
         _ => None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_time_leaves_out_the_outage() {
+        // No outage: wall time.
+        assert_eq!(service_ms(1_000, 5_000, None), 4_000);
+        // Rotated at 1 s, everything down from 0.5 s (the last `alive`)
+        // to 80 s, asked at 82 s: 2 s of service time.
+        let o = Outage {
+            from: 500,
+            to: 80_000,
+        };
+        assert_eq!(service_ms(1_000, 82_000, Some(o)), 2_000);
+        // An outage wholly before the rotation changes nothing.
+        assert_eq!(service_ms(90_000, 95_000, Some(o)), 5_000);
+        // Asked during the outage's recorded span (a clock step): never
+        // below zero.
+        assert_eq!(service_ms(1_000, 50_000, Some(o)), 0);
+        // Rotated before the outage began: the time up before it counts.
+        assert_eq!(service_ms(100, 80_100, Some(o)), 500);
+    }
 }
