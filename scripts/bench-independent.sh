@@ -151,21 +151,38 @@ mint() {
 mint
 echo "token: ${#TOKEN} bytes"
 
-# One measured run: starts the target, warms up, runs wrk, stops it.
-# Prints "rps" or "BAD:<why>".
-run_wrk() { # $1 port, $2 auth (or empty)
+# CPU ticks (user + system) of a process and its children (nginx: master
+# and worker).
+ticks() {
+  local t=0 p
+  for p in $1 $(ps -o pid= --ppid "$1" 2>/dev/null); do
+    t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
+  done
+  echo "$t"
+}
+HZ=$(getconf CLK_TCK)
+
+# One measured run of the target at $1 (pid $3): warm-up, wrk, and the
+# target's CPU over the measured run only. Prints "rps cpu_us_per_request"
+# or "BAD:<why>".
+run_wrk() { # $1 port, $2 auth (or empty), $3 pid
   local args=(-t1 "-c$CONNS")
   [ -n "$2" ] && args+=(-H "Authorization: Bearer $2")
   if [ "$WARMUP_SECS" -gt 0 ]; then
     taskset -c $LOAD_CORE wrk "${args[@]}" "-d${WARMUP_SECS}s" "http://127.0.0.1:$1/" >/dev/null
   fi
-  local out
+  local out t0 t1
+  t0=$(ticks "$3")
   out=$(taskset -c $LOAD_CORE wrk "${args[@]}" "-d${SECS}s" "http://127.0.0.1:$1/")
+  t1=$(ticks "$3")
   echo "$out" >>"$DIR/wrk.log"
   local bad
   bad=$(echo "$out" | grep -E 'Non-2xx|Socket errors' || true)
   if [ -n "$bad" ]; then echo "BAD:$(echo "$bad" | tr '\n' ' ')"; return; fi
-  echo "$out" | awk '/Requests\/sec:/ {printf "%.0f\n", $2}'
+  echo "$out" | awk -v t=$((t1 - t0)) -v hz="$HZ" '
+    /requests in/ {n = $1}
+    /Requests\/sec:/ {r = $2}
+    END {printf "%.0f %.1f\n", r, t / hz * 1e6 / n}'
 }
 
 measure_nginx() {
@@ -191,7 +208,7 @@ EOF
   start $PROXY_CORE "$DIR/nginx-proxy.log" "$NGINX" -p "$DIR" -c "$DIR/nginx-proxy.conf"
   local pid=$LAST_PID
   wait_200 "$port" >&2
-  run_wrk "$port" ""
+  run_wrk "$port" "" "$pid"
   stop "$pid"
 }
 
@@ -229,7 +246,7 @@ EOF
   start $PROXY_CORE "$DIR/haproxy.log" "$HAPROXY" -db -f "$DIR/haproxy.cfg"
   local pid=$LAST_PID
   wait_200 "$port" "$TOKEN" >&2
-  run_wrk "$port" "$TOKEN"
+  run_wrk "$port" "$TOKEN" "$pid"
   stop "$pid"
 }
 
@@ -239,7 +256,7 @@ measure_tether() { # $1 binary
   start $PROXY_CORE "$DIR/tether.$port.log" env TETHER_LOG=error "$1" proxy --config "$DIR/tether.$port.toml"
   local pid=$LAST_PID
   wait_200 "$port" "$TOKEN" >&2
-  run_wrk "$port" "$TOKEN"
+  run_wrk "$port" "$TOKEN" "$pid"
   stop "$pid"
 }
 
@@ -249,14 +266,14 @@ measure_pingora() {
     TETHER_BENCH_LISTEN="127.0.0.1:$port" TETHER_BENCH_UPSTREAM="127.0.0.1:$UP_PORT" "$PINGORA_BIN"
   local pid=$LAST_PID
   wait_200 "$port" >&2
-  run_wrk "$port" ""
+  run_wrk "$port" "" "$pid"
   stop "$pid"
 }
 
 NAMES=("nginx proxy_pass" "HAProxy + JWT")
 for t in "${TETHERS[@]}"; do NAMES+=("tether $t"); done
 [ -n "${PINGORA_BIN:-}" ] && NAMES+=("plain Pingora")
-declare -A RESULTS
+declare -A RESULTS CPU
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 for r in $(seq 1 "$ROUNDS"); do
   mint
@@ -269,7 +286,9 @@ for r in $(seq 1 "$ROUNDS"); do
       *) v=$(measure_tether "${name#tether }") ;;
     esac
     printf 'round %d  %-60s %s\n' "$r" "$name" "$v"
-    RESULTS[$i]="${RESULTS[$i]:-} $v"
+    read -r rps cpu <<<"$v"
+    RESULTS[$i]="${RESULTS[$i]:-} $rps"
+    CPU[$i]="${CPU[$i]:-} ${cpu:-BAD}"
     i=$((i + 1))
   done
 done
@@ -277,14 +296,18 @@ echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 median() { tr ' ' '\n' | grep -E '^[0-9]+$' | sort -n | awk '{a[NR]=$1} END {if (NR==0) print "-"; else if (NR%2) print a[(NR+1)/2]; else printf "%.0f\n", (a[NR/2]+a[NR/2+1])/2}'; }
 echo
-echo "| path | rounds (req/s) | median | ÷ HAProxy | ÷ nginx |"
-echo "|---|---|---|---|---|"
+echo "| path | rounds (req/s) | median | ÷ HAProxy | ÷ nginx | CPU µs/req (median) | CPU ÷ HAProxy |"
+echo "|---|---|---|---|---|---|---|"
 NG=$(echo "${RESULTS[0]}" | median)
 HA=$(echo "${RESULTS[1]}" | median)
+fmedian() { tr ' ' '\n' | grep -E '^[0-9.]+$' | sort -g | awk '{a[NR]=$1} END {if (NR==0) print "-"; else if (NR%2) print a[(NR+1)/2]; else printf "%.1f\n", (a[NR/2]+a[NR/2+1])/2}'; }
+HACPU=$(echo "${CPU[1]}" | fmedian)
 i=0
 for name in "${NAMES[@]}"; do
   m=$(echo "${RESULTS[$i]}" | median)
   ratio() { if [[ "$m" =~ ^[0-9]+$ && "$1" =~ ^[0-9]+$ ]]; then awk -v a="$m" -v b="$1" 'BEGIN {printf "%.2f", a/b}'; else echo -; fi; }
-  echo "| $name | $(echo "${RESULTS[$i]}" | sed 's/^ //; s/ /, /g') | $m | $(ratio "$HA") | $(ratio "$NG") |"
+  c=$(echo "${CPU[$i]}" | fmedian)
+  cr=$(awk -v a="$c" -v b="$HACPU" 'BEGIN {if (a+0 > 0 && b+0 > 0) printf "%.2f", a/b; else print "-"}')
+  echo "| $name | $(echo "${RESULTS[$i]}" | sed 's/^ //; s/ /, /g') | $m | $(ratio "$HA") | $(ratio "$NG") | $c | $cr |"
   i=$((i + 1))
 done

@@ -16,7 +16,11 @@
 # the tether config below in `Authorization` for tether, none for the
 # pass-through, which forwards it unread anyway). Instructions per request
 # = (loaded window − idle rate × its duration) ÷ REQUESTS; every answer
-# must be 200. Knobs: REQUESTS (3000), WARMUP (500), CONNS (4),
+# must be 200. Heap allocations per request the same way, from the calls
+# callgrind records into mimalloc's entry points (mi_malloc_aligned,
+# mi_zalloc_aligned, mi_realloc_aligned: what the `mimalloc` crate's
+# alloc, alloc_zeroed and realloc call, the three the benches' counting
+# allocator counts). Knobs: REQUESTS (3000), WARMUP (500), CONNS (4),
 # IDLE_SECS (3), KEEP_DIR=1 (keep the callgrind files for
 # callgrind_annotate).
 set -euo pipefail
@@ -154,6 +158,25 @@ client() { python3 "$DIR/client.py" "$PORT" "$1" "$CONNS" "$TOKEN"; }
 ir() { # total instructions of one dump file
   awk '/^(summary|totals):/ {print $2; exit}' "$1"
 }
+allocs() { # calls into mimalloc's allocation entry points in one dump file
+  python3 - "$1" <<'PY'
+import re, sys
+names, total, cur = {}, 0, None
+want = {"mi_malloc_aligned", "mi_zalloc_aligned", "mi_realloc_aligned"}
+for line in open(sys.argv[1], errors="replace"):
+    m = re.match(r"(c?fn)=\((\d+)\)(?: (.*))?", line)
+    if m:
+        if m.group(3):
+            names[m.group(2)] = m.group(3).strip()
+        cur = names.get(m.group(2), "") if m.group(1) == "cfn" else None
+        continue
+    if line.startswith("calls=") and cur is not None:
+        if cur.split(" ")[0] in want:
+            total += int(line[6:].split()[0])
+        cur = None
+print(total)
+PY
+}
 client "$WARMUP" >/dev/null   # waits for the listener (valgrind starts slowly)
 callgrind_control -i on "$TPID" >/dev/null
 callgrind_control -z "$TPID" >/dev/null
@@ -167,10 +190,15 @@ idle_file=$(echo "$files" | sed -n 1p)
 load_file=$(echo "$files" | sed -n 2p)
 idle=$(ir "$idle_file")
 load=$(ir "$load_file")
-python3 - "$idle" "$IDLE_SECS" "$load" "$secs" "$REQUESTS" "$ROLE" "$BIN" <<'EOF'
+idle_a=$(allocs "$idle_file")
+load_a=$(allocs "$load_file")
+python3 - "$idle" "$IDLE_SECS" "$load" "$secs" "$REQUESTS" "$ROLE" "$BIN" "$idle_a" "$load_a" <<'EOF'
 import sys
 idle, idle_s, load, secs, n, role, binary = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]), sys.argv[6], sys.argv[7]
+idle_a, load_a = int(sys.argv[8]), int(sys.argv[9])
 per = (load - idle / idle_s * secs) / n
-print(f"{role} {binary}: {n} requests in {secs:.1f} s; idle {idle/idle_s:,.0f} instr/s; {per:,.0f} instructions per request")
+per_a = (load_a - idle_a / idle_s * secs) / n
+print(f"{role} {binary}: {n} requests in {secs:.1f} s; idle {idle/idle_s:,.0f} instr/s; "
+      f"{per:,.0f} instructions per request; {per_a:.1f} allocations per request")
 EOF
 if [ "${KEEP_DIR:-0}" = 1 ]; then echo "load window: $load_file (callgrind_annotate --inclusive=yes $load_file)"; fi
