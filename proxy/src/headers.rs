@@ -113,14 +113,7 @@ fn removed(name: &str, from_trusted: bool) -> bool {
 /// the peer is a trusted proxy — every forwarding header. The common case
 /// (none present) is one scan of the names with no allocation.
 pub fn scrub_request(req: &mut RequestHeader, from_trusted: bool) {
-    while let Some(name) = req
-        .headers
-        .keys()
-        .find(|k| removed(k.as_str(), from_trusted))
-        .cloned()
-    {
-        req.remove_header(&name);
-    }
+    remove_where(req, |name| removed(name, from_trusted));
 }
 
 /// Removes client-supplied internal headers (`Tether-*`, `X-Tether-*`,
@@ -139,9 +132,28 @@ pub fn for_upstream(
     upstream: &mut RequestHeader,
     trusted: &[ipnet::IpNet],
 ) -> pingora_error::Result<()> {
-    let from_trusted = client_ip(session).is_some_and(|ip| trusted.iter().any(|n| n.contains(&ip)));
-    scrub_request(upstream, from_trusted);
-    set_forwarded(session, upstream, trusted)
+    let ip = client_ip(session);
+    let from_trusted = ip.is_some_and(|ip| trusted.iter().any(|n| n.contains(&ip)));
+    // One scan of the names removes both what the client may not say and
+    // the proxy-only hop-by-hop headers (none, usually: no lookup then).
+    remove_where(upstream, |name| {
+        removed(name, from_trusted) || PROXY_HOP.contains(&name)
+    });
+    match ip {
+        Some(ip) => insert_forwarded(session, upstream, ip, from_trusted),
+        None => Ok(()),
+    }
+}
+
+/// Headers only a proxy acts on, never passed to an app.
+const PROXY_HOP: [&str; 3] = ["proxy-connection", "keep-alive", "proxy-authorization"];
+
+/// Removes every header whose (lowercase) name `remove` picks: one scan
+/// of the names, and a removal only for a match.
+fn remove_where(req: &mut RequestHeader, remove: impl Fn(&str) -> bool) {
+    while let Some(name) = req.headers.keys().find(|k| remove(k.as_str())).cloned() {
+        req.remove_header(&name);
+    }
 }
 
 fn client_ip(session: &Session) -> Option<IpAddr> {
@@ -190,24 +202,38 @@ pub fn set_forwarded(
     upstream: &mut RequestHeader,
     trusted: &[ipnet::IpNet],
 ) -> pingora_error::Result<()> {
-    for name in ["proxy-connection", "keep-alive", "proxy-authorization"] {
+    for name in PROXY_HOP {
         upstream.remove_header(name);
     }
     let Some(ip) = client_ip(session) else {
         return Ok(());
     };
     let from_trusted = trusted.iter().any(|n| n.contains(&ip));
+    insert_forwarded(session, upstream, ip, from_trusted)
+}
+
+/// The three forwarding headers of [`set_forwarded`], for a client at `ip`;
+/// what was sent before is read only from a trusted peer.
+fn insert_forwarded(
+    session: &Session,
+    upstream: &mut RequestHeader,
+    ip: IpAddr,
+    from_trusted: bool,
+) -> pingora_error::Result<()> {
     let proto = if session.digest().is_some_and(|d| d.ssl_digest.is_some()) {
         "https"
     } else {
         "http"
     };
     let prior = |name: &str| {
+        if !from_trusted {
+            return None;
+        }
         upstream
             .headers
             .get(name)
             .and_then(|v| v.to_str().ok())
-            .filter(|v| from_trusted && !v.is_empty())
+            .filter(|v| !v.is_empty())
     };
     let (xff, fwd) = forwarded_values(ip, proto, prior("x-forwarded-for"), prior("forwarded"))
         .map_err(|_| {
