@@ -316,9 +316,36 @@ impl IpText {
             buf: [0; 48],
             len: 0,
         };
-        // Cannot fail: an address's text is at most 39 bytes (full IPv6).
-        let _ = write!(t, "{ip}");
+        match ip {
+            // The common case, written digit by digit: `core::fmt` costs
+            // about 1 k instructions per request here (callgrind).
+            IpAddr::V4(v4) => {
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        t.push(b'.');
+                    }
+                    if octet >= 100 {
+                        t.push(b'0' + octet / 100);
+                    }
+                    if octet >= 10 {
+                        t.push(b'0' + octet / 10 % 10);
+                    }
+                    t.push(b'0' + octet % 10);
+                }
+            }
+            // Cannot fail: an address's text is at most 39 bytes (full
+            // IPv6, or 45 with an embedded IPv4 part).
+            IpAddr::V6(_) => {
+                let _ = write!(t, "{ip}");
+            }
+        }
         t
+    }
+
+    /// One byte; an IPv4 address is at most 15, far below the buffer.
+    fn push(&mut self, b: u8) {
+        self.buf[self.len] = b;
+        self.len += 1;
     }
 
     fn as_bytes(&self) -> &[u8] {
@@ -424,6 +451,26 @@ mod tests {
             names,
             ["content-type", "x-forwarded-for", "x-forwarded-host"]
         );
+    }
+
+    #[test]
+    fn addresses_are_written_as_std_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "9.10.99.100",
+            "127.0.0.1",
+            "10.200.5.255",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "::ffff:192.0.2.1",
+            "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255",
+        ] {
+            let ip: IpAddr = ip.parse().expect("address");
+            let text = IpText::new(ip);
+            assert_eq!(text.as_bytes(), ip.to_string().as_bytes(), "{ip}");
+        }
     }
 
     #[test]
