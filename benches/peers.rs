@@ -58,6 +58,8 @@ fn main() {
         "tether peer bench: {}; {rounds} rounds, closed {secs} s, open {open_secs} s, {CONNECTIONS} connections",
         machine()
     );
+    let load_before = load_average();
+    println!("load average before: {load_before:.2} (quiet below 1.5)");
     let pin = Pinning::detect();
     let dir = workdir();
     let (up, up_addr, up_name) = start_upstream(&pin, dir.path());
@@ -97,7 +99,7 @@ fn main() {
     for round in 1..=rounds {
         for (i, t) in targets.iter().enumerate() {
             let token = t.token(&config);
-            let run = measured(t, || closed_loop(&pin, t, Some(&token), secs));
+            let run = measured_closed(&pin, t, Some(&token), secs);
             println!(
                 "  closed {round}: {:<36} {:>9.0} req/s  p50 {:>8}  p99 {:>8}  {:>5.1} µs CPU/req{}",
                 t.name,
@@ -204,6 +206,12 @@ fn main() {
     }
     println!();
 
+    // Whether these figures can be compared with the independent harness
+    // (scripts/bench-independent.sh): the same tools, a load core with
+    // headroom, a quiet machine.
+    let load_after = load_average();
+    let comparable = method_check(&rows, up_name, load_before.max(load_after));
+
     // The targets, from the medians.
     let get = |name: &str| rows.iter().find(|r| r.name == name);
     let hs256 = get(Keys::Hs256.row());
@@ -222,9 +230,17 @@ fn main() {
         );
         if let Some(h) = get("HAProxy + jwt_verify + srv routing") {
             let th = t.rps / h.rps;
+            let r = Ratio::of(t, h);
             println!(
-                "peer: tether >= 1.0x HAProxy+JWT: {th:.2} -> {}",
-                verdict(th >= 1.0)
+                "peer: tether >= 1.0x HAProxy+JWT: {th:.2} (rounds {}; CPU/request {:.2}x) -> {}{}",
+                r.rounds(),
+                r.cpu_per_request,
+                verdict(th >= 1.0),
+                if comparable {
+                    ""
+                } else {
+                    " (NOT COMPARABLE, see above)"
+                }
             );
             println!(
                 "peer: p99 at 50% load no worse than HAProxy's: {} vs {} -> {}",
@@ -283,6 +299,8 @@ fn main() {
         "machine": machine(),
         "upstream": up_name,
         "rounds": rounds,
+        "load_average": [load_before, load_after],
+        "comparable_with_independent": comparable,
         "closed_seconds": secs,
         "open_seconds": open_secs,
         "connections": CONNECTIONS,
@@ -330,6 +348,62 @@ impl Ratio {
         let r: Vec<String> = self.per_round.iter().map(|x| format!("{x:.2}")).collect();
         r.join(", ")
     }
+}
+
+/// The one-minute load average (/proc/loadavg), NaN when unreadable.
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// Prints why a run is or is not comparable with the independent method
+/// (docs/benchmarks.md, "Method"), and returns whether it is: wrk for the
+/// closed loop, the nginx upstream, a quiet machine, and a load core
+/// (wrk and the upstream share core 0) with headroom. When core 0 is the
+/// limit, every target is held near the same ceiling and the ratios
+/// between them shrink toward 1: the old tether ÷ HAProxy 1.01 ran with
+/// the direct row at 56.7k req/s, so the load core was 75% busy for
+/// nginx and about 51% for tether and HAProxy alike.
+fn method_check(rows: &[Row], upstream: &str, load: f64) -> bool {
+    let mut ok = true;
+    let tools: std::collections::BTreeSet<&str> = rows
+        .iter()
+        .flat_map(|r| r.closed.iter().map(|c| c.load.tool.as_str()))
+        .collect();
+    if tools.iter().any(|t| *t != "wrk") {
+        println!("method: closed loop by {tools:?}, not wrk (scripts/bench-deps.sh): NOT COMPARABLE with the independent run");
+        ok = false;
+    }
+    if !upstream.starts_with("nginx") {
+        println!(
+            "method: upstream is {upstream}, not nginx: NOT COMPARABLE with the independent run"
+        );
+        ok = false;
+    }
+    if load.is_finite() && load >= 1.5 {
+        println!("method: load average {load:.2} (>= 1.5): the machine was not quiet, requests/s are indicative only");
+        ok = false;
+    }
+    if let Some(direct) = rows.iter().find(|r| r.name.starts_with("direct")) {
+        for r in rows.iter().filter(|r| !r.name.starts_with("direct")) {
+            let busy = r.rps / direct.rps;
+            if busy > 0.6 {
+                println!(
+                    "method: load core about {:.0}% busy for {} ({:.0} of the direct row's {:.0} req/s): its ratio to slower targets is compressed toward 1",
+                    busy * 100.0,
+                    r.name,
+                    r.rps,
+                    direct.rps
+                );
+            }
+        }
+    }
+    if ok {
+        println!("method: wrk, nginx upstream, quiet machine: comparable with scripts/bench-independent.sh");
+    }
+    ok
 }
 
 fn verdict(met: bool) -> &'static str {

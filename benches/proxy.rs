@@ -81,7 +81,7 @@ fn main() {
         others.push(t);
     }
 
-    let direct_run = measured(&direct, || closed_loop(&pin, &direct, None, secs));
+    let direct_run = measured_closed(&pin, &direct, None, secs);
     println!("  {:<30} {:>9.0} req/s", direct.name, direct_run.load.rps);
     // Indexes 0-4 are fixed (the ratios and the JSON name them); the
     // compared builds follow.
@@ -97,7 +97,7 @@ fn main() {
     for round in 1..=rounds {
         for (i, t) in targets.iter().enumerate() {
             let token = t.token(&config);
-            let run = measured(t, || closed_loop(&pin, t, Some(&token), secs));
+            let run = measured_closed(&pin, t, Some(&token), secs);
             println!(
                 "  round {round}: {:<30} {:>9.0} req/s  p50 {:>8}  p99 {:>8}  {:.1} µs CPU/req{}",
                 t.name,

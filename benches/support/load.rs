@@ -9,8 +9,21 @@ use super::targets::Target;
 use super::{CONNECTIONS, ROLE};
 
 /// Closed loop with wrk when installed (the notes' method), else the
-/// bench's own generator.
+/// bench's own generator: a 1 s warm-up, then `secs` measured.
 pub fn closed_loop(pin: &Pinning, target: &Target, token: Option<&str>, secs: u64) -> LoadResult {
+    closed_loop_after_warm_up(pin, target, token, secs, || {})
+}
+
+/// [`closed_loop`], calling `measuring` between the warm-up and the
+/// measured run (where CPU counters are read, so that the warm-up's CPU
+/// is not divided by the measured run's requests).
+pub fn closed_loop_after_warm_up(
+    pin: &Pinning,
+    target: &Target,
+    token: Option<&str>,
+    secs: u64,
+    measuring: impl FnOnce(),
+) -> LoadResult {
     let bearer = token.filter(|_| target.bearer);
     if let Some(wrk) = find_bin("wrk") {
         let run = |d: u64| {
@@ -29,18 +42,21 @@ pub fn closed_loop(pin: &Pinning, target: &Target, token: Option<&str>, secs: u6
             parse_wrk(&String::from_utf8_lossy(&out.stdout))
         };
         run(1); // warm-up
+        measuring();
         return run(secs);
     }
-    let spec = LoadSpec {
+    let spec = |warm_up: bool| LoadSpec {
         addr: target.addr,
         bearer: bearer.map(str::to_owned),
         connections: CONNECTIONS,
-        warmup_ms: 1000,
-        duration_ms: secs * 1000,
+        warmup_ms: 0,
+        duration_ms: if warm_up { 1000 } else { secs * 1000 },
         rate: None,
         post: None,
     };
-    run_loadgen(pin, &spec)
+    run_loadgen(pin, &spec(true));
+    measuring();
+    run_loadgen(pin, &spec(false))
 }
 
 /// Closed loop of `POST /` with a small JSON body, each with a fresh

@@ -35,6 +35,25 @@ pub fn measured<F: FnOnce() -> LoadResult>(target: &Target, f: F) -> Run {
     }
 }
 
+/// A closed-loop run of `target` whose CPU per request counts the
+/// measured run only (the warm-up before it is left out).
+pub fn measured_closed(pin: &Pinning, target: &Target, token: Option<&str>, secs: u64) -> Run {
+    let before = std::cell::Cell::new(target.proc.cpu());
+    let load = super::load::closed_loop_after_warm_up(pin, target, token, secs, || {
+        before.set(target.proc.cpu())
+    });
+    let cpu = target.proc.cpu().saturating_sub(before.get());
+    let cpu_us_per_req = if load.requests > 0 {
+        cpu.as_secs_f64() * 1e6 / load.requests as f64
+    } else {
+        f64::NAN
+    };
+    Run {
+        load,
+        cpu_us_per_req,
+    }
+}
+
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.retain(|x| x.is_finite());
     if v.is_empty() {

@@ -1,7 +1,6 @@
 //! The fast path and the verified-token cache: what keeps a valid
 //! access-token check cheap and, on a hit, free of heap allocations.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use base64::Engine;
@@ -12,16 +11,8 @@ use tether_protocol::claims::AccessClaims;
 use tether_protocol::typ;
 use tether_protocol::validate::MAX_TOKEN_LEN;
 
+use super::cache::VerifiedCache;
 use super::{TokenError, Tokens};
-
-/// A bounded map of verified access tokens. When full it is cleared: the
-/// simplest bound that never serves a stale entry and costs one re-verify
-/// per live token. The claims are shared (`Arc`), so a hit hands them out
-/// without copying their strings: a cached check allocates nothing.
-pub(super) struct VerifiedCache {
-    pub(super) entries: std::sync::Mutex<HashMap<[u8; 32], Arc<AccessClaims>>>,
-    pub(super) capacity: usize,
-}
 
 impl Tokens {
     /// The cache in front of the full check. A hit re-checks the times.
@@ -31,18 +22,10 @@ impl Tokens {
         token: &str,
         now: u64,
     ) -> Result<Arc<AccessClaims>, TokenError> {
-        use sha2::Digest;
         if token.len() > MAX_TOKEN_LEN {
             return Err(TokenError::TooLarge);
         }
-        let key: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
-        let hit = cache
-            .entries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-            .cloned();
-        if let Some(c) = hit {
+        if let Some(c) = cache.get(token) {
             if c.exp < now.saturating_sub(self.leeway) {
                 return Err(TokenError::Expired);
             }
@@ -58,11 +41,7 @@ impl Tokens {
             None => self.verify(token, typ::ACCESS, &self.access_validation)?,
         };
         let claims = Arc::new(claims);
-        let mut entries = cache.entries.lock().unwrap_or_else(|p| p.into_inner());
-        if entries.len() >= cache.capacity {
-            entries.clear();
-        }
-        entries.insert(key, claims.clone());
+        cache.insert(token, claims.clone());
         Ok(claims)
     }
 

@@ -5,7 +5,8 @@
 //! - `mint`: an access and a refresh token locked to a server;
 //! - `verify`: the general check, the borrowed one the request path
 //!   uses, and `tether token inspect`;
-//! - `fast`: the HS256 fast path and the verified-token cache;
+//! - `fast`: the HS256 fast path and the cached check;
+//! - `cache`: the verified-token cache (keyed by the token itself);
 //! - `error`: why a token was refused;
 //! - `store`: the live key ring, reloaded without a restart;
 //! - `ids`: token ids, hex and the clock.
@@ -13,6 +14,7 @@
 //! [`Tokens`] is one key ring with its settings ([`TokenConfig`], which the
 //! config layer fills in); [`TokenStore`] holds the current one.
 
+mod cache;
 mod error;
 mod fast;
 mod ids;
@@ -35,7 +37,7 @@ pub use mint::{LockTarget, Minted};
 pub use store::{Reload, TokenStore};
 pub use verify::{inspect, AccessView, REFRESH_LIFETIME_CAP};
 
-use fast::VerifiedCache;
+use cache::VerifiedCache;
 
 /// The `[tokens]` settings, as the config layer ([`crate::config`])
 /// validated them.
@@ -86,8 +88,8 @@ pub struct Tokens {
     refresh_ttl: Duration,
     access_validation: HashMap<Algorithm, Validation>,
     refresh_validation: HashMap<Algorithm, Validation>,
-    /// Access tokens whose signature was checked, by SHA-256 of the token
-    /// (an Ed25519 check costs more than the whole proxy hop, and even an
+    /// Access tokens whose signature was checked, by the token itself
+    /// (`cache.rs`: a keyed fast hash and a full comparison; an Ed25519 check costs more than the whole proxy hop, and even an
     /// HS256 check costs more than a hit).
     /// Bounded; a new `Tokens` (key reload) starts empty, so a key change
     /// flushes it. `exp`/`nbf` are re-checked on every hit.
@@ -113,10 +115,8 @@ impl Tokens {
         };
         let algs = [Algorithm::HS256, Algorithm::EdDSA];
         Tokens {
-            verified: (cfg.verified_cache_entries > 0).then(|| VerifiedCache {
-                entries: std::sync::Mutex::new(HashMap::new()),
-                capacity: cfg.verified_cache_entries,
-            }),
+            verified: (cfg.verified_cache_entries > 0)
+                .then(|| VerifiedCache::new(cfg.verified_cache_entries)),
             leeway: cfg.leeway.as_secs(),
             ring: cfg.keyring.clone(),
             issuer: cfg.issuer.clone(),
@@ -134,9 +134,7 @@ impl Tokens {
 
     /// Entries in the verified-token cache (for tests and metrics).
     pub fn cached_tokens(&self) -> usize {
-        self.verified.as_ref().map_or(0, |c| {
-            c.entries.lock().unwrap_or_else(|p| p.into_inner()).len()
-        })
+        self.verified.as_ref().map_or(0, |c| c.len())
     }
 
     pub fn jwks_json(&self) -> String {
