@@ -1124,3 +1124,15 @@ async fn memory_complete_after_the_claim_expired_stores_nothing_and_counts_nothi
     assert_eq!(s.usage(), (0, 0));
     assert_eq!(s.claim(&scope(1), &t2, MIN).await, Ok(ClaimResult::Claimed));
 }
+
+#[test]
+fn hex_matches_the_formatted_digits_at_every_length() {
+    for n in [0usize, 1, 16, 32, 63, 64, 65, 200] {
+        let bytes: Vec<u8> = (0..n).map(|i| (i * 37 + 11) as u8).collect();
+        let want: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(record::hex(&bytes), want, "{n} bytes");
+        let mut s = String::from("tether:idem:");
+        record::push_hex(&mut s, &bytes);
+        assert_eq!(s, format!("tether:idem:{want}"));
+    }
+}

@@ -79,7 +79,7 @@ impl RedisStore {
     fn key(&self, scope: &Scope) -> String {
         let mut k = String::with_capacity(self.key_prefix.len() + 64);
         k.push_str(&self.key_prefix);
-        k.push_str(&scope.hex());
+        crate::idempotency::record::push_hex(&mut k, &scope.0);
         k
     }
 
