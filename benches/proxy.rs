@@ -297,7 +297,6 @@ fn idempotency_rows(
             runs[i].push(run);
         }
     }
-    drop((off, memory, redis_target));
     // Allocations per POST, each in its own counted process.
     let mut allocs = Vec::new();
     for (i, (name, idem, keyed)) in [
