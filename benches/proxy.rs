@@ -13,10 +13,11 @@
 //! (medians of the rounds). Then counts heap allocations per proxied
 //! request in each (counting allocator, in-process). Then the
 //! `Idempotency-Key` rows (docs/idempotency.md): `POST /` with a small
-//! JSON body through the HS256 tether without `[idempotency]`, and with a
-//! fresh key per request through tethers with the memory store and (when
+//! JSON body through an HS256 tether with `[idempotency] enabled = false`
+//! (without and with a key header), and without and with a fresh key per
+//! request through tethers with the memory store and (when
 //! `/usr/bin/redis-server` is there) the Redis store, the bench's own
-//! generator for all of them. About two minutes. Knobs: `TETHER_BENCH_ROUNDS` (3), `TETHER_BENCH_SECS` (5).
+//! generator for all of them, then allocations per POST. About two minutes. Knobs: `TETHER_BENCH_ROUNDS` (3), `TETHER_BENCH_SECS` (5).
 //! JSON: `target/bench-proxy.json`. The method: docs/benchmarks.md.
 
 mod support;
@@ -221,25 +222,34 @@ fn main() {
     }
 }
 
-/// The `Idempotency-Key` rows: POST without idempotency (the HS256
-/// tether), POST without a key and with a fresh key per request through a
-/// tether with the memory store, POST with a key through a tether with the
-/// Redis store (a private `redis-server`, when installed). Interleaved
-/// rounds, medians; the ratios are over "POST, no idempotency".
+/// The `Idempotency-Key` rows. The baseline is a tether with
+/// `[idempotency] enabled = false` (the feature is on by default, so the
+/// plain HS256 tether above would not be "without idempotency"): POSTs
+/// without a key, and POSTs carrying the same fresh key per request as the
+/// keyed rows (the same bytes on the wire: what is left is the
+/// idempotency work alone). Then POST without a key and with a fresh key
+/// per request through a tether with the memory store, and POST with a key
+/// through a tether with the Redis store (a private `redis-server`, when
+/// installed). Interleaved rounds, medians; the ratios are over "POST, no
+/// idempotency". Then allocations per POST (counted in-process).
 fn idempotency_rows(
     pin: &Pinning,
     dir: &Path,
     up_addr: std::net::SocketAddr,
-    plain: &Target,
+    _plain: &Target,
     config: &Path,
     rounds: u64,
     secs: u64,
 ) -> serde_json::Value {
+    const OFF: &str = "enabled = false";
+    const MEMORY: &str = "enabled = true\nstore = { kind = \"memory\" }";
+    let off = start_tether_idempotent(pin, dir, up_addr, OFF, "tether, idempotency off")
+        .unwrap_or_else(|e| panic!("{e}"));
     let memory = start_tether_idempotent(
         pin,
         dir,
         up_addr,
-        "enabled = true\nstore = { kind = \"memory\" }",
+        MEMORY,
         "tether, idempotency on (memory store)",
     )
     .unwrap_or_else(|e| panic!("{e}"));
@@ -262,7 +272,8 @@ fn idempotency_rows(
     }
     // (row name, target, keyed)
     let mut rows: Vec<(&str, &Target, bool)> = vec![
-        ("POST, no idempotency", plain, false),
+        ("POST, no idempotency", &off, false),
+        ("POST + key header, idempotency off", &off, true),
         ("POST, no key, memory store on", &memory, false),
         ("POST + key, memory store", &memory, true),
     ];
@@ -276,7 +287,7 @@ fn idempotency_rows(
             let token = t.token(config);
             let run = measured(t, || closed_loop_post(pin, t, Some(&token), secs, *keyed));
             println!(
-                "  round {round}: {name:<30} {:>9.0} req/s  p50 {:>8}  p99 {:>8}  {:.1} µs CPU/req{}",
+                "  round {round}: {name:<36} {:>9.0} req/s  p50 {:>8}  p99 {:>8}  {:.1} µs CPU/req{}",
                 run.load.rps,
                 fmt_us(run.load.p50_us),
                 fmt_us(run.load.p99_us),
@@ -286,14 +297,34 @@ fn idempotency_rows(
             runs[i].push(run);
         }
     }
+    // Allocations per POST, each in its own counted process.
+    let mut allocs = Vec::new();
+    for (i, (name, idem, keyed)) in [
+        ("off", OFF, false),
+        ("off-key", OFF, true),
+        ("memory", MEMORY, false),
+        ("memory-key", MEMORY, true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let file = dir.join(format!("tether-idem-{name}.allocs"));
+        let counted = start_tether_counted_idempotent(pin, dir, up_addr, &file, idem, rows[i].0);
+        let token = counted.token(config);
+        let post = Some(post_spec(keyed));
+        allocs.push(allocs_per_request_with(pin, &counted, Some(&token), &file, post).0);
+    }
     let med = |i: usize, f: &dyn Fn(&Run) -> f64| median(runs[i].iter().map(f).collect());
     let rps = |i| med(i, &|r| r.load.rps);
     println!();
-    println!("| POST path | req/s | p50 | p99 | CPU µs/req | ÷ POST, no idempotency |");
-    println!("|---|---|---|---|---|---|");
+    println!(
+        "| POST path | req/s | p50 | p99 | CPU µs/req | allocs/req | ÷ POST, no idempotency |"
+    );
+    println!("|---|---|---|---|---|---|---|");
     for (i, (name, _, _)) in rows.iter().enumerate() {
+        let a = allocs.get(i).map_or("-".to_owned(), |a| format!("{a:.1}"));
         println!(
-            "| {name} | {:.0} | {} | {} | {:.1} | {:.3} |",
+            "| {name} | {:.0} | {} | {} | {:.1} | {a} | {:.3} |",
             rps(i),
             fmt_us(med(i, &|r| r.load.p50_us)),
             fmt_us(med(i, &|r| r.load.p99_us)),
@@ -301,18 +332,22 @@ fn idempotency_rows(
             rps(i) / rps(0)
         );
     }
-    let memory_ratio = rps(2) / rps(0);
+    let memory_ratio = rps(3) / rps(0);
+    let same_bytes_ratio = rps(3) / rps(1);
     println!(
-        "POST + key, memory store ÷ POST, no idempotency: {memory_ratio:.3} (target >= 0.95: {})",
+        "POST + key, memory store ÷ POST, no idempotency: {memory_ratio:.3} (target >= 0.95: {}); ÷ the same keyed POST with idempotency off: {same_bytes_ratio:.3}",
         if memory_ratio >= 0.95 {
             "met"
         } else {
             "MISSED"
         }
     );
-    let redis_ratio = (rows.len() > 3).then(|| rps(3) / rps(0));
+    let redis_ratio = (rows.len() > 4).then(|| rps(4) / rps(0));
     if let Some(r) = redis_ratio {
-        println!("POST + key, Redis store ÷ POST, no idempotency: {r:.3}");
+        println!(
+            "POST + key, Redis store ÷ POST, no idempotency: {r:.3}; ÷ the same keyed POST with idempotency off: {:.3}",
+            rps(4) / rps(1)
+        );
     }
     serde_json::json!({
         "rows": rows
@@ -320,9 +355,11 @@ fn idempotency_rows(
             .enumerate()
             .map(|(i, (name, _, keyed))| serde_json::json!({
                 "name": name, "keyed": keyed, "runs": runs[i], "median_rps": rps(i),
+                "allocs_per_request": allocs.get(i),
             }))
             .collect::<Vec<_>>(),
         "ratio_memory_keyed_over_plain_post": memory_ratio,
+        "ratio_memory_keyed_over_keyed_post_off": same_bytes_ratio,
         "ratio_redis_keyed_over_plain_post": redis_ratio,
     })
 }

@@ -77,12 +77,18 @@ pub fn closed_loop_post(
         warmup_ms: 1000,
         duration_ms: secs * 1000,
         rate: None,
-        post: Some(PostSpec {
-            body: "{\"userId\":\"alice\",\"sku\":\"bench\",\"qty\":1}".to_owned(),
-            keyed,
-        }),
+        post: Some(post_spec(keyed)),
     };
     run_loadgen(pin, &spec)
+}
+
+/// The POST rows' request: a 40-byte JSON body, with a fresh
+/// `Idempotency-Key` per request when `keyed`.
+pub fn post_spec(keyed: bool) -> PostSpec {
+    PostSpec {
+        body: "{\"userId\":\"alice\",\"sku\":\"bench\",\"qty\":1}".to_owned(),
+        keyed,
+    }
 }
 
 /// Open loop at `rate` requests/s, latency corrected for coordinated

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tether_testkit::alloc::read_published_count;
 
 use super::load::run_loadgen;
-use super::loadgen::{LoadResult, LoadSpec};
+use super::loadgen::{LoadResult, LoadSpec, PostSpec};
 use super::process::Pinning;
 use super::targets::Target;
 use super::CONNECTIONS;
@@ -77,6 +77,17 @@ pub fn allocs_per_request(
     token: Option<&str>,
     file: &Path,
 ) -> (f64, u64) {
+    allocs_per_request_with(pin, target, token, file, None)
+}
+
+/// [`allocs_per_request`] for a load of POSTs (`post`) or of `GET /`.
+pub fn allocs_per_request_with(
+    pin: &Pinning,
+    target: &Target,
+    token: Option<&str>,
+    file: &Path,
+    post: Option<PostSpec>,
+) -> (f64, u64) {
     let spec = |ms: u64| LoadSpec {
         addr: target.addr,
         bearer: token.filter(|_| target.bearer).map(str::to_owned),
@@ -84,7 +95,7 @@ pub fn allocs_per_request(
         warmup_ms: 0,
         duration_ms: ms,
         rate: None,
-        post: None,
+        post: post.clone(),
     };
     run_loadgen(pin, &spec(500));
     let settle = Duration::from_millis(50);

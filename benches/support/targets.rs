@@ -329,11 +329,7 @@ pub fn start_tether_idempotent(
     name: &'static str,
 ) -> Result<Target, String> {
     let port = free_port();
-    let path = write_tether_config_with(dir, port, upstream, Keys::Hs256);
-    let text = std::fs::read_to_string(&path).map_err(|e| e.to_string())?;
-    let mut c = Conf::parse("bench proxy config", &text)?;
-    c.merge("idempotency", idempotency);
-    let config = c.write(&path).map_err(|e| e.to_string())?;
+    let config = write_tether_config_idempotent(dir, port, upstream, idempotency)?;
     let mut cmd = pin.command(PROXY_CORE, Path::new(TETHER));
     cmd.arg("proxy")
         .arg("--config")
@@ -349,6 +345,49 @@ pub fn start_tether_idempotent(
         bearer: true,
         config: Some(config),
     })
+}
+
+/// The HS256 tether config with `[idempotency]` set to these TOML lines.
+pub fn write_tether_config_idempotent(
+    dir: &Path,
+    port: u16,
+    upstream: SocketAddr,
+    idempotency: &str,
+) -> Result<PathBuf, String> {
+    let path = write_tether_config_with(dir, port, upstream, Keys::Hs256);
+    let text = std::fs::read_to_string(&path).map_err(|e| e.to_string())?;
+    let mut c = Conf::parse("bench proxy config", &text)?;
+    c.merge("idempotency", idempotency);
+    c.write(&path).map_err(|e| e.to_string())
+}
+
+/// tether in this bench process (counting allocator) with `[idempotency]`
+/// set to these TOML lines: allocations per POST.
+pub fn start_tether_counted_idempotent(
+    pin: &Pinning,
+    dir: &Path,
+    upstream: SocketAddr,
+    alloc_file: &Path,
+    idempotency: &str,
+    name: &'static str,
+) -> Target {
+    let port = free_port();
+    let config = write_tether_config_idempotent(dir, port, upstream, idempotency)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut cmd = pin.command(PROXY_CORE, &std::env::current_exe().expect("bench exe"));
+    cmd.env(ROLE, "tether-counted")
+        .env("TETHER_BENCH_CONFIG", &config)
+        .env("TETHER_BENCH_ALLOC_FILE", alloc_file);
+    let log = dir.join(format!("tether-counted.{port}.log"));
+    let mut p = spawn("tether (counted)", cmd, &log);
+    wait_ready(&mut p, addr(port), Some(&mint(&config)), &log).unwrap_or_else(|e| panic!("{e}"));
+    Target {
+        name,
+        addr: addr(port),
+        proc: p,
+        bearer: true,
+        config: Some(config),
+    }
 }
 
 /// tether's proxy in this bench process (counting allocator), verifying

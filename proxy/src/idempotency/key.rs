@@ -15,10 +15,12 @@
 //! printable ASCII. A header present twice is refused (ambiguous: a proxy in
 //! front and the app behind could each read a different one).
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 
 /// The request header.
 pub const HEADER: &str = "idempotency-key";
+/// [`HEADER`] as a header name: looking it up skips parsing the name.
+pub const HEADER_NAME: HeaderName = HeaderName::from_static(HEADER);
 /// Longest accepted key, in characters (after unescaping).
 pub const MAX_KEY_LEN: usize = 255;
 
@@ -59,7 +61,7 @@ pub enum KeyError {
 
 /// The key of a request, from its headers: `Ok(None)` when absent.
 pub fn from_headers(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, KeyError> {
-    let mut all = headers.get_all(HEADER).iter();
+    let mut all = headers.get_all(&HEADER_NAME).iter();
     let Some(value) = all.next() else {
         return Ok(None);
     };

@@ -97,7 +97,7 @@ mod tests;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 
 pub use config::{IdempotencyConfig, OnStoreError, StoreConfig};
@@ -107,7 +107,7 @@ pub use problem::Problem;
 pub use store::{ClaimResult, ClaimToken, IdempotencyStore, StoreError};
 
 use metrics::Op;
-use record::{Fingerprint, FingerprintBuilder, Scope, StoredResponse};
+use record::{Fingerprint, FingerprintBuilder, RecordWriter, Scope, StoredResponse};
 
 /// The response header marking a replay.
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";
@@ -332,13 +332,8 @@ impl BodyCheck {
 enum Capture {
     /// No final response header yet.
     Waiting,
-    /// Storable so far.
-    Open {
-        status: u16,
-        headers: Vec<(HeaderName, HeaderValue)>,
-        body: BytesMut,
-        done: bool,
-    },
+    /// Storable so far: encoded as it arrives.
+    Open { record: RecordWriter, done: bool },
     /// Will not be stored (why, for the log).
     Refused(&'static str),
 }
@@ -407,15 +402,13 @@ impl Tracker {
             self.response = Capture::Refused("body over max_stored_response_bytes");
             return;
         }
-        let Some(kept) = record::replayed_headers(headers) else {
+        let capacity = declared.map_or(1024, |n| n as usize).min(max);
+        let Some(record) = RecordWriter::new(status, headers, capacity) else {
             self.response = Capture::Refused("headers too large to store");
             return;
         };
-        let capacity = declared.map_or(1024, |n| n as usize).min(max);
         self.response = Capture::Open {
-            status,
-            headers: kept,
-            body: BytesMut::with_capacity(capacity),
+            record,
             done: false,
         };
     }
@@ -423,13 +416,13 @@ impl Tracker {
     /// A chunk of the app's response body (`None`: no data).
     pub fn response_body(&mut self, chunk: Option<&Bytes>, end_of_stream: bool) {
         let max = self.engine.cfg.max_stored_response_bytes;
-        if let Capture::Open { body, done, .. } = &mut self.response {
+        if let Capture::Open { record, done } = &mut self.response {
             if let Some(c) = chunk {
-                if body.len() + c.len() > max {
+                if record.body_len() + c.len() > max {
                     self.response = Capture::Refused("body over max_stored_response_bytes");
                     return;
                 }
-                body.extend_from_slice(c);
+                record.push_body(c);
             }
             if end_of_stream {
                 *done = true;
@@ -454,30 +447,23 @@ impl Tracker {
     /// releases the claim. Never fails: store errors are counted and
     /// logged, and the claim then expires after `in_flight_ttl`.
     pub async fn finish(self) -> Finished {
-        let engine = self.engine.clone();
-        let m = &engine.metrics;
         let why = self.not_storable();
-        let (scope, token) = (self.scope, self.token.clone());
+        let Tracker {
+            engine,
+            scope,
+            token,
+            fingerprint,
+            response,
+            ..
+        } = self;
+        let m = &engine.metrics;
         let started = Instant::now();
-        let result = match (why, self.response) {
-            (
-                None,
-                Capture::Open {
-                    status,
-                    headers,
-                    body,
-                    ..
-                },
-            ) => {
-                let record = StoredResponse {
-                    fingerprint: self.fingerprint.finish(),
-                    status,
-                    headers,
-                    body: body.freeze(),
-                };
+        let result = match (why, response) {
+            (None, Capture::Open { record, .. }) => {
+                let record = record.finish(&fingerprint.finish());
                 let r = engine
                     .store
-                    .complete(&scope, &token, record.encode(), engine.cfg.ttl)
+                    .complete(&scope, &token, record, engine.cfg.ttl)
                     .await;
                 m.observe(Op::Complete, started.elapsed().as_secs_f64());
                 match r {

@@ -1000,3 +1000,139 @@ async fn the_smallest_valid_memory_store_holds_the_largest_answer() {
     t.response_body(Some(&Bytes::from(vec![b'b'; 100])), true);
     assert_eq!(t.finish().await, Finished::Stored);
 }
+
+// ------------------------------------------------ the cheap keyed path
+
+#[test]
+fn a_record_written_as_it_arrives_is_the_encoded_stored_response() {
+    // Kept headers sent out of REPLAYED_HEADERS order, one name twice,
+    // dropped ones in between.
+    let mut h = HeaderMap::new();
+    h.append("link", HeaderValue::from_static("</a>; rel=next"));
+    h.append("set-cookie", HeaderValue::from_static("sid=abc"));
+    h.append("location", HeaderValue::from_static("/orders/7"));
+    h.append("link", HeaderValue::from_static("</b>; rel=prev"));
+    h.append("content-type", HeaderValue::from_static("application/json"));
+    h.append("x-request-id", HeaderValue::from_static("r1"));
+    let fp = fp(Method::POST, "/orders", &[b"{}"]);
+    let mut w = record::RecordWriter::new(201, &h, 0).unwrap();
+    w.push_body(b"{\"id\":");
+    w.push_body(b"7}");
+    assert_eq!(w.body_len(), 8);
+    let written = w.finish(&fp);
+    let expected = StoredResponse {
+        fingerprint: fp,
+        status: 201,
+        headers: record::replayed_headers(&h).unwrap(),
+        body: Bytes::from_static(b"{\"id\":7}"),
+    };
+    assert_eq!(written, expected.encode());
+    let back = StoredResponse::decode(written).unwrap();
+    let names: Vec<&str> = back.headers.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["content-type", "location", "link", "link"]);
+    assert_eq!(back.headers[2].1, "</a>; rel=next");
+    assert_eq!(back.headers[3].1, "</b>; rel=prev");
+    // No body, no kept header.
+    let empty = record::RecordWriter::new(204, &HeaderMap::new(), 16).unwrap();
+    let back = StoredResponse::decode(empty.finish(&fp)).unwrap();
+    assert_eq!(
+        (back.status, back.headers.len(), back.body.len()),
+        (204, 0, 0)
+    );
+}
+
+#[test]
+fn kept_headers_follow_the_documented_list_in_its_order() {
+    let mut h = HeaderMap::new();
+    for name in record::REPLAYED_HEADERS.iter().rev() {
+        h.append(*name, HeaderValue::from_static("v"));
+    }
+    let kept = record::replayed_headers(&h).unwrap();
+    let names: Vec<&str> = kept.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, record::REPLAYED_HEADERS);
+    let w = record::RecordWriter::new(200, &h, 0).unwrap();
+    let back = StoredResponse::decode(w.finish(&record::Fingerprint([0; 32]))).unwrap();
+    assert_eq!(back.headers, kept);
+}
+
+#[test]
+fn a_record_writer_refuses_what_replayed_headers_refuses() {
+    let mut big = HeaderMap::new();
+    for i in 0..3 {
+        big.append(
+            "link",
+            HeaderValue::from_str(&format!("<{}>", "l".repeat(8000 + i))).unwrap(),
+        );
+    }
+    assert!(record::RecordWriter::new(200, &big, 0).is_none());
+    let mut many = HeaderMap::new();
+    for i in 0..=record::MAX_HEADER_COUNT {
+        many.append("vary", HeaderValue::from_str(&format!("x-{i}")).unwrap());
+    }
+    assert!(record::replayed_headers(&many).is_none());
+    assert!(record::RecordWriter::new(200, &many, 0).is_none());
+}
+
+#[test]
+fn a_restarted_fingerprint_forgets_the_body_sent_before() {
+    let uri: Uri = "/orders".parse().unwrap();
+    let mut b = FingerprintBuilder::new(&Method::POST, &uri);
+    b.update(b"first attempt, cut off");
+    b.restart_body();
+    b.update(b"{\"a\":1}");
+    assert_eq!(b.finish(), fp(Method::POST, "/orders", &[b"{\"a\":1}"]));
+    // The target is length-prefixed: its end cannot move into the body.
+    assert_ne!(
+        fp(Method::POST, "/a", &[b"b"]),
+        fp(Method::POST, "/ab", &[b""])
+    );
+}
+
+#[test]
+fn claim_tokens_are_random_and_written_in_hex() {
+    let (a, b) = (ClaimToken::random(), ClaimToken::random());
+    assert_ne!(a, b);
+    assert_eq!(a.hex().len(), 32);
+    assert!(a.hex().bytes().all(|c| c.is_ascii_hexdigit()));
+}
+
+#[tokio::test]
+async fn memory_complete_after_the_claim_expired_stores_nothing_and_counts_nothing() {
+    let clock = Arc::new(ManualClock::new());
+    let s = memory(10, 1 << 20, &clock);
+    let (t1, t2) = (ClaimToken::random(), ClaimToken::random());
+    s.claim(&scope(1), &t1, MIN).await.unwrap();
+    // Another token's completion leaves the claim and the counts as they were.
+    let before = s.usage();
+    assert_eq!(
+        s.complete(&scope(1), &t2, Bytes::from_static(b"x"), DAY)
+            .await,
+        Ok(false)
+    );
+    assert_eq!(s.usage(), before);
+    assert_eq!(
+        s.claim(&scope(1), &t2, MIN).await,
+        Ok(ClaimResult::InFlight)
+    );
+    // The owner, too late: nothing stored, nothing left.
+    clock.advance(MIN);
+    assert_eq!(
+        s.complete(&scope(1), &t1, Bytes::from_static(b"x"), DAY)
+            .await,
+        Ok(false)
+    );
+    assert_eq!(s.usage(), (0, 0));
+    assert_eq!(s.claim(&scope(1), &t2, MIN).await, Ok(ClaimResult::Claimed));
+}
+
+#[test]
+fn hex_matches_the_formatted_digits_at_every_length() {
+    for n in [0usize, 1, 16, 32, 63, 64, 65, 200] {
+        let bytes: Vec<u8> = (0..n).map(|i| (i * 37 + 11) as u8).collect();
+        let want: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(record::hex(&bytes), want, "{n} bytes");
+        let mut s = String::from("tether:idem:");
+        record::push_hex(&mut s, &bytes);
+        assert_eq!(s, format!("tether:idem:{want}"));
+    }
+}

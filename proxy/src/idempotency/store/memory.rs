@@ -2,9 +2,10 @@
 //! bytes.
 //!
 //! Two queues in insertion order, one for claims and one for completed
-//! answers. All claims share one lifetime and all answers another, so
-//! insertion order is expiry order and expired records are dropped from
-//! the queue fronts in O(log n) per operation.
+//! answers, each entry carrying its record's expiry. All claims share one
+//! lifetime and all answers another, so insertion order is expiry order:
+//! expired records are dropped from the queue fronts, and a front that is
+//! still live costs one comparison (no map lookup).
 //!
 //! When a bound is reached, the oldest *completed* answers are evicted
 //! first (losing one only means a late retry is forwarded again). Claims
@@ -12,6 +13,11 @@
 //! first request is still at the app. A store full of live claims refuses
 //! new ones with [`StoreError::Full`], which the caller treats like any
 //! store error.
+//!
+//! The map hashes scopes with a per-process randomly seeded `foldhash`
+//! rather than SipHash: a scope is a SHA-256 output, but its low bits are
+//! cheap to grind by choosing keys, so the hasher stays keyed; foldhash is
+//! several times cheaper on a 32-byte key.
 
 use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroUsize;
@@ -34,11 +40,15 @@ pub struct MemoryStore {
     max_bytes: usize,
 }
 
+/// A queue in insertion (= expiry) order: sequence number to the record's
+/// scope and expiry.
+type Queue = BTreeMap<u64, (Scope, Duration)>;
+
 #[derive(Default)]
 struct Inner {
-    map: HashMap<Scope, Slot>,
-    claims: BTreeMap<u64, Scope>,
-    answers: BTreeMap<u64, Scope>,
+    map: HashMap<Scope, Slot, foldhash::fast::RandomState>,
+    claims: Queue,
+    answers: Queue,
     next_seq: u64,
     bytes: usize,
 }
@@ -67,12 +77,18 @@ impl Slot {
 impl Inner {
     fn remove(&mut self, scope: &Scope) -> Option<Slot> {
         let slot = self.map.remove(scope)?;
+        self.forget(&slot);
+        Some(slot)
+    }
+
+    /// Drops a slot already taken out of the map from its queue and the
+    /// byte count.
+    fn forget(&mut self, slot: &Slot) {
         match slot.state {
             State::Claim(_) => self.claims.remove(&slot.seq),
             State::Answer(_) => self.answers.remove(&slot.seq),
         };
         self.bytes -= slot.size();
-        Some(slot)
     }
 
     fn insert(&mut self, scope: Scope, expires: Duration, state: State) {
@@ -85,8 +101,8 @@ impl Inner {
         };
         self.bytes += slot.size();
         match slot.state {
-            State::Claim(_) => self.claims.insert(seq, scope),
-            State::Answer(_) => self.answers.insert(seq, scope),
+            State::Claim(_) => self.claims.insert(seq, (scope, expires)),
+            State::Answer(_) => self.answers.insert(seq, (scope, expires)),
         };
         self.map.insert(scope, slot);
     }
@@ -95,16 +111,21 @@ impl Inner {
     fn expire(&mut self, now: Duration) {
         for answers in [false, true] {
             loop {
-                let queue = if answers { &self.answers } else { &self.claims };
-                let Some((_, scope)) = queue.first_key_value() else {
+                let queue = if answers {
+                    &mut self.answers
+                } else {
+                    &mut self.claims
+                };
+                let Some(entry) = queue.first_entry() else {
                     break;
                 };
-                let scope = *scope;
-                match self.map.get(&scope) {
-                    Some(slot) if slot.expires <= now => {
-                        self.remove(&scope);
-                    }
-                    _ => break,
+                let (scope, expires) = *entry.get();
+                if expires > now {
+                    break;
+                }
+                entry.remove();
+                if let Some(slot) = self.map.remove(&scope) {
+                    self.bytes -= slot.size();
                 }
             }
         }
@@ -112,11 +133,13 @@ impl Inner {
 
     /// Evicts the oldest answer; false when there is none.
     fn evict_oldest_answer(&mut self) -> bool {
-        let Some((_, scope)) = self.answers.first_key_value() else {
+        let Some((_, (scope, _))) = self.answers.pop_first() else {
             return false;
         };
-        let scope = *scope;
-        self.remove(&scope).is_some()
+        if let Some(slot) = self.map.remove(&scope) {
+            self.bytes -= slot.size();
+        }
+        true
     }
 
     /// The live slot under `scope`, dropping it if expired.
@@ -182,7 +205,7 @@ impl MemoryStore {
                 return Err(StoreError::Full);
             }
         }
-        g.insert(*scope, now + ttl, State::Claim(token.clone()));
+        g.insert(*scope, now + ttl, State::Claim(*token));
         Ok(ClaimResult::Claimed)
     }
 
@@ -196,14 +219,21 @@ impl MemoryStore {
         let now = self.clock.now();
         let mut g = self.lock();
         g.expire(now);
-        match g.live(scope, now) {
-            Some(Slot {
-                state: State::Claim(t),
-                ..
-            }) if t == token => {}
-            _ => return Ok(false),
+        // One lookup: take the slot out, and put it back in the rare case
+        // it is not this request's live claim.
+        let Some(slot) = g.map.remove(scope) else {
+            return Ok(false);
+        };
+        let ours = slot.expires > now && matches!(&slot.state, State::Claim(t) if t == token);
+        if !ours {
+            if slot.expires > now {
+                g.map.insert(*scope, slot);
+            } else {
+                g.forget(&slot);
+            }
+            return Ok(false);
         }
-        g.remove(scope);
+        g.forget(&slot);
         let size = ENTRY_OVERHEAD + record.len();
         if size > self.max_bytes {
             // Larger than the whole store: released, not stored.

@@ -48,18 +48,23 @@ pub enum StoreError {
     Protocol(String),
 }
 
-/// Identifies one claim: 16 random bytes, hex.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClaimToken(String);
+/// Identifies one claim: 16 random bytes (a copyable value: no
+/// allocation per request; the Redis store writes it in hex).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimToken([u8; 16]);
 
 impl ClaimToken {
     pub fn random() -> ClaimToken {
-        let bytes: [u8; 16] = rand::random();
-        ClaimToken(super::record::hex(&bytes))
+        ClaimToken(rand::random())
     }
 
-    pub fn as_str(&self) -> &str {
+    pub fn as_bytes(&self) -> &[u8; 16] {
         &self.0
+    }
+
+    /// Lower-case hex, 32 characters.
+    pub fn hex(&self) -> String {
+        super::record::hex(&self.0)
     }
 }
 

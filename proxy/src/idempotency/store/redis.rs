@@ -79,7 +79,7 @@ impl RedisStore {
     fn key(&self, scope: &Scope) -> String {
         let mut k = String::with_capacity(self.key_prefix.len() + 64);
         k.push_str(&self.key_prefix);
-        k.push_str(&scope.hex());
+        crate::idempotency::record::push_hex(&mut k, &scope.0);
         k
     }
 
@@ -122,10 +122,15 @@ impl RedisStore {
     }
 }
 
-fn claim_value(token: &ClaimToken) -> Vec<u8> {
-    let mut v = Vec::with_capacity(1 + token.as_str().len());
-    v.push(b'I');
-    v.extend_from_slice(token.as_str().as_bytes());
+/// `I` + the token in hex: 33 bytes on the stack.
+fn claim_value(token: &ClaimToken) -> [u8; 33] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut v = [0u8; 33];
+    v[0] = b'I';
+    for (i, b) in token.as_bytes().iter().enumerate() {
+        v[1 + 2 * i] = DIGITS[(b >> 4) as usize];
+        v[2 + 2 * i] = DIGITS[(b & 15) as usize];
+    }
     v
 }
 
