@@ -44,9 +44,9 @@ pub struct MemoryStore {
 /// scope and expiry.
 type Queue = BTreeMap<u64, (Scope, Duration)>;
 
-#[derive(Default)]
 struct Inner {
-    map: HashMap<Scope, Slot, foldhash::fast::RandomState>,
+    /// Keyed with a per-process random seed: clients choose the keys.
+    map: HashMap<Scope, Slot, foldhash::fast::FixedState>,
     claims: Queue,
     answers: Queue,
     next_seq: u64,
@@ -158,7 +158,13 @@ impl MemoryStore {
         clock: Arc<dyn Clock>,
     ) -> MemoryStore {
         MemoryStore {
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(Inner {
+                map: HashMap::with_hasher(foldhash::fast::FixedState::with_seed(rand::random())),
+                claims: Queue::new(),
+                answers: Queue::new(),
+                next_seq: 0,
+                bytes: 0,
+            }),
             clock,
             max_entries: max_entries.get(),
             max_bytes: max_bytes.get(),
