@@ -17,6 +17,15 @@
 //!   idle HTTP/1.1 keep-alive connection is (Pingora's 60 s), so an idle
 //!   client does not keep its connection slot (`guard`) for ever.
 //!
+//! - a request body read by the proxy itself (the `/auth/*` calls) waits
+//!   at most `limits.body_read_timeout` for each piece, as over HTTP/1.1:
+//!   Pingora sets no deadline on an h2 body read ([`next_body_chunk`]).
+//!
+//! - a proxied request body has no deadline of its own over h2 (Pingora
+//!   0.9 reads h2 bodies without one): a client that stalls it leaves the
+//!   upstream waiting until `upstream.read_timeout_ms`, and that timeout
+//!   is answered `408` like the HTTP/1.1 one ([`stalled_body`]), not `504`.
+//!
 //! The request-head deadline (`guard::HeadDeadline`) covers the client
 //! connection preface, which ends with a blank line like an HTTP/1.x head;
 //! after it the deadline no longer applies (h2 frames are binary and the
@@ -24,8 +33,11 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use pingora_core::apps::HttpServerOptions;
 use pingora_core::protocols::http::v2::server::H2Options;
+use pingora_error::{Error, ErrorSource, ErrorType};
+use pingora_proxy::Session;
 
 use crate::config::Limits;
 
@@ -51,6 +63,38 @@ pub fn server_options() -> HttpServerOptions {
     let mut o = HttpServerOptions::default();
     o.h2_idle_timeout = Some(IDLE_TIMEOUT);
     o
+}
+
+/// The next piece of the request body, or a downstream `ReadTimedout`
+/// (answered `408`) when none comes within `wait`. HTTP/1.1 reads carry
+/// the same deadline already (set per request); over h2 this is the only
+/// one.
+pub async fn next_body_chunk(
+    session: &mut Session,
+    wait: Duration,
+) -> pingora_error::Result<Option<Bytes>> {
+    match tokio::time::timeout(wait, session.read_request_body()).await {
+        Ok(read) => read,
+        Err(_) => {
+            let mut e = Error::explain(
+                ErrorType::ReadTimedout,
+                format!("no request body within {} ms", wait.as_millis()),
+            );
+            e.esource = ErrorSource::Downstream;
+            Err(e)
+        }
+    }
+}
+
+/// True when an upstream timeout is an h2 client's stalled body: the
+/// request body is not finished, so the upstream was still waiting for
+/// it. (Over HTTP/1.1 the body read times out first, on the client side.)
+pub fn stalled_body(session: &mut Session, e: &Error) -> bool {
+    matches!(
+        e.etype(),
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout
+    ) && session.is_http2()
+        && !session.is_body_done()
 }
 
 /// `SETTINGS_MAX_HEADER_LIST_SIZE`: what `[limits]` lets through, plus the

@@ -140,8 +140,8 @@ pub fn run_with(cfg: ProxyConfig, upgrade: bool) -> Result<(), Error> {
         pingora_core::services::listening::Service::new("tether proxy".to_owned(), guarded);
     match &state.cfg.tls {
         Some(files) => {
-            let settings =
-                tls::settings(&files.cert, &files.key, files.http2).map_err(|e| Error::Tls(e.to_string()))?;
+            let settings = tls::settings(&files.cert, &files.key, files.http2)
+                .map_err(|e| Error::Tls(e.to_string()))?;
             proxy.add_tls_with_settings(&listen, None, settings);
         }
         None => proxy.add_tcp(&listen),
