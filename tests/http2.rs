@@ -5,6 +5,18 @@
 //! received: the request path (path checks, token and lock, header
 //! stripping, limits) is the same code for HTTP/1.1 and HTTP/2, and these
 //! tests hold it to that.
+//!
+//! The edge corpus (`tests/corpus/edge.rs`) sends exact HTTP/1.1 bytes;
+//! its request-path classes run here again over h2: paths
+//! ([`paths_over_h2`]), identity and forwarding headers
+//! ([`internal_and_forwarding_headers_are_stripped_over_h2`]), stalled
+//! bodies ([`limits_over_h2`]). Its framing class (`Content-Length` with
+//! `Transfer-Encoding`, no `Host`, pipelining, list-valued lengths) is
+//! HTTP/1.1 by nature: h2 frames carry the lengths, and its counterparts
+//! are the malformed requests of
+//! [`malformed_h2_requests_are_refused_not_5xx`]. The login-subject, token
+//! and niceties classes test what the app answers or what a token holds,
+//! the same bytes whatever the client protocol.
 
 mod common;
 
