@@ -162,6 +162,7 @@ fn main() {
     println!("| load | proxy | req/s | p50 or mean | p99 | CPU µs/req | tether ÷ this |");
     println!("|---|---|---|---|---|---|---|");
     let mut ratios = Vec::new();
+    let mut summary = Vec::new();
     for load in &loads {
         let name = load.name();
         let of = |prefix: &str| {
@@ -196,11 +197,15 @@ fn main() {
         ratios.push(
             serde_json::json!({"load": name, "tether_over_haproxy": h, "tether_over_nginx": n}),
         );
-        println!(
-            "|  | **{name}: tether ÷ HAProxy {}, tether ÷ nginx {}** |  |  |  |  |  |",
+        summary.push(format!(
+            "{name}: tether ÷ HAProxy {}, tether ÷ nginx {}",
             show(h),
             show(n)
-        );
+        ));
+    }
+    println!();
+    for line in &summary {
+        println!("{line}");
     }
     println!();
 
