@@ -1006,3 +1006,43 @@ async fn malformed_h2_requests_are_refused_not_5xx() {
     let mut h = h2_connect(port, &set.ca).await;
     assert_eq!(h.get("/orders", Some(&access)).await.status, 200);
 }
+
+/// The request-head deadline covers the h2 connection preface: a client
+/// that negotiates h2 and then trickles (or withholds) its preface is cut
+/// off after `header_read_timeout_ms`, as a slow HTTP/1.1 head is; one that
+/// sends it is served and not cut off at the deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_head_deadline_covers_the_h2_preface() {
+    let (_c, _app, p, set, access) = h2_edge("header_read_timeout_ms = 1500").await;
+    let port = p.addr.port();
+    for (what, sent) in [
+        ("half a preface", &b"PRI * HTTP/2.0\r\n"[..]),
+        ("nothing", &b""[..]),
+    ] {
+        let mut s = tls(port, &set.ca, &[H2]).await;
+        assert_eq!(alpn_of(&s).as_deref(), Some(H2));
+        s.write_all(sent).await.unwrap();
+        s.flush().await.unwrap();
+        let t = Instant::now();
+        let mut buf = [0u8; 1024];
+        let closed = loop {
+            match tokio::time::timeout(Duration::from_secs(8), s.read(&mut buf)).await {
+                Err(_) => break false,
+                Ok(Ok(0)) | Ok(Err(_)) => break true,
+                Ok(Ok(_)) => {}
+            }
+        };
+        assert!(closed, "[{what}] not closed within 8 s");
+        assert!(
+            t.elapsed() >= Duration::from_millis(1000),
+            "[{what}] closed after {:?}, before the 1.5 s deadline",
+            t.elapsed()
+        );
+    }
+    // A whole preface, then requests past the deadline on the same
+    // connection.
+    let mut h = h2_connect(port, &set.ca).await;
+    assert_eq!(h.get("/orders", Some(&access)).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert_eq!(h.get("/orders", Some(&access)).await.status, 200);
+}
