@@ -875,6 +875,20 @@ async fn limits_over_h2() {
         .expect("answer");
     assert_eq!(a.status, 431, "{a:?}");
     assert!(app_saw(&app, 1).await.is_empty());
+    // Over the header bytes (16 KiB by default), under the h2 codec's
+    // bound: the proxy's own 431.
+    let big = "v".repeat(20 * 1024);
+    let a = h
+        .send(
+            "GET",
+            "/orders",
+            &[("authorization", &auth), ("x-big", &big)],
+            b"",
+        )
+        .await
+        .expect("answer");
+    assert_eq!(a.status, 431, "{a:?}");
+    assert!(app_saw(&app, 1).await.is_empty());
 
     // A stalled body on the login call: 408 once the body read timeout
     // (1 s) passes.
