@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # Installs what the proxy benches need (docs/benchmarks.md) from the
-# system packages, and says so: wrk (closed-loop load), nginx (the trivial
-# upstream and the nginx proxy_pass peer), haproxy (the HAProxy +
-# jwt_verify peer; needs >= 2.5 built with OpenSSL) and util-linux
+# system packages, and says so: wrk (closed-loop load, and HTTP/1.1 over
+# TLS), h2load from nghttp2-client (HTTP/2 over TLS: benches/edge.rs),
+# nginx (the trivial upstream and the nginx proxy_pass peer), haproxy
+# (the HAProxy + jwt_verify peer; needs >= 2.5 built with OpenSSL) and util-linux
 # (taskset, to pin processes to cores). The benches run without any of
 # them: a missing peer is skipped with a message, a missing nginx upstream
 # or wrk is replaced by the bench's own Rust server or load generator.
 # Installing nginx or haproxy does not start them as services here.
 set -euo pipefail
-declare -A pkg=([wrk]=wrk [nginx]=nginx-light [haproxy]=haproxy [taskset]=util-linux)
+declare -A pkg=([wrk]=wrk [h2load]=nghttp2-client [nginx]=nginx-light [haproxy]=haproxy [taskset]=util-linux)
 need=()
-for bin in wrk nginx haproxy taskset; do
+for bin in wrk h2load nginx haproxy taskset; do
   if command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ]; then
     echo "bench-deps: $bin present"
   else

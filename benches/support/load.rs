@@ -126,7 +126,7 @@ pub fn run_loadgen(pin: &Pinning, spec: &LoadSpec) -> LoadResult {
         .unwrap_or_else(|e| panic!("load generator: {e}: {text}"))
 }
 
-fn parse_wrk(out: &str) -> LoadResult {
+pub fn parse_wrk(out: &str) -> LoadResult {
     let mut r = LoadResult {
         tool: "wrk".into(),
         ..LoadResult::default()

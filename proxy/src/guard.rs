@@ -22,7 +22,9 @@
 //! handshake (which Pingora bounds at 60 s itself). It relies on HTTP/1.x
 //! without pipelining (Pingora's default, and the only mode tether
 //! enables): a response head written by the proxy means the next bytes
-//! the client sends start a new request.
+//! the client sends start a new request. On an HTTP/2 connection (ALPN
+//! `h2`) the deadline covers the client preface, which ends with a blank
+//! line, and no more (see `http2`).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -525,6 +527,16 @@ mod tests {
         assert_eq!(ends_after(&bytes), Some(head.len() - 1));
         // Bare LF line ends.
         assert_eq!(ends_after(&[b"GET / HTTP/1.1\nHost: a\n\n"]), Some(0));
+    }
+
+    #[test]
+    fn the_http2_preface_ends_the_head() {
+        let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+        assert_eq!(ends_after(&[preface]), Some(0));
+        // With the client's SETTINGS frame in the same read.
+        let mut with_settings = preface.to_vec();
+        with_settings.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        assert_eq!(ends_after(&[&with_settings]), Some(0));
     }
 
     #[test]

@@ -29,6 +29,8 @@
 //!   forwarded to this server's app;
 //! - CORS for web apps (preflights, `Access-Control-*` on every answer):
 //!   [`cors`];
+//! - TLS and HTTP/2 (ALPN `h2`) on the client listener: [`tls`],
+//!   [`http2`] (the codec's limits; the request path is the same code);
 //! - the configuration: [`config`] (file layer, validation, typed layer);
 //! - shutdown grace, upgrade handover, the clients still locked here
 //!   (for drains): [`lifecycle`];
@@ -44,6 +46,7 @@ pub mod framing;
 pub mod guard;
 pub mod headers;
 pub mod hop;
+pub mod http2;
 pub mod idempotency;
 pub mod lifecycle;
 pub mod load;

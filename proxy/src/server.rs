@@ -112,13 +112,15 @@ pub fn run_with(cfg: ProxyConfig, upgrade: bool) -> Result<(), Error> {
 
     // Pingora's HTTP proxy app, behind the connection caps and the
     // request-head deadline (`guard`).
-    let app = pingora_proxy::http_proxy(
+    let mut app = pingora_proxy::http_proxy(
         &server.configuration,
         TetherProxy {
             state: state.clone(),
         },
     );
     let limits = &state.cfg.limits;
+    app.h2_options = Some(crate::http2::options(limits));
+    app.server_options = Some(crate::http2::server_options());
     let m = &state.metrics;
     let guarded = guard::Guard::new(
         app,
@@ -138,8 +140,8 @@ pub fn run_with(cfg: ProxyConfig, upgrade: bool) -> Result<(), Error> {
         pingora_core::services::listening::Service::new("tether proxy".to_owned(), guarded);
     match &state.cfg.tls {
         Some(files) => {
-            let settings =
-                tls::settings(&files.cert, &files.key).map_err(|e| Error::Tls(e.to_string()))?;
+            let settings = tls::settings(&files.cert, &files.key, files.http2)
+                .map_err(|e| Error::Tls(e.to_string()))?;
             proxy.add_tls_with_settings(&listen, None, settings);
         }
         None => proxy.add_tcp(&listen),

@@ -143,7 +143,10 @@ impl TetherProxy {
         // Idempotency-Key: only here, with a verified subject and the
         // upstream chosen (docs/design.md §9).
         if let (Some(idem), Some(s)) = (&self.state.idem, &subject) {
-            match idem.request_filter(session, s.as_bytes()).await? {
+            match idem
+                .request_filter(session, s.as_bytes(), self.state.cfg.limits.body_read_timeout)
+                .await?
+            {
                 Step::Answered => {
                     ctx.outcome = Outcome::Idempotency;
                     return Ok(true);
@@ -459,6 +462,17 @@ impl ProxyHttp for TetherProxy {
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let before_response = session.response_written().is_none();
         let code = match (ctx.target, e.esource()) {
+            // An h2 client that stalled its body: the upstream timed out
+            // waiting for it (`http2::stalled_body`), the client's 408.
+            (_, pingora_error::ErrorSource::Upstream)
+                if before_response && crate::http2::stalled_body(session, e) =>
+            {
+                ctx.outcome = Outcome::Refused;
+                if let Err(err) = respond::request_timeout(session).await {
+                    tracing::debug!("writing 408 failed: {err}");
+                }
+                408
+            }
             (Target::Local(_), pingora_error::ErrorSource::Upstream) if before_response => {
                 let any_healthy = crate::upstream::select(&self.state.upstream).is_some();
                 let failure = crate::retry::Failure::of(e.etype(), any_healthy);

@@ -95,10 +95,15 @@ pub fn peer_client_config(extra_ca: Option<&Path>) -> Arc<rustls::ClientConfig> 
     )
 }
 
-/// Pingora's TLS settings for the client listener: HTTP/1.1 only (the
-/// proxy's header-deadline guard reads HTTP/1.x; see `guard`).
-pub fn settings(cert: &Path, key: &Path) -> pingora_core::Result<TlsSettings> {
+/// Pingora's TLS settings for the client listener: ALPN offers `h2` and
+/// `http/1.1` (`server.tls_http2`, the default), or `http/1.1` alone. A
+/// client that offers no ALPN speaks HTTP/1.1.
+pub fn settings(cert: &Path, key: &Path, http2: bool) -> pingora_core::Result<TlsSettings> {
     let mut s = TlsSettings::intermediate(&cert.display().to_string(), &key.display().to_string())?;
-    s.set_alpn(pingora_core::protocols::ALPN::H1);
+    if http2 {
+        s.enable_h2();
+    } else {
+        s.set_alpn(pingora_core::protocols::ALPN::H1);
+    }
     Ok(s)
 }

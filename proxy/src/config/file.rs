@@ -76,6 +76,8 @@ pub(super) struct FileServer {
     /// HTTPS (rustls) instead of plain HTTP.
     pub(super) tls_cert_file: Option<String>,
     pub(super) tls_key_file: Option<String>,
+    /// Offer HTTP/2 by ALPN on the TLS listener (default on).
+    pub(super) tls_http2: Option<bool>,
     /// Shutdown and upgrade (docs/proxy.md, "Stopping and upgrading").
     #[serde(default = "default_shutdown_grace")]
     pub(super) shutdown_grace_seconds: u64,

@@ -438,3 +438,16 @@ fn refresh_down_policy_defaults_to_extend_and_is_bounded() {
     }
     expect_err(&f, &with("max_extend_seconds = -1"), "max_extend_seconds");
 }
+
+#[test]
+fn tls_http2_needs_tls() {
+    let f = Fixture::new();
+    let c = f.parse(GOOD).unwrap();
+    assert!(c.tls.is_none());
+    let text = GOOD.replace(
+        "admin_listen = \"127.0.0.1:9081\"",
+        "admin_listen = \"127.0.0.1:9081\"\ntls_http2 = true",
+    );
+    let e = expect_err(&f, &text, "server.tls_http2");
+    assert!(e.contains("over TLS only"), "{e}");
+}

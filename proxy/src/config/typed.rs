@@ -141,4 +141,6 @@ pub struct Limits {
 pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// `server.tls_http2`: offer `h2` by ALPN besides `http/1.1`.
+    pub http2: bool,
 }

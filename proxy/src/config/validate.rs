@@ -694,9 +694,21 @@ impl Validator<'_> {
     /// `server.tls_cert_file` + `server.tls_key_file`: both or neither;
     /// both readable PEM, the key matching the certificate, so a bad file
     /// is a config error here rather than a failure at start.
+    /// `server.tls_http2` only means something with them (HTTP/2 in clear
+    /// text, h2c, is not offered).
     fn tls(&self, s: &FileServer) -> Result<Option<TlsFiles>, ConfigError> {
         let (cert, key) = match (&s.tls_cert_file, &s.tls_key_file) {
-            (None, None) => return Ok(None),
+            (None, None) => {
+                if let Some(on) = s.tls_http2 {
+                    return Err(self.bad(
+                        "server.tls_http2",
+                        on,
+                        "HTTP/2 is offered over TLS only: set server.tls_cert_file and \
+                         server.tls_key_file, or remove the key",
+                    ));
+                }
+                return Ok(None);
+            }
             (Some(c), Some(k)) => (self.resolve(c), self.resolve(k)),
             (Some(_), None) => {
                 return Err(self.bad(
@@ -721,6 +733,10 @@ impl Validator<'_> {
             };
             self.bad(key_name, shown.display(), message)
         })?;
-        Ok(Some(TlsFiles { cert, key }))
+        Ok(Some(TlsFiles {
+            cert,
+            key,
+            http2: s.tls_http2.unwrap_or(true),
+        }))
     }
 }

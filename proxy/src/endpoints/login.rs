@@ -86,7 +86,7 @@ fn valid_subject(s: &str) -> bool {
 
 pub(super) async fn login(state: &State, session: &mut Session) -> Result<()> {
     let limit = state.cfg.limits.reserved_body_bytes;
-    let Some(body) = read_body(session, limit).await? else {
+    let Some(body) = read_body(session, limit, state.cfg.limits.body_read_timeout).await? else {
         state.metrics.login(Login::TooLarge);
         return too_large(session, limit).await;
     };

@@ -11,7 +11,7 @@ use crate::state::State;
 
 pub(super) async fn logout(state: &State, session: &mut Session) -> Result<()> {
     let limit = state.cfg.limits.reserved_body_bytes;
-    let Some(body) = read_body(session, limit).await? else {
+    let Some(body) = read_body(session, limit, state.cfg.limits.body_read_timeout).await? else {
         return too_large(session, limit).await;
     };
     let req: LogoutRequest = match parse_json(&body) {

@@ -92,8 +92,13 @@ pub async fn handle(ep: Endpoint, state: &State, session: &mut Session) -> Resul
     }
 }
 
-/// Reads the whole request body, or `None` when it is over `limit`.
-pub(super) async fn read_body(session: &mut Session, limit: usize) -> Result<Option<Vec<u8>>> {
+/// Reads the whole request body, or `None` when it is over `limit`; each
+/// piece within `wait` (`limits.body_read_timeout`), over HTTP/2 too.
+pub(super) async fn read_body(
+    session: &mut Session,
+    limit: usize,
+    wait: std::time::Duration,
+) -> Result<Option<Vec<u8>>> {
     let declared = session
         .req_header()
         .headers
@@ -104,7 +109,7 @@ pub(super) async fn read_body(session: &mut Session, limit: usize) -> Result<Opt
         return Ok(None);
     }
     let mut buf = Vec::with_capacity(declared.unwrap_or(512).min(limit));
-    while let Some(chunk) = session.read_request_body().await? {
+    while let Some(chunk) = crate::http2::next_body_chunk(session, wait).await? {
         if buf.len() + chunk.len() > limit {
             return Ok(None);
         }

@@ -20,7 +20,7 @@ use crate::tokens::{DownPolicy, LockTarget};
 
 pub(super) async fn refresh(state: &State, session: &mut Session) -> Result<()> {
     let limit = state.cfg.limits.reserved_body_bytes;
-    let Some(body) = read_body(session, limit).await? else {
+    let Some(body) = read_body(session, limit, state.cfg.limits.body_read_timeout).await? else {
         state.metrics.refresh_rejected(RefreshRejected::TooLarge);
         return too_large(session, limit).await;
     };

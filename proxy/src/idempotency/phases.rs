@@ -4,6 +4,7 @@
 //! the module docs for the calls).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
@@ -27,11 +28,14 @@ impl Idempotency {
     /// that is about to be forwarded to this server's app.
     ///
     /// A request whose key has a stored answer has its body read here (to
-    /// compare fingerprints) and is answered without reaching the app.
+    /// compare fingerprints), each read waiting at most `body_wait`
+    /// (`limits.body_read_timeout_ms`: HTTP/2 bodies have no other
+    /// deadline), and is answered without reaching the app.
     pub async fn request_filter(
         self: &Arc<Self>,
         session: &mut Session,
         subject: &[u8],
+        body_wait: Duration,
     ) -> pingora_error::Result<Step> {
         if !self.covers(&session.req_header().method) {
             return Ok(Step::Forward(None));
@@ -55,7 +59,7 @@ impl Idempotency {
                 Ok(Step::Answered)
             }
             Begin::Check(mut check) => {
-                while let Some(chunk) = session.read_request_body().await? {
+                while let Some(chunk) = crate::http2::next_body_chunk(session, body_wait).await? {
                     check.update(&chunk);
                 }
                 match check.finish() {
