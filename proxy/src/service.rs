@@ -144,7 +144,11 @@ impl TetherProxy {
         // upstream chosen (docs/design.md §9).
         if let (Some(idem), Some(s)) = (&self.state.idem, &subject) {
             match idem
-                .request_filter(session, s.as_bytes(), self.state.cfg.limits.body_read_timeout)
+                .request_filter(
+                    session,
+                    s.as_bytes(),
+                    self.state.cfg.limits.body_read_timeout,
+                )
                 .await?
             {
                 Step::Answered => {

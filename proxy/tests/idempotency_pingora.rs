@@ -51,7 +51,11 @@ impl ProxyHttp for Proxy {
             .get("x-test-subject")
             .map(|v| v.as_bytes().to_vec())
             .unwrap_or_else(|| b"anonymous".to_vec());
-        match self.idem.request_filter(session, &subject).await? {
+        match self
+            .idem
+            .request_filter(session, &subject, Duration::from_secs(5))
+            .await?
+        {
             Step::Answered => Ok(true),
             Step::Forward(t) => {
                 ctx.idem = t;
