@@ -237,20 +237,8 @@ struct TlsFiles {
 
 fn tls_set(dir: &Path) -> TlsFiles {
     let tls = dir.join("tls");
-    let out = Command::new("bash")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/scripts/tls-selfsigned.sh"
-        ))
-        .arg(&tls)
-        .output()
-        .expect("run scripts/tls-selfsigned.sh");
-    assert!(
-        out.status.success(),
-        "scripts/tls-selfsigned.sh: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let (cert, key) = (tls.join("cert.pem"), tls.join("key.pem"));
+    let set = tether_testkit::TlsSet::create(&tls);
+    let (cert, key) = (set.cert, set.key);
     let combined = tls.join("haproxy.pem");
     let mut both = std::fs::read(&cert).expect("cert");
     both.extend(std::fs::read(&key).expect("key"));
@@ -364,61 +352,17 @@ fn start_haproxy_tls(
         return Ok(None);
     };
     let port = free_port();
-    let crt = tls.combined.display();
-    let conf = format!(
-        r#"global
-    nbthread 1
-    maxconn 4096
-    ssl-default-bind-options ssl-min-ver TLSv1.2
-
-defaults
-    mode http
-    timeout connect 2s
-    timeout client 60s
-    timeout server 60s
-    timeout http-keep-alive 60s
-    option http-keep-alive
-    http-reuse always
-
-frontend bench
-    bind 127.0.0.1:{port} ssl crt {crt} alpn h2,http/1.1
-    http-request set-var(txn.bearer) http_auth_bearer
-    http-request set-var(txn.alg) var(txn.bearer),jwt_header_query('$.alg')
-    http-request deny deny_status 401 unless {{ var(txn.alg) -m str HS256 }}
-    http-request deny deny_status 401 unless {{ var(txn.bearer),jwt_verify(txn.alg,"{SECRET}") -m int 1 }}
-    http-request set-var(txn.exp) var(txn.bearer),jwt_payload_query('$.exp','int')
-    http-request set-var(txn.now) date
-    http-request deny deny_status 401 if {{ var(txn.exp),sub(txn.now) -m int lt 0 }}
-    http-request set-var(txn.srv) var(txn.bearer),jwt_payload_query('$.srv')
-    use_backend local if {{ var(txn.srv) -m str {SERVER_ID} }}
-    default_backend refresh
-
-backend local
-    server up {upstream}
-
-backend refresh
-    http-request return status 503 content-type application/json string "{{\"error\":\"server_unavailable\",\"action\":\"refresh\"}}"
-"#
-    );
     let path = dir.join("haproxy-tls.cfg");
-    std::fs::write(&path, conf).expect("write haproxy config");
-    match Command::new(&haproxy)
-        .args(["-c", "-q", "-f"])
-        .arg(&path)
-        .output()
-    {
-        Ok(o) if o.status.success() => {}
-        Ok(o) => {
-            println!(
-                "SKIP HAProxy (TLS): this haproxy rejects the config (needs >= 2.5 with OpenSSL): {}",
-                String::from_utf8_lossy(&o.stderr).trim()
-            );
-            return Ok(None);
-        }
-        Err(e) => {
-            println!("SKIP HAProxy (TLS): cannot run haproxy: {e}");
-            return Ok(None);
-        }
+    let conf = haproxy_jwt_config(
+        "    ssl-default-bind-options ssl-min-ver TLSv1.2\n",
+        &format!(
+            "127.0.0.1:{port} ssl crt {} alpn h2,http/1.1",
+            tls.combined.display()
+        ),
+        upstream,
+    );
+    if !haproxy_accepts(&haproxy, &path, &conf, "HAProxy (TLS)") {
+        return Ok(None);
     }
     let mut cmd = pin.command(PROXY_CORE, &haproxy);
     cmd.arg("-db").arg("-f").arg(&path);

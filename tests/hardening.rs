@@ -5,7 +5,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,36 +14,6 @@ use pingora_core::tls as rustls;
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-
-/// A self-signed set written into the cluster folder `name` by the
-/// project's script (the one the docs give operators for local use).
-struct TlsSet {
-    ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-fn tls_set(c: &Cluster, name: &str) -> TlsSet {
-    let dir = c.path(name);
-    let out = std::process::Command::new("bash")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/scripts/tls-selfsigned.sh"
-        ))
-        .arg(&dir)
-        .output()
-        .expect("run scripts/tls-selfsigned.sh");
-    assert!(
-        out.status.success(),
-        "scripts/tls-selfsigned.sh failed (it needs openssl): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    TlsSet {
-        ca: dir.join("ca.pem"),
-        cert: dir.join("cert.pem"),
-        key: dir.join("key.pem"),
-    }
-}
 
 /// A TLS connection to 127.0.0.1:`port` that trusts only `ca`.
 async fn tls_connect(port: u16, ca: &Path) -> std::io::Result<rustls::ClientTlsStream<TcpStream>> {
@@ -117,7 +87,7 @@ async fn closed_within<S: AsyncRead + Unpin>(s: &mut S, within: Duration) -> boo
 async fn tls_on_the_client_listener() {
     let mut c = Cluster::new(Timing::default());
     c.start_discovery(0);
-    let TlsSet { ca, cert, key } = tls_set(&c, "tls");
+    let TlsSet { ca, cert, key } = c.tls_set("tls");
     let app = Upstream::start("app").await;
     let peer_ca = format!("peer_ca_file = {ca:?}\n"); // also checks the key parses
     let a = c
@@ -176,7 +146,7 @@ async fn tls_on_the_client_listener() {
     assert_eq!(app.requests(), before + 1, "plain HTTP was not forwarded");
 
     // A client that trusts another CA refuses the server's certificate.
-    let other = tls_set(&c, "other-tls");
+    let other = c.tls_set("other-tls");
     assert!(tls_connect(port, &other.ca).await.is_err());
 
     // The head deadline holds over TLS too: a partial head is cut off.
@@ -208,7 +178,7 @@ async fn tls_on_the_client_listener() {
 async fn https_peers_are_probed_over_tls() {
     let mut c = Cluster::new(Timing::default());
     c.start_discovery(0);
-    let TlsSet { ca, cert, key } = tls_set(&c, "tls");
+    let TlsSet { ca, cert, key } = c.tls_set("tls");
     let (app_a, app_b, app_c) = (
         Upstream::start("app-a").await,
         Upstream::start("app-b").await,
@@ -279,8 +249,8 @@ async fn https_peers_are_probed_over_tls() {
 async fn tls_config_errors_name_the_key() {
     let mut c = Cluster::new(Timing::default());
     c.start_discovery(0);
-    let dir = tls_set(&c, "tls");
-    let other = tls_set(&c, "other");
+    let dir = c.tls_set("tls");
+    let other = c.tls_set("other");
     std::fs::write(c.path("garbage.pem"), "not a certificate\n").unwrap();
     let app_addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
     let cases: [(&str, String, &str); 5] = [

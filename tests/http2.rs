@@ -20,7 +20,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,36 +32,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 // ------------------------------------------------------------- TLS set-up
-
-/// A self-signed set (P-256) written into the cluster folder `name` by
-/// the project's script.
-struct TlsSet {
-    ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-fn tls_set(c: &Cluster, name: &str) -> TlsSet {
-    let dir = c.path(name);
-    let out = std::process::Command::new("bash")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/scripts/tls-selfsigned.sh"
-        ))
-        .arg(&dir)
-        .output()
-        .expect("run scripts/tls-selfsigned.sh");
-    assert!(
-        out.status.success(),
-        "scripts/tls-selfsigned.sh failed (it needs openssl): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    TlsSet {
-        ca: dir.join("ca.pem"),
-        cert: dir.join("cert.pem"),
-        key: dir.join("key.pem"),
-    }
-}
 
 type Tls = rustls::ClientTlsStream<TcpStream>;
 
@@ -391,7 +361,7 @@ fn req_fields<'a>(
 async fn h2_edge(limits: &str) -> (Cluster, RecordingUpstream, Proxy, TlsSet, String) {
     let mut c = Cluster::new(Timing::default());
     c.start_discovery(0);
-    let set = tls_set(&c, "tls");
+    let set = c.tls_set("tls");
     let app = RecordingUpstream::start_answering(Arc::new(|r: &Recorded| {
         if r.target() == "/login" {
             (200, "application/json", br#"{"userId":"alice"}"#.to_vec())
@@ -442,7 +412,7 @@ fn names(r: &Recorded) -> Vec<String> {
 async fn alpn_offers_h2_and_http11() {
     let mut c = Cluster::new(Timing::default());
     c.start_discovery(0);
-    let set = tls_set(&c, "tls");
+    let set = c.tls_set("tls");
     let app = Upstream::start("app").await;
     let on = c
         .proxy("eu-1", "eu")
@@ -507,7 +477,7 @@ async fn alpn_offers_h2_and_http11() {
 async fn login_and_the_lock_over_h2() {
     let mut c = Cluster::new(Timing::default());
     c.start_discovery(0);
-    let set = tls_set(&c, "tls");
+    let set = c.tls_set("tls");
     let app_a = Upstream::start("app-eu").await;
     let app_b = Upstream::start("app-us").await;
     let app_f = Upstream::start("app-us2").await;

@@ -460,11 +460,36 @@ pub fn start_haproxy(
         return Ok(None);
     };
     let port = free_port();
-    let conf = format!(
+    let path = dir.join("haproxy.cfg");
+    let conf = haproxy_jwt_config("", &format!("127.0.0.1:{port}"), upstream);
+    if !haproxy_accepts(&haproxy, &path, &conf, "HAProxy + jwt_verify") {
+        return Ok(None);
+    }
+    let mut cmd = pin.command(PROXY_CORE, &haproxy);
+    cmd.arg("-db").arg("-f").arg(&path);
+    let log = dir.join("haproxy.log");
+    let mut p = spawn("haproxy", cmd, &log);
+    wait_ready(&mut p, addr(port), Some(token), &log)?;
+    Ok(Some(Target {
+        name: "HAProxy + jwt_verify + srv routing",
+        addr: addr(port),
+        proc: p,
+        bearer: true,
+        config: None,
+    }))
+}
+
+/// HAProxy doing tether's work (docs/benchmarks.md, "Method"): the bearer's `alg` must be HS256,
+/// `jwt_verify` with [`SECRET`], `exp` against `date`, `use_backend` on the
+/// `srv` claim (another server's token gets tether's 503 refresh answer).
+/// `global_extra`: lines added to `global`; `bind`: what follows `bind`
+/// (an address, and `ssl crt … alpn …` for TLS).
+pub fn haproxy_jwt_config(global_extra: &str, bind: &str, upstream: SocketAddr) -> String {
+    format!(
         r#"global
     nbthread 1
     maxconn 4096
-
+{global_extra}
 defaults
     mode http
     timeout connect 2s
@@ -475,7 +500,7 @@ defaults
     http-reuse always
 
 frontend bench
-    bind 127.0.0.1:{port}
+    bind {bind}
     http-request set-var(txn.bearer) http_auth_bearer
     http-request set-var(txn.alg) var(txn.bearer),jwt_header_query('$.alg')
     http-request deny deny_status 401 unless {{ var(txn.alg) -m str HS256 }}
@@ -493,39 +518,30 @@ backend local
 backend refresh
     http-request return status 503 content-type application/json string "{{\"error\":\"server_unavailable\",\"action\":\"refresh\"}}"
 "#
-    );
-    let path = dir.join("haproxy.cfg");
-    std::fs::write(&path, conf).expect("write haproxy config");
-    let check = Command::new(&haproxy)
-        .arg("-c")
-        .arg("-q")
-        .arg("-f")
-        .arg(&path)
-        .output();
-    match check {
-        Ok(o) if o.status.success() => {}
+    )
+}
+
+/// Writes `conf` to `path` and checks it with `haproxy -c`; on refusal
+/// (a build without `jwt_verify` or OpenSSL) or no haproxy at all, prints
+/// the `SKIP` line of `label` and returns false.
+pub fn haproxy_accepts(haproxy: &Path, path: &Path, conf: &str, label: &str) -> bool {
+    std::fs::write(path, conf).expect("write haproxy config");
+    match Command::new(haproxy)
+        .args(["-c", "-q", "-f"])
+        .arg(path)
+        .output()
+    {
+        Ok(o) if o.status.success() => true,
         Ok(o) => {
             println!(
-                "SKIP HAProxy + jwt_verify: this haproxy rejects the config (needs >= 2.5 built with OpenSSL): {}",
+                "SKIP {label}: this haproxy rejects the config (needs >= 2.5 built with OpenSSL): {}",
                 String::from_utf8_lossy(&o.stderr).trim()
             );
-            return Ok(None);
+            false
         }
         Err(e) => {
-            println!("SKIP HAProxy + jwt_verify: cannot run haproxy: {e}");
-            return Ok(None);
+            println!("SKIP {label}: cannot run haproxy: {e}");
+            false
         }
     }
-    let mut cmd = pin.command(PROXY_CORE, &haproxy);
-    cmd.arg("-db").arg("-f").arg(&path);
-    let log = dir.join("haproxy.log");
-    let mut p = spawn("haproxy", cmd, &log);
-    wait_ready(&mut p, addr(port), Some(token), &log)?;
-    Ok(Some(Target {
-        name: "HAProxy + jwt_verify + srv routing",
-        addr: addr(port),
-        proc: p,
-        bearer: true,
-        config: None,
-    }))
 }

@@ -59,6 +59,7 @@ pub mod proxy;
 pub mod recording;
 pub mod redis;
 pub mod sampleapp;
+pub mod tls;
 pub mod upstream;
 pub mod workflows;
 
@@ -74,5 +75,6 @@ pub use proxy::{Proxy, ProxyBuilder};
 pub use recording::{Recorded, RecordingUpstream};
 pub use redis::Redis;
 pub use sampleapp::SampleApp;
+pub use tls::TlsSet;
 pub use upstream::{Seen, Upstream};
 pub use workflows::{WorkflowOptions, WorkflowReport, Workflows};
