@@ -181,7 +181,7 @@ impl Deployment {
 }
 
 /// The discovery node `p` uses now: the URL whose
-/// `tether_proxy_discovery_node` gauge is 1 (proxy/src/sync/nodes.rs).
+/// `tether_proxy_discovery_node` gauge is 1 (proxy/src/discovery_nodes.rs).
 async fn node_in_use(p: &Proxy, http: &reqwest::Client) -> Option<String> {
     let text = p.metrics(http).await;
     text.lines()

@@ -39,22 +39,20 @@ use pingora_core::protocols::http::v2::server::H2Options;
 use pingora_error::{Error, ErrorSource, ErrorType};
 use pingora_proxy::Session;
 
-use crate::config::Limits;
-
 /// Requests in flight per HTTP/2 connection.
 pub const MAX_CONCURRENT_STREAMS: u32 = 100;
 
 /// An HTTP/2 connection with no open stream is closed after this long.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The `h2` codec settings for the client listener.
-pub fn options(limits: &Limits) -> H2Options {
+/// The `h2` codec settings for the client listener, from
+/// `limits.max_request_headers` and `limits.max_request_header_bytes`.
+/// (Numbers, not `config::Limits`: `idempotency` and `endpoints` read
+/// bodies through this module, and `config` stands above `idempotency`.)
+pub fn options(max_headers: usize, max_header_bytes: usize) -> H2Options {
     let mut o = H2Options::default();
     o.max_concurrent_streams(MAX_CONCURRENT_STREAMS);
-    o.max_header_list_size(header_list_bound(
-        limits.max_request_headers,
-        limits.max_request_header_bytes,
-    ));
+    o.max_header_list_size(header_list_bound(max_headers, max_header_bytes));
     o
 }
 

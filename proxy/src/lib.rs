@@ -18,7 +18,7 @@
 //!   `/closestToMe`, `/healthz` beside it;
 //! - the registry snapshot checked and swapped: [`registry`] (the gate and
 //!   the `ArcSwap`ed view), fed by the poller in [`sync`] (deltas, failover
-//!   between discovery nodes in [`sync::DiscoveryNodes`]), which also runs
+//!   between discovery nodes in [`discovery_nodes::DiscoveryNodes`]), which also runs
 //!   the heartbeats, key-ring reloads and load sampling;
 //! - the one path and unambiguous framing, settled before anything reads
 //!   a request: [`path`] (the canonical path), [`framing`];
@@ -41,6 +41,7 @@ pub mod access;
 pub mod admin;
 pub mod config;
 pub mod cors;
+pub mod discovery_nodes;
 pub mod endpoints;
 pub mod framing;
 pub mod guard;

@@ -463,7 +463,7 @@ impl Metrics {
     }
 
     /// Registers a metric another module owns (e.g.
-    /// `crate::sync::DiscoveryNodes`) so `/metrics` shows it.
+    /// `crate::discovery_nodes::DiscoveryNodes`) so `/metrics` shows it.
     pub fn register<C: prometheus::core::Collector + Clone + 'static>(&self, c: C) -> C {
         if let Err(e) = self.registry.register(Box::new(c.clone())) {
             tracing::error!("metric registration failed: {e}");

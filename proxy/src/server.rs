@@ -119,7 +119,10 @@ pub fn run_with(cfg: ProxyConfig, upgrade: bool) -> Result<(), Error> {
         },
     );
     let limits = &state.cfg.limits;
-    app.h2_options = Some(crate::http2::options(limits));
+    app.h2_options = Some(crate::http2::options(
+        limits.max_request_headers,
+        limits.max_request_header_bytes,
+    ));
     app.server_options = Some(crate::http2::server_options());
     let m = &state.metrics;
     let guarded = guard::Guard::new(

@@ -55,7 +55,7 @@ pub struct State {
     /// Calls to discovery (heartbeats, polls).
     pub discovery_http: reqwest::Client,
     /// The discovery nodes and the one in use (`discovery.urls`).
-    pub discovery: crate::sync::DiscoveryNodes,
+    pub discovery: crate::discovery_nodes::DiscoveryNodes,
     /// Calls to the upstream's login path.
     pub upstream_http: reqwest::Client,
     /// Refresh families revoked by a logout at this proxy, with the time
@@ -94,7 +94,7 @@ impl State {
             false => None,
         };
         let lifecycle = Arc::new(crate::lifecycle::Lifecycle::new(&cfg, &metrics));
-        let discovery = crate::sync::DiscoveryNodes::new(&cfg.discovery.urls, &metrics);
+        let discovery = crate::discovery_nodes::DiscoveryNodes::new(&cfg.discovery.urls, &metrics);
         let state = Arc::new(State {
             discovery,
             tokens: TokenStore::new(&cfg.tokens),

@@ -143,7 +143,7 @@ pub(super) fn summary(id: &str, url: &str, region: &str) -> ServerSummary {
 
 /// A cluster-token call to discovery, bounded to 2 s per node: a refresh
 /// or logout never waits long on it. A node that fails
-/// ([`crate::sync::node_failed`]) is left for the next one, each node tried
+/// ([`crate::discovery_nodes::node_failed`]) is left for the next one, each node tried
 /// once; the last failure is returned when none answers.
 pub(super) async fn discovery_post<T: serde::Serialize>(
     state: &State,
@@ -163,7 +163,7 @@ pub(super) async fn discovery_post<T: serde::Serialize>(
             .json(body)
             .send()
             .await;
-        match crate::sync::node_failed(&result) {
+        match crate::discovery_nodes::node_failed(&result) {
             None => {
                 nodes.answered();
                 return result;

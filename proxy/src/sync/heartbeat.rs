@@ -1,7 +1,7 @@
 //! The heartbeat sender: this server's id, region, URL, load and health
 //! to discovery every `discovery.heartbeat_interval_ms` (±10%), with
 //! backoff while discovery does not take them, to the discovery node in
-//! use ([`super::DiscoveryNodes`]; a node that does not answer is left
+//! use ([`crate::discovery_nodes::DiscoveryNodes`]; a node that does not answer is left
 //! for the next).
 
 use std::sync::Arc;
@@ -56,7 +56,7 @@ async fn run(state: &State) {
             .json(&hb)
             .send()
             .await;
-        match super::node_failed(&result) {
+        match crate::discovery_nodes::node_failed(&result) {
             None => state.discovery.answered(),
             Some(why) => state.discovery.failed(node, &why),
         }

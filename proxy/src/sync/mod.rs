@@ -2,8 +2,6 @@
 //! service (with its own runtime thread), so one that stalls never holds
 //! up another:
 //!
-//! - `nodes`: the configured discovery nodes, which one is in use, and
-//!   failing over to the next;
 //! - `heartbeat`: tells discovery this server is alive, with its load;
 //! - `poll`: long-polls discovery for the registry and swaps a snapshot
 //!   in once the [`crate::registry::Gate`] lets it pass;
@@ -15,7 +13,6 @@
 //! async threads.
 
 mod heartbeat;
-mod nodes;
 mod poll;
 mod reload;
 mod sampler;
@@ -26,7 +23,6 @@ use std::time::Duration;
 use pingora_core::server::ShutdownWatch;
 
 pub use heartbeat::Heartbeats;
-pub use nodes::{node_failed, DiscoveryNodes};
 pub use poll::Poller;
 pub use reload::KeyRingReloader;
 pub use sampler::LoadSampler;

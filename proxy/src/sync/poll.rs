@@ -4,7 +4,7 @@
 //! to the [`Gate`], and swaps in what passes. The first poll, and the one
 //! after a refused answer, fetch the whole registry. While discovery is
 //! down or refused, the last good registry stays; a node that does not
-//! answer is left for the next ([`super::DiscoveryNodes`]).
+//! answer is left for the next ([`crate::discovery_nodes::DiscoveryNodes`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -71,7 +71,7 @@ async fn run(state: &State) {
             req = req.header("if-none-match", tag);
         }
         let result = req.send().await;
-        if let Some(why) = super::node_failed(&result) {
+        if let Some(why) = crate::discovery_nodes::node_failed(&result) {
             nodes.failed(node, &why);
         }
         let failed = match result {
