@@ -62,24 +62,29 @@ pub fn closed_loop_after_warm_up(
 /// Closed loop of `POST /` with a small JSON body, each with a fresh
 /// `Idempotency-Key` when `keyed`, always with the bench's own generator
 /// (wrk sends one fixed request), so the POST rows compare among
-/// themselves.
+/// themselves. A 1 s warm-up first (its own generator process: keys stay
+/// unique, each process names them by its pid), then `measuring()`, then
+/// the measured run: CPU read in `measuring` counts the measured run only.
 pub fn closed_loop_post(
     pin: &Pinning,
     target: &Target,
     token: Option<&str>,
     secs: u64,
     keyed: bool,
+    measuring: impl FnOnce(),
 ) -> LoadResult {
-    let spec = LoadSpec {
+    let spec = |ms: u64| LoadSpec {
         addr: target.addr,
         bearer: token.filter(|_| target.bearer).map(str::to_owned),
         connections: CONNECTIONS,
-        warmup_ms: 1000,
-        duration_ms: secs * 1000,
+        warmup_ms: 0,
+        duration_ms: ms,
         rate: None,
         post: Some(post_spec(keyed)),
     };
-    run_loadgen(pin, &spec)
+    run_loadgen(pin, &spec(1000));
+    measuring();
+    run_loadgen(pin, &spec(secs * 1000))
 }
 
 /// The POST rows' request: a 40-byte JSON body, with a fresh

@@ -21,9 +21,18 @@ pub struct Run {
 }
 
 pub fn measured<F: FnOnce() -> LoadResult>(target: &Target, f: F) -> Run {
-    let before = target.proc.cpu();
-    let load = f();
-    let cpu = target.proc.cpu().saturating_sub(before);
+    measured_after_warm_up(target, |measuring| {
+        measuring();
+        f()
+    })
+}
+
+/// A run whose CPU per request counts only what follows the call of the
+/// `measuring` callback `f` is given (the warm-up before it is left out).
+pub fn measured_after_warm_up(target: &Target, f: impl FnOnce(&dyn Fn()) -> LoadResult) -> Run {
+    let before = std::cell::Cell::new(target.proc.cpu());
+    let load = f(&|| before.set(target.proc.cpu()));
+    let cpu = target.proc.cpu().saturating_sub(before.get());
     let cpu_us_per_req = if load.requests > 0 {
         cpu.as_secs_f64() * 1e6 / load.requests as f64
     } else {
@@ -38,20 +47,22 @@ pub fn measured<F: FnOnce() -> LoadResult>(target: &Target, f: F) -> Run {
 /// A closed-loop run of `target` whose CPU per request counts the
 /// measured run only (the warm-up before it is left out).
 pub fn measured_closed(pin: &Pinning, target: &Target, token: Option<&str>, secs: u64) -> Run {
-    let before = std::cell::Cell::new(target.proc.cpu());
-    let load = super::load::closed_loop_after_warm_up(pin, target, token, secs, || {
-        before.set(target.proc.cpu())
-    });
-    let cpu = target.proc.cpu().saturating_sub(before.get());
-    let cpu_us_per_req = if load.requests > 0 {
-        cpu.as_secs_f64() * 1e6 / load.requests as f64
-    } else {
-        f64::NAN
-    };
-    Run {
-        load,
-        cpu_us_per_req,
-    }
+    measured_after_warm_up(target, |measuring| {
+        super::load::closed_loop_after_warm_up(pin, target, token, secs, measuring)
+    })
+}
+
+/// The same for the POST rows (`load::closed_loop_post`).
+pub fn measured_post(
+    pin: &Pinning,
+    target: &Target,
+    token: Option<&str>,
+    secs: u64,
+    keyed: bool,
+) -> Run {
+    measured_after_warm_up(target, |measuring| {
+        super::load::closed_loop_post(pin, target, token, secs, keyed, measuring)
+    })
 }
 
 pub fn median(mut v: Vec<f64>) -> f64 {

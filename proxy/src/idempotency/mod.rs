@@ -252,10 +252,11 @@ impl Idempotency {
         let scope = Scope::new(subject, key.as_str());
         let token = ClaimToken::random();
         let started = Instant::now();
-        let claimed = self
-            .store
-            .claim(&scope, &token, self.cfg.in_flight_ttl)
-            .await;
+        let ttl = self.cfg.in_flight_ttl;
+        let claimed = match self.store.as_memory() {
+            Some(m) => m.claim_now(&scope, &token, ttl),
+            None => self.store.claim(&scope, &token, ttl).await,
+        };
         self.metrics
             .observe(Op::Claim, started.elapsed().as_secs_f64());
         let fingerprint = FingerprintBuilder::new(method, uri);
@@ -461,10 +462,11 @@ impl Tracker {
         let result = match (why, response) {
             (None, Capture::Open { record, .. }) => {
                 let record = record.finish(&fingerprint.finish());
-                let r = engine
-                    .store
-                    .complete(&scope, &token, record, engine.cfg.ttl)
-                    .await;
+                let ttl = engine.cfg.ttl;
+                let r = match engine.store.as_memory() {
+                    Some(m) => m.complete_now(&scope, &token, record, ttl),
+                    None => engine.store.complete(&scope, &token, record, ttl).await,
+                };
                 m.observe(Op::Complete, started.elapsed().as_secs_f64());
                 match r {
                     Ok(true) => Finished::Stored,
@@ -477,7 +479,10 @@ impl Tracker {
             }
             (why, _) => {
                 let why = why.unwrap_or("not storable");
-                let r = engine.store.release(&scope, &token).await;
+                let r = match engine.store.as_memory() {
+                    Some(m) => Ok(m.release_now(&scope, &token)),
+                    None => engine.store.release(&scope, &token).await,
+                };
                 m.observe(Op::Release, started.elapsed().as_secs_f64());
                 match r {
                     Ok(_) => Finished::NotStored(why),

@@ -532,6 +532,45 @@ async fn memory_entry_bound_evicts_the_oldest_answer() {
 }
 
 #[tokio::test]
+async fn memory_index_is_sized_once_for_the_bound() {
+    // Churning at the bound (every new answer evicts the oldest) never
+    // regrows the table: its capacity at start is what it has after
+    // twenty times the bound's worth of records went through it.
+    let clock = Arc::new(ManualClock::new());
+    let bound = 2_000;
+    let s = memory(bound, 1 << 30, &clock);
+    let at_start = s.index_capacity();
+    assert!(
+        at_start >= 2 * bound,
+        "index sized for twice the bound at start: {at_start}"
+    );
+    for n in 0..(20 * bound as u32) {
+        store_answer(&s, n, 10).await;
+    }
+    assert_eq!(s.usage().0, bound, "churned at the bound");
+    // (`capacity` is records plus free slots: tombstones lower it a
+    // little; a regrown table would at least double it.)
+    let after = s.index_capacity();
+    assert!(
+        after <= at_start && after > at_start * 9 / 10,
+        "the table was never regrown: {at_start} at start, {after} after"
+    );
+    // The reservation follows the tighter bound, and is capped.
+    assert_eq!(
+        crate::idempotency::store::memory::index_capacity(100_000, 64 << 20),
+        200_000
+    );
+    assert_eq!(
+        crate::idempotency::store::memory::index_capacity(100_000, 1280 * ENTRY_OVERHEAD),
+        2_560
+    );
+    assert_eq!(
+        crate::idempotency::store::memory::index_capacity(usize::MAX, usize::MAX),
+        2 * crate::idempotency::store::memory::MAX_RESERVED_RECORDS
+    );
+}
+
+#[tokio::test]
 async fn memory_byte_bound_evicts_the_oldest_answers() {
     let clock = Arc::new(ManualClock::new());
     let per = ENTRY_OVERHEAD + 1000;

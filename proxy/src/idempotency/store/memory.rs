@@ -14,6 +14,14 @@
 //! new ones with [`StoreError::Full`], which the caller treats like any
 //! store error.
 //!
+//! The map's table is sized once, at start, for the bound
+//! ([`index_capacity`]): with insertions and removals churning at the
+//! bound, a table grown on demand ends up doubled anyway, and each growth
+//! on the way rehashes every record under the store's mutex (tens of
+//! milliseconds at 100,000 records, every request of the worker waiting,
+//! and fresh pages to fault in). Reserved address space is touched only as
+//! records land in it.
+//!
 //! The map hashes scopes with a per-process randomly seeded `foldhash`
 //! rather than SipHash: a scope is a SHA-256 output, but its low bits are
 //! cheap to grind by choosing keys, so the hasher stays keyed; foldhash is
@@ -38,6 +46,23 @@ pub struct MemoryStore {
     clock: Arc<dyn Clock>,
     max_entries: usize,
     max_bytes: usize,
+}
+
+/// The most records the index is sized for at start (about 100 MB of
+/// address space for the table at this size); a larger bound grows the
+/// table on demand past it.
+pub const MAX_RESERVED_RECORDS: usize = 1 << 19;
+
+/// The capacity the index is created with: twice the most records the
+/// bounds allow (`max_entries`, and `max_bytes` at [`ENTRY_OVERHEAD`] per
+/// record), so that a store churning at its bound stays at most half full
+/// and removals free their slots outright instead of leaving tombstones
+/// that force a rehash. Capped at [`MAX_RESERVED_RECORDS`].
+pub fn index_capacity(max_entries: usize, max_bytes: usize) -> usize {
+    max_entries
+        .min(max_bytes / ENTRY_OVERHEAD)
+        .min(MAX_RESERVED_RECORDS)
+        .saturating_mul(2)
 }
 
 /// A queue in insertion (= expiry) order: sequence number to the record's
@@ -159,7 +184,10 @@ impl MemoryStore {
     ) -> MemoryStore {
         MemoryStore {
             inner: Mutex::new(Inner {
-                map: HashMap::with_hasher(foldhash::fast::FixedState::with_seed(rand::random())),
+                map: HashMap::with_capacity_and_hasher(
+                    index_capacity(max_entries.get(), max_bytes.get()),
+                    foldhash::fast::FixedState::with_seed(rand::random()),
+                ),
                 claims: Queue::new(),
                 answers: Queue::new(),
                 next_seq: 0,
@@ -180,13 +208,19 @@ impl MemoryStore {
         }
     }
 
+    /// How many records the index holds before it must grow (tests: the
+    /// table is not reallocated while the store churns at its bound).
+    pub fn index_capacity(&self) -> usize {
+        self.lock().map.capacity()
+    }
+
     /// Records held now (claims and answers), and their counted bytes.
     pub fn usage(&self) -> (usize, usize) {
         let g = self.lock();
         (g.map.len(), g.bytes)
     }
 
-    fn claim_now(
+    pub(crate) fn claim_now(
         &self,
         scope: &Scope,
         token: &ClaimToken,
@@ -215,7 +249,7 @@ impl MemoryStore {
         Ok(ClaimResult::Claimed)
     }
 
-    fn complete_now(
+    pub(crate) fn complete_now(
         &self,
         scope: &Scope,
         token: &ClaimToken,
@@ -255,7 +289,7 @@ impl MemoryStore {
         Ok(true)
     }
 
-    fn release_now(&self, scope: &Scope, token: &ClaimToken) -> bool {
+    pub(crate) fn release_now(&self, scope: &Scope, token: &ClaimToken) -> bool {
         let now = self.clock.now();
         let mut g = self.lock();
         match g.live(scope, now) {
@@ -294,5 +328,9 @@ impl IdempotencyStore for MemoryStore {
 
     async fn release(&self, scope: &Scope, token: &ClaimToken) -> Result<bool, StoreError> {
         Ok(self.release_now(scope, token))
+    }
+
+    fn as_memory(&self) -> Option<&MemoryStore> {
+        Some(self)
     }
 }

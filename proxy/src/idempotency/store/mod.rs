@@ -95,6 +95,13 @@ pub trait IdempotencyStore: Send + Sync {
     /// Deletes the claim owned by `token`, so a retry can go through.
     /// `Ok(false)`: it was not this request's any more.
     async fn release(&self, scope: &Scope, token: &ClaimToken) -> Result<bool, StoreError>;
+
+    /// The in-process store, whose operations never wait: the engine calls
+    /// them directly rather than through a boxed future (two heap
+    /// allocations per keyed request saved on the hot path).
+    fn as_memory(&self) -> Option<&memory::MemoryStore> {
+        None
+    }
 }
 
 /// Monotonic time for the memory store, as a duration since an arbitrary
