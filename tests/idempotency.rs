@@ -204,6 +204,18 @@ async fn retried_post_creates_one_order_memory_store() {
     let k = Kit::new();
     let p = k.proxy("eu-1", k.app_addr(), MEMORY).await;
     five_retries_create_one_order(&k, &p).await;
+    // The store's fill on /metrics: one stored answer, nothing evicted.
+    let m = metrics(&k, &p).await;
+    assert_eq!(
+        metric(&m, "tether_proxy_idempotency_memory_records"),
+        Some(1.0),
+        "{m}"
+    );
+    assert!(metric(&m, "tether_proxy_idempotency_memory_bytes").is_some_and(|b| b > 128.0));
+    assert_eq!(
+        metric(&m, "tether_proxy_idempotency_memory_evicted_total"),
+        Some(0.0)
+    );
 }
 
 #[tokio::test]

@@ -5,10 +5,18 @@
 //! `tether_proxy_idempotency_total{outcome=…}` and
 //! `tether_proxy_idempotency_store_seconds{op=…}`. Every label is
 //! initialised at 0 and resolved once, so counting is one atomic add.
+//! The memory store's fill ([`MemoryStoreCollector`]) is read at scrape
+//! time, costing requests nothing.
 
+use std::sync::{Arc, Mutex};
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
+
+use super::store::memory::MemoryStore;
 
 /// How an idempotency-covered request ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,5 +143,64 @@ impl IdempotencyMetrics {
             Op::Complete => self.complete.observe(seconds),
             Op::Release => self.release.observe(seconds),
         }
+    }
+}
+
+/// The memory store's records, bytes and evictions, read from the store
+/// when `/metrics` is scraped: `idempotency_memory_records`,
+/// `idempotency_memory_bytes` (what `max_bytes` bounds) and
+/// `idempotency_memory_evicted_total` (answers dropped by a bound before
+/// their TTL: a retry after that reaches the app again, so a rising count
+/// says the bounds are too small for the traffic and `ttl`).
+pub struct MemoryStoreCollector {
+    store: Arc<MemoryStore>,
+    records: IntGauge,
+    bytes: IntGauge,
+    evicted: IntCounter,
+    /// Two scrapes at once must not both add the same evictions.
+    scrape: Mutex<()>,
+}
+
+impl MemoryStoreCollector {
+    pub fn new(store: Arc<MemoryStore>) -> Result<MemoryStoreCollector, prometheus::Error> {
+        Ok(MemoryStoreCollector {
+            store,
+            records: IntGauge::new(
+                "idempotency_memory_records",
+                "Records (claims and stored answers) held by the in-process idempotency store",
+            )?,
+            bytes: IntGauge::new(
+                "idempotency_memory_bytes",
+                "Bytes counted against idempotency.store.max_bytes",
+            )?,
+            evicted: IntCounter::new(
+                "idempotency_memory_evicted_total",
+                "Stored answers evicted by max_entries or max_bytes before their TTL",
+            )?,
+            scrape: Mutex::new(()),
+        })
+    }
+}
+
+impl Collector for MemoryStoreCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        let mut d = self.records.desc();
+        d.extend(self.bytes.desc());
+        d.extend(self.evicted.desc());
+        d
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let _one = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
+        let s = self.store.stats();
+        self.records
+            .set(i64::try_from(s.records).unwrap_or(i64::MAX));
+        self.bytes.set(i64::try_from(s.bytes).unwrap_or(i64::MAX));
+        self.evicted
+            .inc_by(s.evicted.saturating_sub(self.evicted.get()));
+        let mut v = self.records.collect();
+        v.extend(self.bytes.collect());
+        v.extend(self.evicted.collect());
+        v
     }
 }

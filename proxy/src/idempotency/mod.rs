@@ -172,11 +172,17 @@ impl Idempotency {
             StoreConfig::Memory {
                 max_entries,
                 max_bytes,
-            } => Arc::new(store::memory::MemoryStore::new(
-                *max_entries,
-                *max_bytes,
-                Arc::new(store::MonotonicClock::new()),
-            )),
+            } => {
+                let memory = Arc::new(store::memory::MemoryStore::new(
+                    *max_entries,
+                    *max_bytes,
+                    Arc::new(store::MonotonicClock::new()),
+                ));
+                registry.register(Box::new(metrics::MemoryStoreCollector::new(
+                    memory.clone(),
+                )?))?;
+                memory
+            }
             StoreConfig::Redis {
                 url,
                 key_prefix,

@@ -571,6 +571,49 @@ async fn memory_index_is_sized_once_for_the_bound() {
 }
 
 #[tokio::test]
+async fn memory_store_metrics_show_fill_and_evictions() {
+    let clock = Arc::new(ManualClock::new());
+    let s = Arc::new(memory(3, 1 << 20, &clock));
+    let registry = prometheus::Registry::new_custom(Some("tether_proxy".into()), None).unwrap();
+    registry
+        .register(Box::new(
+            super::metrics::MemoryStoreCollector::new(s.clone()).unwrap(),
+        ))
+        .unwrap();
+    let read = |name: &str| -> f64 {
+        let fams = registry.gather();
+        let f = fams
+            .iter()
+            .find(|f| f.name() == name)
+            .unwrap_or_else(|| panic!("{name} not exposed"));
+        let m = &f.get_metric()[0];
+        if f.get_field_type() == prometheus::proto::MetricType::COUNTER {
+            m.get_counter().get_value()
+        } else {
+            m.get_gauge().get_value()
+        }
+    };
+    assert_eq!(read("tether_proxy_idempotency_memory_records"), 0.0);
+    for n in 1..=5 {
+        store_answer(&s, n, 10).await;
+    }
+    // Bound 3: two answers evicted; counted once however often scraped.
+    assert_eq!(read("tether_proxy_idempotency_memory_records"), 3.0);
+    assert_eq!(read("tether_proxy_idempotency_memory_evicted_total"), 2.0);
+    assert_eq!(read("tether_proxy_idempotency_memory_evicted_total"), 2.0);
+    assert_eq!(
+        read("tether_proxy_idempotency_memory_bytes"),
+        (3 * (ENTRY_OVERHEAD + 10)) as f64
+    );
+    // Expiry is not eviction.
+    clock.advance(DAY + Duration::from_secs(1));
+    let t = ClaimToken::random();
+    s.claim(&scope(99), &t, MIN).await.unwrap();
+    assert_eq!(read("tether_proxy_idempotency_memory_records"), 1.0);
+    assert_eq!(read("tether_proxy_idempotency_memory_evicted_total"), 2.0);
+}
+
+#[tokio::test]
 async fn memory_byte_bound_evicts_the_oldest_answers() {
     let clock = Arc::new(ManualClock::new());
     let per = ENTRY_OVERHEAD + 1000;

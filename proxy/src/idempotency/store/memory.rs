@@ -76,6 +76,21 @@ struct Inner {
     answers: Queue,
     next_seq: u64,
     bytes: usize,
+    /// Answers evicted by a bound before their TTL (ever).
+    evicted: u64,
+}
+
+/// What the memory store holds, for its metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryStats {
+    /// Claims and answers held now.
+    pub records: usize,
+    /// Their counted bytes (what `max_bytes` bounds).
+    pub bytes: usize,
+    /// Answers evicted by `max_entries` or `max_bytes` before their TTL,
+    /// since start: a retry after its answer was evicted reaches the app
+    /// again.
+    pub evicted: u64,
 }
 
 struct Slot {
@@ -164,6 +179,7 @@ impl Inner {
         if let Some(slot) = self.map.remove(&scope) {
             self.bytes -= slot.size();
         }
+        self.evicted += 1;
         true
     }
 
@@ -192,6 +208,7 @@ impl MemoryStore {
                 answers: Queue::new(),
                 next_seq: 0,
                 bytes: 0,
+                evicted: 0,
             }),
             clock,
             max_entries: max_entries.get(),
@@ -212,6 +229,16 @@ impl MemoryStore {
     /// table is not reallocated while the store churns at its bound).
     pub fn index_capacity(&self) -> usize {
         self.lock().map.capacity()
+    }
+
+    /// Records, bytes and evictions so far (the metrics' scrape).
+    pub fn stats(&self) -> MemoryStats {
+        let g = self.lock();
+        MemoryStats {
+            records: g.map.len(),
+            bytes: g.bytes,
+            evicted: g.evicted,
+        }
     }
 
     /// Records held now (claims and answers), and their counted bytes.
