@@ -17,9 +17,10 @@
 //! The map's table is sized once, at start, for the bound
 //! ([`index_capacity`]): with insertions and removals churning at the
 //! bound, a table grown on demand ends up doubled anyway, and each growth
-//! on the way rehashes every record under the store's mutex (tens of
-//! milliseconds at 100,000 records, every request of the worker waiting,
-//! and fresh pages to fault in). Reserved address space is touched only as
+//! on the way rehashes every record under the store's mutex, every
+//! request of the worker waiting, and faults in fresh pages (a profile at
+//! the default bound caught one growth: about 85 ms of CPU;
+//! docs/idempotency.md, "Stores"). Reserved address space is touched only as
 //! records land in it.
 //!
 //! The map hashes scopes with a per-process randomly seeded `foldhash`
