@@ -258,11 +258,10 @@ impl Idempotency {
         let scope = Scope::new(subject, key.as_str());
         let token = ClaimToken::random();
         let started = Instant::now();
-        let ttl = self.cfg.in_flight_ttl;
-        let claimed = match self.store.as_memory() {
-            Some(m) => m.claim_now(&scope, &token, ttl),
-            None => self.store.claim(&scope, &token, ttl).await,
-        };
+        let claimed = self
+            .store
+            .claim_unboxed(&scope, &token, self.cfg.in_flight_ttl)
+            .await;
         self.metrics
             .observe(Op::Claim, started.elapsed().as_secs_f64());
         let fingerprint = FingerprintBuilder::new(method, uri);
@@ -468,11 +467,10 @@ impl Tracker {
         let result = match (why, response) {
             (None, Capture::Open { record, .. }) => {
                 let record = record.finish(&fingerprint.finish());
-                let ttl = engine.cfg.ttl;
-                let r = match engine.store.as_memory() {
-                    Some(m) => m.complete_now(&scope, &token, record, ttl),
-                    None => engine.store.complete(&scope, &token, record, ttl).await,
-                };
+                let r = engine
+                    .store
+                    .complete_unboxed(&scope, &token, record, engine.cfg.ttl)
+                    .await;
                 m.observe(Op::Complete, started.elapsed().as_secs_f64());
                 match r {
                     Ok(true) => Finished::Stored,
@@ -485,10 +483,7 @@ impl Tracker {
             }
             (why, _) => {
                 let why = why.unwrap_or("not storable");
-                let r = match engine.store.as_memory() {
-                    Some(m) => Ok(m.release_now(&scope, &token)),
-                    None => engine.store.release(&scope, &token).await,
-                };
+                let r = engine.store.release_unboxed(&scope, &token).await;
                 m.observe(Op::Release, started.elapsed().as_secs_f64());
                 match r {
                     Ok(_) => Finished::NotStored(why),

@@ -539,7 +539,7 @@ async fn memory_index_is_sized_once_for_the_bound() {
     let clock = Arc::new(ManualClock::new());
     let bound = 2_000;
     let s = memory(bound, 1 << 30, &clock);
-    let at_start = s.index_capacity();
+    let at_start = s.table_capacity();
     assert!(
         at_start >= 2 * bound,
         "index sized for twice the bound at start: {at_start}"
@@ -550,7 +550,7 @@ async fn memory_index_is_sized_once_for_the_bound() {
     assert_eq!(s.usage().0, bound, "churned at the bound");
     // (`capacity` is records plus free slots: tombstones lower it a
     // little; a regrown table would at least double it.)
-    let after = s.index_capacity();
+    let after = s.table_capacity();
     assert!(
         after <= at_start && after > at_start * 9 / 10,
         "the table was never regrown: {at_start} at start, {after} after"

@@ -228,7 +228,7 @@ impl MemoryStore {
 
     /// How many records the index holds before it must grow (tests: the
     /// table is not reallocated while the store churns at its bound).
-    pub fn index_capacity(&self) -> usize {
+    pub fn table_capacity(&self) -> usize {
         self.lock().map.capacity()
     }
 
@@ -244,8 +244,8 @@ impl MemoryStore {
 
     /// Records held now (claims and answers), and their counted bytes.
     pub fn usage(&self) -> (usize, usize) {
-        let g = self.lock();
-        (g.map.len(), g.bytes)
+        let s = self.stats();
+        (s.records, s.bytes)
     }
 
     pub(crate) fn claim_now(

@@ -96,11 +96,52 @@ pub trait IdempotencyStore: Send + Sync {
     /// `Ok(false)`: it was not this request's any more.
     async fn release(&self, scope: &Scope, token: &ClaimToken) -> Result<bool, StoreError>;
 
-    /// The in-process store, whose operations never wait: the engine calls
-    /// them directly rather than through a boxed future (two heap
-    /// allocations per keyed request saved on the hot path).
+    /// The in-process store, whose operations never wait (see the
+    /// `*_unboxed` calls below).
     fn as_memory(&self) -> Option<&memory::MemoryStore> {
         None
+    }
+}
+
+/// The calls the engine makes: the memory store's operations never wait,
+/// so it is called directly rather than through `async_trait`'s boxed
+/// future (two heap allocations per keyed request saved on the hot path);
+/// any other store through the trait.
+impl dyn IdempotencyStore {
+    pub async fn claim_unboxed(
+        &self,
+        scope: &Scope,
+        token: &ClaimToken,
+        in_flight_ttl: Duration,
+    ) -> Result<ClaimResult, StoreError> {
+        match self.as_memory() {
+            Some(m) => m.claim_now(scope, token, in_flight_ttl),
+            None => self.claim(scope, token, in_flight_ttl).await,
+        }
+    }
+
+    pub async fn complete_unboxed(
+        &self,
+        scope: &Scope,
+        token: &ClaimToken,
+        record: Bytes,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        match self.as_memory() {
+            Some(m) => m.complete_now(scope, token, record, ttl),
+            None => self.complete(scope, token, record, ttl).await,
+        }
+    }
+
+    pub async fn release_unboxed(
+        &self,
+        scope: &Scope,
+        token: &ClaimToken,
+    ) -> Result<bool, StoreError> {
+        match self.as_memory() {
+            Some(m) => Ok(m.release_now(scope, token)),
+            None => self.release(scope, token).await,
+        }
     }
 }
 
