@@ -220,11 +220,7 @@ fn main() {
         "rows": rows,
         "ratios": ratios,
     });
-    let path = target_dir().join("bench-edge.json");
-    match std::fs::write(&path, serde_json::to_string_pretty(&json).expect("json")) {
-        Ok(()) => println!("JSON: {}", path.display()),
-        Err(e) => println!("cannot write {}: {e}", path.display()),
-    }
+    write_report("bench-edge.json", &json);
 }
 
 /// The certificate every proxy serves.
@@ -501,24 +497,12 @@ fn parse_h2load(out: &str) -> LoadResult {
         p50_us: f64::NAN,
         ..LoadResult::default()
     };
-    let dur = |s: &str| -> f64 {
-        let (num, mul) = if let Some(v) = s.strip_suffix("us") {
-            (v, 1.0)
-        } else if let Some(v) = s.strip_suffix("ms") {
-            (v, 1e3)
-        } else if let Some(v) = s.strip_suffix('s') {
-            (v, 1e6)
-        } else {
-            (s, 1.0)
-        };
-        num.parse::<f64>().unwrap_or(f64::NAN) * mul
-    };
     let num = |s: &str| s.trim_end_matches(',').parse::<u64>().unwrap_or(0);
     for line in out.lines() {
         let w: Vec<&str> = line.split_whitespace().collect();
         match w.as_slice() {
             ["finished", "in", secs, rps, "req/s,", ..] => {
-                r.seconds = dur(secs.trim_end_matches(',')) / 1e6;
+                r.seconds = duration_us(secs.trim_end_matches(',')) / 1e6;
                 r.rps = rps.parse().unwrap_or(0.0);
             }
             ["requests:", total, "total,", _, "started,", _, "done,", ok, "succeeded,", failed, "failed,", errored, "errored,", timeout, "timeout"] =>
@@ -530,7 +514,7 @@ fn parse_h2load(out: &str) -> LoadResult {
             ["status", "codes:", _, "2xx,", c3, "3xx,", c4, "4xx,", c5, "5xx"] => {
                 r.errors += num(c3) + num(c4) + num(c5);
             }
-            ["time", "for", "request:", _min, _max, mean, ..] => r.p50_us = dur(mean),
+            ["time", "for", "request:", _min, _max, mean, ..] => r.p50_us = duration_us(mean),
             _ => {}
         }
     }

@@ -312,11 +312,7 @@ fn main() {
             "hs256_cache_off_over_on": hs256_cache_off,
         },
     });
-    let path = target_dir().join("bench-peers.json");
-    match std::fs::write(&path, serde_json::to_string_pretty(&json).expect("json")) {
-        Ok(()) => println!("JSON: {}", path.display()),
-        Err(e) => println!("cannot write {}: {e}", path.display()),
-    }
+    write_report("bench-peers.json", &json);
 }
 
 /// One tether row against another, closed loop.

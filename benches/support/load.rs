@@ -131,34 +131,37 @@ pub fn run_loadgen(pin: &Pinning, spec: &LoadSpec) -> LoadResult {
         .unwrap_or_else(|e| panic!("load generator: {e}: {text}"))
 }
 
+/// A duration as wrk and h2load print it (`850us`, `1.62ms`, `2.1s`; a
+/// bare number is microseconds), in microseconds; NaN when unreadable.
+pub fn duration_us(s: &str) -> f64 {
+    let s = s.trim();
+    let (num, mul) = if let Some(v) = s.strip_suffix("us") {
+        (v, 1.0)
+    } else if let Some(v) = s.strip_suffix("ms") {
+        (v, 1e3)
+    } else if let Some(v) = s.strip_suffix('s') {
+        (v, 1e6)
+    } else {
+        (s, 1.0)
+    };
+    num.parse::<f64>().unwrap_or(f64::NAN) * mul
+}
+
 pub fn parse_wrk(out: &str) -> LoadResult {
     let mut r = LoadResult {
         tool: "wrk".into(),
         ..LoadResult::default()
     };
-    let dur = |s: &str| -> f64 {
-        let s = s.trim();
-        let (num, mul) = if let Some(v) = s.strip_suffix("us") {
-            (v, 1.0)
-        } else if let Some(v) = s.strip_suffix("ms") {
-            (v, 1e3)
-        } else if let Some(v) = s.strip_suffix('s') {
-            (v, 1e6)
-        } else {
-            (s, 1.0)
-        };
-        num.parse::<f64>().unwrap_or(f64::NAN) * mul
-    };
     for line in out.lines() {
         let l = line.trim();
         let words: Vec<&str> = l.split_whitespace().collect();
         match words.as_slice() {
-            ["50%", v] => r.p50_us = dur(v),
-            ["99%", v] => r.p99_us = dur(v),
+            ["50%", v] => r.p50_us = duration_us(v),
+            ["99%", v] => r.p99_us = duration_us(v),
             ["Requests/sec:", v] => r.rps = v.parse().unwrap_or(0.0),
             [n, "requests", "in", secs, ..] => {
                 r.requests = n.parse().unwrap_or(0);
-                r.seconds = dur(secs.trim_end_matches(',')) / 1e6;
+                r.seconds = duration_us(secs.trim_end_matches(',')) / 1e6;
             }
             ["Non-2xx", "or", "3xx", "responses:", n] => r.errors += n.parse::<u64>().unwrap_or(0),
             ["Socket", "errors:", rest @ ..] => {

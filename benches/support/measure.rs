@@ -127,6 +127,16 @@ pub fn allocs_per_request_with(
 }
 
 /// Where JSON results go: the cargo target directory.
+/// Writes a bench's JSON report as `target/<file>` and says where (a
+/// failure to write is reported, not fatal: the tables were printed).
+pub fn write_report(file: &str, json: &serde_json::Value) {
+    let path = target_dir().join(file);
+    match std::fs::write(&path, serde_json::to_string_pretty(json).expect("json")) {
+        Ok(()) => println!("JSON: {}", path.display()),
+        Err(e) => println!("cannot write {}: {e}", path.display()),
+    }
+}
+
 pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
