@@ -374,20 +374,7 @@ pub fn start_tether_counted_idempotent(
     let port = free_port();
     let config = write_tether_config_idempotent(dir, port, upstream, idempotency)
         .unwrap_or_else(|e| panic!("{e}"));
-    let mut cmd = pin.command(PROXY_CORE, &std::env::current_exe().expect("bench exe"));
-    cmd.env(ROLE, "tether-counted")
-        .env("TETHER_BENCH_CONFIG", &config)
-        .env("TETHER_BENCH_ALLOC_FILE", alloc_file);
-    let log = dir.join(format!("tether-counted.{port}.log"));
-    let mut p = spawn("tether (counted)", cmd, &log);
-    wait_ready(&mut p, addr(port), Some(&mint(&config)), &log).unwrap_or_else(|e| panic!("{e}"));
-    Target {
-        name,
-        addr: addr(port),
-        proc: p,
-        bearer: true,
-        config: Some(config),
-    }
+    start_counted(pin, dir, port, config, alloc_file, name)
 }
 
 /// tether's proxy in this bench process (counting allocator), verifying
@@ -401,6 +388,18 @@ pub fn start_tether_counted(
 ) -> Target {
     let port = free_port();
     let config = write_tether_config_with(dir, port, upstream, keys);
+    start_counted(pin, dir, port, config, alloc_file, keys.row())
+}
+
+/// The bench binary as `tether-counted` on `port` with `config`, ready.
+fn start_counted(
+    pin: &Pinning,
+    dir: &Path,
+    port: u16,
+    config: PathBuf,
+    alloc_file: &Path,
+    name: &'static str,
+) -> Target {
     let mut cmd = pin.command(PROXY_CORE, &std::env::current_exe().expect("bench exe"));
     cmd.env(ROLE, "tether-counted")
         .env("TETHER_BENCH_CONFIG", &config)
@@ -409,7 +408,7 @@ pub fn start_tether_counted(
     let mut p = spawn("tether (counted)", cmd, &log);
     wait_ready(&mut p, addr(port), Some(&mint(&config)), &log).unwrap_or_else(|e| panic!("{e}"));
     Target {
-        name: keys.row(),
+        name,
         addr: addr(port),
         proc: p,
         bearer: true,
