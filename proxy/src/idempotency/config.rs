@@ -395,9 +395,26 @@ fn validate_store(s: &FileStore, max_stored: usize) -> Result<StoreConfig, Idemp
                     "must be at least 1",
                 )
             })?;
+            // The index and the answer log are allocated at start.
+            let most = super::store::memory::MAX_ENTRIES;
+            if entries > most {
+                return Err(bad(
+                    "idempotency.store.max_entries",
+                    entries,
+                    format!("must be at most {most} (the index is allocated at start)"),
+                ));
+            }
             let bytes = s.max_bytes.unwrap_or(DEFAULT_MAX_BYTES);
+            let most = super::store::memory::MAX_LOG_BYTES;
+            if bytes > most {
+                return Err(bad(
+                    "idempotency.store.max_bytes",
+                    bytes,
+                    format!("must be at most {most} (the answer log is allocated at start)"),
+                ));
+            }
             // Room for at least one answer of the largest storable size.
-            let overhead = super::record::MAX_OVERHEAD + super::store::memory::ENTRY_OVERHEAD;
+            let overhead = super::record::MAX_OVERHEAD;
             let floor = max_stored + overhead;
             if bytes < floor {
                 return Err(bad(

@@ -10,7 +10,7 @@ use super::config::{self, FileIdempotency};
 use super::key::{self, KeyError, MAX_KEY_LEN};
 use super::problem;
 use super::record::{self, FingerprintBuilder, Scope, StoredResponse};
-use super::store::memory::{MemoryStore, ENTRY_OVERHEAD};
+use super::store::memory::{MemoryStore, WAYS};
 use super::store::{ClaimResult, ClaimToken, IdempotencyStore, ManualClock, StoreError};
 use super::*;
 
@@ -362,6 +362,14 @@ fn config_errors_name_the_key() {
             "[store]\nkind = \"memory\"\nmax_bytes = 1000",
             "idempotency.store.max_bytes = 1000",
         ),
+        (
+            "[store]\nkind = \"memory\"\nmax_entries = 16777217",
+            "must be at most 16777216 (the index is allocated at start)",
+        ),
+        (
+            "[store]\nkind = \"memory\"\nmax_bytes = 17179869185",
+            "must be at most 17179869184 (the answer log is allocated at start)",
+        ),
         ("[store]\nkind = \"memory\"\nsize = 1", "unknown field"),
     ];
     for (text, expected) in cases {
@@ -532,42 +540,84 @@ async fn memory_entry_bound_evicts_the_oldest_answer() {
 }
 
 #[tokio::test]
-async fn memory_index_is_sized_once_for_the_bound() {
-    // Churning at the bound (every new answer evicts the oldest) never
-    // regrows the table: its capacity at start is what it has after
-    // twenty times the bound's worth of records went through it.
+async fn memory_index_is_fixed_at_start_and_keeps_the_newest() {
+    // The index has the bound's slots, rounded up to whole buckets, and
+    // no more; churning through twenty times the bound keeps it full, and
+    // bucket-local eviction ("the oldest answer of eight") still keeps
+    // nearly all of the newest half.
     let clock = Arc::new(ManualClock::new());
-    let bound = 2_000;
+    let bound = 4_000;
     let s = memory(bound, 1 << 30, &clock);
-    let at_start = s.table_capacity();
-    assert!(
-        at_start >= 2 * bound,
-        "index sized for twice the bound at start: {at_start}"
-    );
-    for n in 0..(20 * bound as u32) {
+    assert_eq!(s.slots(), bound.div_ceil(WAYS) * WAYS);
+    let total = 20 * bound as u32;
+    for n in 0..total {
         store_answer(&s, n, 10).await;
     }
-    assert_eq!(s.usage().0, bound, "churned at the bound");
-    // (`capacity` is records plus free slots: tombstones lower it a
-    // little; a regrown table would at least double it.)
-    let after = s.table_capacity();
+    // (A record that outlives twice the bound's insertions in a quiet
+    // bucket is evicted from the answers' queue, leaving its slot free
+    // until that bucket's next insertion.)
+    let (records, bytes) = s.usage();
     assert!(
-        after <= at_start && after > at_start * 9 / 10,
-        "the table was never regrown: {at_start} at start, {after} after"
+        records <= bound && records * 100 >= bound * 99,
+        "churned at the bound: {records}"
     );
-    // The reservation follows the tighter bound, and is capped.
-    assert_eq!(
-        crate::idempotency::store::memory::index_capacity(100_000, 64 << 20),
-        200_000
+    assert_eq!(bytes, records * 10);
+    assert_eq!(s.stats().evicted, u64::from(total) - records as u64);
+    assert_eq!(s.slots(), bound.div_ceil(WAYS) * WAYS);
+    let mut kept = 0;
+    for n in (total - bound as u32 / 2)..total {
+        kept += usize::from(has_answer(&s, n).await);
+    }
+    assert!(
+        kept * 100 >= (bound / 2) * 97,
+        "kept {kept} of the newest {}",
+        bound / 2
     );
-    assert_eq!(
-        crate::idempotency::store::memory::index_capacity(100_000, 1280 * ENTRY_OVERHEAD),
-        2_560
-    );
-    assert_eq!(
-        crate::idempotency::store::memory::index_capacity(usize::MAX, usize::MAX),
-        2 * crate::idempotency::store::memory::MAX_RESERVED_RECORDS
-    );
+    // The oldest half of the last bound's worth is mostly gone.
+    let mut old = 0;
+    for n in (total - 2 * bound as u32)..(total - bound as u32) {
+        old += usize::from(has_answer(&s, n).await);
+    }
+    assert!(old * 100 <= bound * 20, "{old} of the older records kept");
+}
+
+#[tokio::test]
+async fn memory_log_wraps_without_splitting_an_answer() {
+    // A 1,000-byte log: answers of 300 bytes fit three to a lap; the
+    // fourth starts the next lap and overwrites the first only.
+    let clock = Arc::new(ManualClock::new());
+    let s = memory(100, 1000, &clock);
+    for n in 1..=3 {
+        store_answer(&s, n, 300).await;
+    }
+    store_answer(&s, 4, 300).await;
+    assert_eq!(s.usage(), (3, 900));
+    for n in 2..=4 {
+        let t = ClaimToken::random();
+        match s.claim(&scope(n), &t, MIN).await.unwrap() {
+            ClaimResult::Completed(b) => assert_eq!(b, Bytes::from(vec![b'x'; 300]), "{n}"),
+            other => panic!("{n}: {other:?}"),
+        }
+    }
+    assert!(!has_answer(&s, 1).await);
+    assert_eq!(s.stats().evicted, 1);
+    // Distinct contents survive many laps intact.
+    for n in 10..200u32 {
+        let t = ClaimToken::random();
+        s.claim(&scope(n), &t, MIN).await.unwrap();
+        let body = Bytes::from(vec![n as u8; 1 + (n as usize * 37) % 400]);
+        assert_eq!(s.complete(&scope(n), &t, body, DAY).await, Ok(true));
+    }
+    let mut checked = 0;
+    for n in 190..200u32 {
+        let t = ClaimToken::random();
+        if let ClaimResult::Completed(b) = s.claim(&scope(n), &t, MIN).await.unwrap() {
+            assert_eq!(b, Bytes::from(vec![n as u8; 1 + (n as usize * 37) % 400]));
+            checked += 1;
+        }
+    }
+    assert!(checked >= 2, "the newest answers are held: {checked}");
+    assert!(s.usage().1 <= 1000);
 }
 
 #[tokio::test]
@@ -601,10 +651,7 @@ async fn memory_store_metrics_show_fill_and_evictions() {
     assert_eq!(read("tether_proxy_idempotency_memory_records"), 3.0);
     assert_eq!(read("tether_proxy_idempotency_memory_evicted_total"), 2.0);
     assert_eq!(read("tether_proxy_idempotency_memory_evicted_total"), 2.0);
-    assert_eq!(
-        read("tether_proxy_idempotency_memory_bytes"),
-        (3 * (ENTRY_OVERHEAD + 10)) as f64
-    );
+    assert_eq!(read("tether_proxy_idempotency_memory_bytes"), 30.0);
     // Expiry is not eviction.
     clock.advance(DAY + Duration::from_secs(1));
     let t = ClaimToken::random();
@@ -616,7 +663,7 @@ async fn memory_store_metrics_show_fill_and_evictions() {
 #[tokio::test]
 async fn memory_byte_bound_evicts_the_oldest_answers() {
     let clock = Arc::new(ManualClock::new());
-    let per = ENTRY_OVERHEAD + 1000;
+    let per = 1000;
     let s = memory(100, 3 * per, &clock);
     for n in 1..=3 {
         store_answer(&s, n, 1000).await;
@@ -1049,7 +1096,7 @@ fn metrics_register_every_label_at_zero() {
 
 #[tokio::test]
 async fn the_smallest_valid_memory_store_holds_the_largest_answer() {
-    let floor = 100 + record::MAX_OVERHEAD + ENTRY_OVERHEAD;
+    let floor = 100 + record::MAX_OVERHEAD;
     let table = |bytes: usize| {
         format!("enabled = true\nmax_stored_response_bytes = 100\n[store]\nkind = \"memory\"\nmax_bytes = {bytes}")
     };

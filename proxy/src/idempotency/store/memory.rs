@@ -1,34 +1,44 @@
-//! The in-process store: a map under one mutex, bounded by entries and
-//! bytes.
+//! The in-process store: a fixed set-associative index and a ring log of
+//! answers, under one mutex.
 //!
-//! Two queues in insertion order, one for claims and one for completed
-//! answers, each entry carrying its record's expiry. All claims share one
-//! lifetime and all answers another, so insertion order is expiry order:
-//! expired records are dropped from the queue fronts, and a front that is
-//! still live costs one comparison (no map lookup).
+//! The layout is chosen so that a store at its bound (where it lives: at
+//! any real rate of keyed writes, the defaults fill within minutes and
+//! every new answer then evicts an old one) touches as little cold memory
+//! per request as possible:
 //!
-//! When a bound is reached, the oldest *completed* answers are evicted
-//! first (losing one only means a late retry is forwarded again). Claims
-//! are never evicted: that would let a concurrent retry through while the
-//! first request is still at the app. A store full of live claims refuses
-//! new ones with [`StoreError::Full`], which the caller treats like any
-//! store error.
+//! - **Index.** `max_entries` slots (rounded up to a multiple of
+//!   [`WAYS`]), allocated once at start, in buckets of eight. A scope's
+//!   bucket comes from a per-process randomly seeded `foldhash` of it
+//!   (clients choose keys, so the hash stays keyed). Each bucket has one
+//!   64-byte line of tags and insertion numbers, read by every lookup;
+//!   the slots hold the scope, expiry and the claim token or the answer's
+//!   place in the log. A new record goes into a free slot of its bucket,
+//!   else replaces the bucket's *oldest answer*: the line the lookup just
+//!   read decides it, and the slot written is the one evicted, so
+//!   eviction touches nothing else. Claims are never evicted (that would
+//!   let a retry through while the first request is still at the app); a
+//!   bucket of eight live claims refuses a ninth with
+//!   [`StoreError::Full`].
+//! - **Answers** are copied into a ring log of `max_bytes`, allocated at
+//!   start and resident as it is written: no allocation or free per
+//!   answer. Writing past the end overwrites the oldest answers, which
+//!   are dropped from the index first; a replay copies its answer out.
+//! - **Queues.** Answers are listed in log order, which is also expiry
+//!   order (they share one lifetime): the front of that queue is what
+//!   expires and what the log overwrites next. Claims are listed the same
+//!   way; a completed or released claim leaves the front of its queue on
+//!   a later request (its bucket line was touched a moment ago), one that
+//!   outlives `in_flight_ttl` is dropped there.
 //!
-//! The map's table is sized once, at start, for the bound
-//! ([`index_capacity`]): with insertions and removals churning at the
-//! bound, a table grown on demand ends up doubled anyway, and each growth
-//! on the way rehashes every record under the store's mutex, every
-//! request of the worker waiting, and faults in fresh pages (a profile at
-//! the default bound caught one growth: about 85 ms of CPU;
-//! docs/idempotency.md, "Stores"). Reserved address space is touched only as
-//! records land in it.
-//!
-//! The map hashes scopes with a per-process randomly seeded `foldhash`
-//! rather than SipHash: a scope is a SHA-256 output, but its low bits are
-//! cheap to grind by choosing keys, so the hasher stays keyed; foldhash is
-//! several times cheaper on a 32-byte key.
+//! Eviction by `max_entries` is therefore "the oldest answer of eight",
+//! not the store-wide oldest: a record survives, on average, as many
+//! insertions as the store holds, give or take a third. (A store whose
+//! record count reaches `max_entries` while the new record's bucket still
+//! has room, as small stores do, evicts the store-wide oldest answer.)
+//! Eviction by `max_bytes` is strictly oldest first.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::VecDeque;
+use std::hash::BuildHasher;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -39,43 +49,94 @@ use bytes::Bytes;
 use super::{ClaimResult, ClaimToken, Clock, IdempotencyStore, StoreError};
 use crate::idempotency::record::Scope;
 
-/// Bytes counted per record besides its value (key, bookkeeping).
-pub const ENTRY_OVERHEAD: usize = 128;
+/// Slots per bucket: one 64-byte line of 32-bit tags and insertion numbers.
+pub const WAYS: usize = 8;
+
+/// The most records a memory store may be configured for
+/// (`idempotency.store.max_entries`): its index, 72 bytes per record, is
+/// allocated at start.
+pub const MAX_ENTRIES: usize = 1 << 24;
+
+/// The largest answer log a memory store may be configured for
+/// (`idempotency.store.max_bytes`): 16 GiB, allocated at start and
+/// resident as it is written.
+pub const MAX_LOG_BYTES: usize = 16 << 30;
+
+/// Index bytes per configured record: a 64-byte slot and its share of
+/// the bucket line.
+pub const INDEX_BYTES_PER_ENTRY: usize = 64 + 64 / WAYS;
+
+/// In a bucket's `seq`: this slot holds a claim.
+const CLAIM: u32 = 1 << 31;
+/// Insertion numbers wrap at 2^31; only their order within one bucket
+/// matters, and a slot left alone for 2^31 insertions to the store is
+/// merely evicted out of turn.
+const SEQ_MASK: u32 = CLAIM - 1;
+
+/// One bucket's line: a tag per slot (0: free) in the first half, its
+/// insertion number (with [`CLAIM`]) in the second. Plain integers, so
+/// that the index is allocated zeroed (free) and mapped lazily.
+type Bucket = [u32; 2 * WAYS];
+
+fn tag(b: &Bucket, w: usize) -> u32 {
+    b[w]
+}
+
+fn seq(b: &Bucket, w: usize) -> u32 {
+    b[WAYS + w]
+}
+
+/// One record, 64 bytes: the scope (words 0-3), its expiry in
+/// milliseconds (4), then a claim's token (5-6) or an answer's log
+/// position (5) and length (7).
+type Slot = [u64; 8];
+const EXPIRES: usize = 4;
+const DATA: usize = 5;
+const LEN: usize = 7;
+
+fn words(b: &[u8; 32]) -> [u64; 4] {
+    std::array::from_fn(|i| u64::from_le_bytes(b[8 * i..8 * i + 8].try_into().expect("8 bytes")))
+}
+
+fn token_words(t: &ClaimToken) -> [u64; 2] {
+    let b = t.as_bytes();
+    std::array::from_fn(|i| u64::from_le_bytes(b[8 * i..8 * i + 8].try_into().expect("8 bytes")))
+}
+
+/// A queued record: where it is, and how to tell it is still the same one
+/// (its bucket's tag and insertion number at that slot).
+#[derive(Clone, Copy)]
+struct Queued {
+    /// Answers: log position; claims: unused.
+    pos: u64,
+    expires_ms: u64,
+    slot: u32,
+    tag: u32,
+    seq: u32,
+}
 
 pub struct MemoryStore {
     inner: Mutex<Inner>,
     clock: Arc<dyn Clock>,
+    /// Keyed with a per-process random seed: clients choose the keys.
+    hasher: foldhash::fast::FixedState,
     max_entries: usize,
-    max_bytes: usize,
 }
-
-/// The most records the index is sized for at start (about 100 MB of
-/// address space for the table at this size); a larger bound grows the
-/// table on demand past it.
-pub const MAX_RESERVED_RECORDS: usize = 1 << 19;
-
-/// The capacity the index is created with: twice the most records the
-/// bounds allow (`max_entries`, and `max_bytes` at [`ENTRY_OVERHEAD`] per
-/// record), so that a store churning at its bound stays at most half full
-/// and removals free their slots outright instead of leaving tombstones
-/// that force a rehash. Capped at [`MAX_RESERVED_RECORDS`].
-pub fn index_capacity(max_entries: usize, max_bytes: usize) -> usize {
-    max_entries
-        .min(max_bytes / ENTRY_OVERHEAD)
-        .min(MAX_RESERVED_RECORDS)
-        .saturating_mul(2)
-}
-
-/// A queue in insertion (= expiry) order: sequence number to the record's
-/// scope and expiry.
-type Queue = BTreeMap<u64, (Scope, Duration)>;
 
 struct Inner {
-    /// Keyed with a per-process random seed: clients choose the keys.
-    map: HashMap<Scope, Slot, foldhash::fast::FixedState>,
-    claims: Queue,
-    answers: Queue,
-    next_seq: u64,
+    buckets: Box<[Bucket]>,
+    slots: Box<[Slot]>,
+    log: Box<[u8]>,
+    /// Bytes ever written to the log (positions are absolute; a byte lives
+    /// at `pos % log.len()`).
+    head: u64,
+    next_seq: u32,
+    /// In log (= expiry) order; every held answer is listed once.
+    answers: VecDeque<Queued>,
+    /// In claim (= expiry) order; every held claim is listed once.
+    claims: VecDeque<Queued>,
+    records: usize,
+    /// Bytes of the answers held.
     bytes: usize,
     /// Answers evicted by a bound before their TTL (ever).
     evicted: u64,
@@ -86,7 +147,7 @@ struct Inner {
 pub struct MemoryStats {
     /// Claims and answers held now.
     pub records: usize,
-    /// Their counted bytes (what `max_bytes` bounds).
+    /// Bytes of the answers held (what `max_bytes` bounds).
     pub bytes: usize,
     /// Answers evicted by `max_entries` or `max_bytes` before their TTL,
     /// since start: a retry after its answer was evicted reaches the app
@@ -94,102 +155,186 @@ pub struct MemoryStats {
     pub evicted: u64,
 }
 
-struct Slot {
-    seq: u64,
-    expires: Duration,
-    state: State,
+/// Where a scope's record would be.
+#[derive(Clone, Copy)]
+struct Probe {
+    bucket: usize,
+    tag: u32,
+    scope: [u64; 4],
 }
 
-enum State {
-    Claim(ClaimToken),
-    Answer(Bytes),
-}
-
-impl Slot {
-    fn size(&self) -> usize {
-        ENTRY_OVERHEAD
-            + match &self.state {
-                State::Claim(_) => 0,
-                State::Answer(b) => b.len(),
-            }
-    }
+fn millis(d: Duration) -> u64 {
+    d.as_millis().min(u64::MAX as u128) as u64
 }
 
 impl Inner {
-    fn remove(&mut self, scope: &Scope) -> Option<Slot> {
-        let slot = self.map.remove(scope)?;
-        self.forget(&slot);
-        Some(slot)
+    fn find(&self, p: &Probe) -> Option<usize> {
+        let b = &self.buckets[p.bucket];
+        (0..WAYS)
+            .filter(|&w| tag(b, w) == p.tag)
+            .map(|w| p.bucket * WAYS + w)
+            .find(|&i| self.slots[i][..4] == p.scope)
     }
 
-    /// Drops a slot already taken out of the map from its queue and the
-    /// byte count.
-    fn forget(&mut self, slot: &Slot) {
-        match slot.state {
-            State::Claim(_) => self.claims.remove(&slot.seq),
-            State::Answer(_) => self.answers.remove(&slot.seq),
-        };
-        self.bytes -= slot.size();
+    fn is_claim(&self, i: usize) -> bool {
+        seq(&self.buckets[i / WAYS], i % WAYS) & CLAIM != 0
     }
 
-    fn insert(&mut self, scope: Scope, expires: Duration, state: State) {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        let slot = Slot {
-            seq,
-            expires,
-            state,
-        };
-        self.bytes += slot.size();
-        match slot.state {
-            State::Claim(_) => self.claims.insert(seq, (scope, expires)),
-            State::Answer(_) => self.answers.insert(seq, (scope, expires)),
-        };
-        self.map.insert(scope, slot);
+    fn expires(&self, i: usize) -> u64 {
+        self.slots[i][EXPIRES]
     }
 
-    /// Drops expired records from the queue fronts.
-    fn expire(&mut self, now: Duration) {
-        for answers in [false, true] {
-            loop {
-                let queue = if answers {
-                    &mut self.answers
-                } else {
-                    &mut self.claims
-                };
-                let Some(entry) = queue.first_entry() else {
-                    break;
-                };
-                let (scope, expires) = *entry.get();
-                if expires > now {
-                    break;
-                }
-                entry.remove();
-                if let Some(slot) = self.map.remove(&scope) {
-                    self.bytes -= slot.size();
-                }
+    /// Frees slot `i` (which holds a record).
+    fn remove(&mut self, i: usize) {
+        if !self.is_claim(i) {
+            self.bytes -= self.slots[i][LEN] as usize;
+        }
+        self.buckets[i / WAYS][i % WAYS] = 0;
+        self.records -= 1;
+    }
+
+    /// Whether `q` still names the record it was queued for.
+    fn current(&self, q: &Queued) -> bool {
+        let (b, w) = (
+            &self.buckets[q.slot as usize / WAYS],
+            q.slot as usize % WAYS,
+        );
+        tag(b, w) == q.tag && seq(b, w) == q.seq
+    }
+
+    /// Drops the oldest queued answer if it is still held; true when it
+    /// was (and was live: counted as evicted).
+    fn pop_answer(&mut self) -> Option<bool> {
+        let q = self.answers.pop_front()?;
+        if self.current(&q) {
+            self.remove(q.slot as usize);
+            self.evicted += 1;
+            Some(true)
+        } else {
+            Some(false)
+        }
+    }
+
+    /// Drops expired answers, and claims that ended or expired, from the
+    /// queue fronts.
+    fn expire(&mut self, now_ms: u64) {
+        while let Some(q) = self.answers.front().copied() {
+            if q.expires_ms > now_ms {
+                break;
+            }
+            self.answers.pop_front();
+            if self.current(&q) {
+                self.remove(q.slot as usize);
             }
         }
+        while let Some(q) = self.claims.front().copied() {
+            if self.current(&q) {
+                if q.expires_ms > now_ms {
+                    break;
+                }
+                self.remove(q.slot as usize);
+            }
+            self.claims.pop_front();
+        }
     }
 
-    /// Evicts the oldest answer; false when there is none.
-    fn evict_oldest_answer(&mut self) -> bool {
-        let Some((_, (scope, _))) = self.answers.pop_first() else {
-            return false;
-        };
-        if let Some(slot) = self.map.remove(&scope) {
-            self.bytes -= slot.size();
+    /// A free slot for a record in bucket `b`: a free way, else the
+    /// bucket's oldest answer (evicted), else an expired claim.
+    fn place(&mut self, b: usize, now_ms: u64, max_entries: usize) -> Result<usize, StoreError> {
+        let line = self.buckets[b];
+        if let Some(w) = (0..WAYS).find(|&w| tag(&line, w) == 0) {
+            // Room in the bucket; at `max_entries` (a bound that is not a
+            // whole number of buckets, or a queue trimmed a record out of
+            // turn) make room store-wide, oldest answer first.
+            while self.records >= max_entries {
+                if self.pop_answer().is_none() {
+                    return Err(StoreError::Full);
+                }
+            }
+            return Ok(b * WAYS + w);
         }
-        self.evicted += 1;
-        true
+        let now_seq = self.next_seq;
+        let oldest = (0..WAYS)
+            .filter(|&w| seq(&line, w) & CLAIM == 0)
+            .max_by_key(|&w| now_seq.wrapping_sub(seq(&line, w)) & SEQ_MASK);
+        if let Some(w) = oldest {
+            let i = b * WAYS + w;
+            if self.expires(i) > now_ms {
+                self.evicted += 1;
+            }
+            self.remove(i);
+            return Ok(i);
+        }
+        // Eight claims. One outliving `in_flight_ttl` is not yet at its
+        // queue's front only when a longer-lived one is ahead of it.
+        if let Some(i) = (0..WAYS)
+            .map(|w| b * WAYS + w)
+            .find(|&i| self.expires(i) <= now_ms)
+        {
+            self.remove(i);
+            return Ok(i);
+        }
+        Err(StoreError::Full)
     }
 
-    /// The live slot under `scope`, dropping it if expired.
-    fn live(&mut self, scope: &Scope, now: Duration) -> Option<&Slot> {
-        if self.map.get(scope).is_some_and(|s| s.expires <= now) {
-            self.remove(scope);
+    /// Writes `i`'s bucket line for a new record and counts it.
+    fn occupy(&mut self, i: usize, tag: u32, claim: bool) -> u32 {
+        let seq = self.next_seq | if claim { CLAIM } else { 0 };
+        self.next_seq = (self.next_seq + 1) & SEQ_MASK;
+        let line = &mut self.buckets[i / WAYS];
+        line[i % WAYS] = tag;
+        line[WAYS + i % WAYS] = seq;
+        self.records += 1;
+        seq
+    }
+
+    /// Copies `record` into the log after dropping the answers it
+    /// overwrites; returns its position. The caller checked it fits.
+    fn append(&mut self, record: &[u8]) -> u64 {
+        let cap = self.log.len() as u64;
+        let len = record.len() as u64;
+        let mut start = self.head;
+        let off = start % cap;
+        if off + len > cap {
+            // Never split: skip the log's tail end.
+            start += cap - off;
         }
-        self.map.get(scope)
+        let end = start + len;
+        let keep_from = end.saturating_sub(cap);
+        while self.answers.front().is_some_and(|q| q.pos < keep_from) {
+            self.pop_answer();
+        }
+        let off = (start % cap) as usize;
+        self.log[off..off + record.len()].copy_from_slice(record);
+        self.head = end;
+        start
+    }
+
+    fn answer(&self, i: usize) -> Bytes {
+        let s = &self.slots[i];
+        let off = (s[DATA] % self.log.len() as u64) as usize;
+        Bytes::copy_from_slice(&self.log[off..off + s[LEN] as usize])
+    }
+
+    /// Bounds a queue's length to twice the slots: past that, at least
+    /// half its entries name records no longer held.
+    fn trim_answers(&mut self) {
+        while self.answers.len() > 2 * self.slots.len() {
+            self.pop_answer();
+        }
+    }
+
+    fn trim_claims(&mut self) {
+        while self.claims.len() > 2 * self.slots.len() {
+            let Some(q) = self.claims.pop_front() else {
+                break;
+            };
+            if self.current(&q) {
+                // Still in flight: keep it (its expiry is checked when it
+                // is next looked up or reaches the front again).
+                self.claims.push_back(q);
+            }
+        }
     }
 }
 
@@ -199,26 +344,32 @@ impl MemoryStore {
         max_bytes: NonZeroUsize,
         clock: Arc<dyn Clock>,
     ) -> MemoryStore {
+        let max_entries = max_entries.get().min(MAX_ENTRIES);
+        let buckets = max_entries.div_ceil(WAYS);
         MemoryStore {
             inner: Mutex::new(Inner {
-                map: HashMap::with_capacity_and_hasher(
-                    index_capacity(max_entries.get(), max_bytes.get()),
-                    foldhash::fast::FixedState::with_seed(rand::random()),
-                ),
-                claims: Queue::new(),
-                answers: Queue::new(),
+                // Zeroed allocations (free slots), which the allocator
+                // maps lazily: address space at start, memory only where
+                // records land.
+                buckets: vec![[0; 2 * WAYS]; buckets].into_boxed_slice(),
+                slots: vec![[0; 8]; buckets * WAYS].into_boxed_slice(),
+                log: vec![0; max_bytes.get()].into_boxed_slice(),
+                head: 0,
                 next_seq: 0,
+                answers: VecDeque::new(),
+                claims: VecDeque::new(),
+                records: 0,
                 bytes: 0,
                 evicted: 0,
             }),
             clock,
-            max_entries: max_entries.get(),
-            max_bytes: max_bytes.get(),
+            hasher: foldhash::fast::FixedState::with_seed(rand::random()),
+            max_entries,
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        // The critical sections do not panic; if one ever did, the map
+        // The critical sections do not panic; if one ever did, the index
         // is still consistent enough to serve (worst case: a wrong count).
         match self.inner.lock() {
             Ok(g) => g,
@@ -226,23 +377,33 @@ impl MemoryStore {
         }
     }
 
-    /// How many records the index holds before it must grow (tests: the
-    /// table is not reallocated while the store churns at its bound).
-    pub fn table_capacity(&self) -> usize {
-        self.lock().map.capacity()
+    fn probe(&self, scope: &Scope, buckets: usize) -> Probe {
+        let h = self.hasher.hash_one(scope.0);
+        Probe {
+            // The high half picks the bucket (a multiply, not a modulo),
+            // the low half is the tag; never 0, which marks a free slot.
+            bucket: (((h >> 32) * buckets as u64) >> 32) as usize,
+            tag: (h as u32) | 1,
+            scope: words(&scope.0),
+        }
+    }
+
+    /// Slots in the index (tests: fixed at start).
+    pub fn slots(&self) -> usize {
+        self.lock().slots.len()
     }
 
     /// Records, bytes and evictions so far (the metrics' scrape).
     pub fn stats(&self) -> MemoryStats {
         let g = self.lock();
         MemoryStats {
-            records: g.map.len(),
+            records: g.records,
             bytes: g.bytes,
             evicted: g.evicted,
         }
     }
 
-    /// Records held now (claims and answers), and their counted bytes.
+    /// Records held now (claims and answers), and their answers' bytes.
     pub fn usage(&self) -> (usize, usize) {
         let s = self.stats();
         (s.records, s.bytes)
@@ -254,26 +415,34 @@ impl MemoryStore {
         token: &ClaimToken,
         ttl: Duration,
     ) -> Result<ClaimResult, StoreError> {
-        let now = self.clock.now();
+        let now = millis(self.clock.now());
         let mut g = self.lock();
         g.expire(now);
-        match g.live(scope, now) {
-            Some(Slot {
-                state: State::Claim(_),
-                ..
-            }) => return Ok(ClaimResult::InFlight),
-            Some(Slot {
-                state: State::Answer(b),
-                ..
-            }) => return Ok(ClaimResult::Completed(b.clone())),
-            None => {}
-        }
-        while g.map.len() >= self.max_entries || g.bytes + ENTRY_OVERHEAD > self.max_bytes {
-            if !g.evict_oldest_answer() {
-                return Err(StoreError::Full);
+        let p = self.probe(scope, g.buckets.len());
+        if let Some(i) = g.find(&p) {
+            if g.expires(i) > now {
+                return Ok(if g.is_claim(i) {
+                    ClaimResult::InFlight
+                } else {
+                    ClaimResult::Completed(g.answer(i))
+                });
             }
+            g.remove(i);
         }
-        g.insert(*scope, now + ttl, State::Claim(*token));
+        let i = g.place(p.bucket, now, self.max_entries)?;
+        let expires_ms = now.saturating_add(millis(ttl));
+        let [t0, t1] = token_words(token);
+        let [s0, s1, s2, s3] = p.scope;
+        g.slots[i] = [s0, s1, s2, s3, expires_ms, t0, t1, 0];
+        let seq = g.occupy(i, p.tag, true);
+        g.claims.push_back(Queued {
+            pos: 0,
+            expires_ms,
+            slot: i as u32,
+            tag: p.tag,
+            seq,
+        });
+        g.trim_claims();
         Ok(ClaimResult::Claimed)
     }
 
@@ -284,52 +453,64 @@ impl MemoryStore {
         record: Bytes,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        let now = self.clock.now();
+        let now = millis(self.clock.now());
         let mut g = self.lock();
         g.expire(now);
-        // One lookup: take the slot out, and put it back in the rare case
-        // it is not this request's live claim.
-        let Some(slot) = g.map.remove(scope) else {
+        let p = self.probe(scope, g.buckets.len());
+        let Some(i) = g.find(&p) else {
             return Ok(false);
         };
-        let ours = slot.expires > now && matches!(&slot.state, State::Claim(t) if t == token);
-        if !ours {
-            if slot.expires > now {
-                g.map.insert(*scope, slot);
-            } else {
-                g.forget(&slot);
-            }
+        if !g.is_claim(i) {
             return Ok(false);
         }
-        g.forget(&slot);
-        let size = ENTRY_OVERHEAD + record.len();
-        if size > self.max_bytes {
+        if g.expires(i) <= now {
+            g.remove(i);
+            return Ok(false);
+        }
+        if g.slots[i][DATA..DATA + 2] != token_words(token) {
+            return Ok(false);
+        }
+        if record.len() > g.log.len() || record.len() > u32::MAX as usize {
             // Larger than the whole store: released, not stored.
+            g.remove(i);
             return Ok(false);
         }
-        while g.bytes + size > self.max_bytes || g.map.len() >= self.max_entries {
-            if !g.evict_oldest_answer() {
-                // Only live claims left and no room: released.
-                return Ok(false);
-            }
-        }
-        g.insert(*scope, now + ttl, State::Answer(record));
+        // The claim becomes the answer in the same slot (its queue entry
+        // no longer matches and leaves the claims' queue by itself).
+        g.remove(i);
+        let pos = g.append(&record);
+        let expires_ms = now.saturating_add(millis(ttl));
+        let [s0, s1, s2, s3] = p.scope;
+        g.slots[i] = [s0, s1, s2, s3, expires_ms, pos, 0, record.len() as u64];
+        let seq = g.occupy(i, p.tag, false);
+        g.bytes += record.len();
+        g.answers.push_back(Queued {
+            pos,
+            expires_ms,
+            slot: i as u32,
+            tag: p.tag,
+            seq,
+        });
+        g.trim_answers();
         Ok(true)
     }
 
     pub(crate) fn release_now(&self, scope: &Scope, token: &ClaimToken) -> bool {
-        let now = self.clock.now();
+        let now = millis(self.clock.now());
         let mut g = self.lock();
-        match g.live(scope, now) {
-            Some(Slot {
-                state: State::Claim(t),
-                ..
-            }) if t == token => {
-                g.remove(scope);
-                true
-            }
-            _ => false,
+        let p = self.probe(scope, g.buckets.len());
+        let Some(i) = g.find(&p) else {
+            return false;
+        };
+        if !g.is_claim(i) {
+            return false;
         }
+        let live = g.expires(i) > now;
+        let ours = live && g.slots[i][DATA..DATA + 2] == token_words(token);
+        if ours || !live {
+            g.remove(i);
+        }
+        ours
     }
 }
 
