@@ -6,16 +6,18 @@
 //! every new answer then evicts an old one) touches as little cold memory
 //! per request as possible:
 //!
-//! - **Index.** `max_entries` slots (rounded up to a multiple of
+//! - **Index.** Twice `max_entries` slots (rounded up to a multiple of
 //!   [`WAYS`]), allocated once at start, in buckets of eight. A scope's
 //!   bucket comes from a per-process randomly seeded `foldhash` of it
 //!   (clients choose keys, so the hash stays keyed). Each bucket has one
 //!   64-byte line of tags and insertion numbers, read by every lookup;
 //!   the slots hold the scope, expiry and the claim token or the answer's
-//!   place in the log. A new record goes into a free slot of its bucket,
-//!   else replaces the bucket's *oldest answer*: the line the lookup just
-//!   read decides it, and the slot written is the one evicted, so
-//!   eviction touches nothing else. Claims are never evicted (that would
+//!   place in the log. A new record goes into a free slot of its bucket
+//!   (at `max_entries`, after evicting the store's oldest answer: the
+//!   front of its queue, below); in a full bucket (rare: buckets are
+//!   half full on average at the bound) it replaces the bucket's *oldest
+//!   answer* instead: the line the lookup just read decides it, and the
+//!   slot written is the one evicted. Claims are never evicted (that would
 //!   let a retry through while the first request is still at the app); a
 //!   bucket of eight live claims refuses a ninth with
 //!   [`StoreError::Full`].
@@ -30,12 +32,11 @@
 //!   a later request (its bucket line was touched a moment ago), one that
 //!   outlives `in_flight_ttl` is dropped there.
 //!
-//! Eviction by `max_entries` is therefore "the oldest answer of eight",
-//! not the store-wide oldest: a record survives, on average, as many
-//! insertions as the store holds, give or take a third. (A store whose
-//! record count reaches `max_entries` while the new record's bucket still
-//! has room, as small stores do, evicts the store-wide oldest answer.)
-//! Eviction by `max_bytes` is strictly oldest first.
+//! Eviction is therefore oldest first, except for the insertions that
+//! find their bucket full, which evict the oldest answer of those eight.
+//! Twice the slots keep those rare: with the index sized for exactly
+//! `max_entries`, a store 60% full had already evicted 2.6% of its
+//! answers that way (docs/idempotency.md, "Stores").
 
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
@@ -53,18 +54,21 @@ use crate::idempotency::record::Scope;
 pub const WAYS: usize = 8;
 
 /// The most records a memory store may be configured for
-/// (`idempotency.store.max_entries`): its index, 72 bytes per record, is
-/// allocated at start.
-pub const MAX_ENTRIES: usize = 1 << 24;
+/// (`idempotency.store.max_entries`): its index, [`INDEX_BYTES_PER_ENTRY`]
+/// per record, is allocated at start.
+pub const MAX_ENTRIES: usize = 1 << 23;
 
 /// The largest answer log a memory store may be configured for
 /// (`idempotency.store.max_bytes`): 16 GiB, allocated at start and
 /// resident as it is written.
 pub const MAX_LOG_BYTES: usize = 16 << 30;
 
-/// Index bytes per configured record: a 64-byte slot and its share of
-/// the bucket line.
-pub const INDEX_BYTES_PER_ENTRY: usize = 64 + 64 / WAYS;
+/// Slots per configured record: buckets stay half full on average.
+pub const SLOTS_PER_ENTRY: usize = 2;
+
+/// Index bytes per configured record: its slots (64 bytes each) and their
+/// share of the bucket lines.
+pub const INDEX_BYTES_PER_ENTRY: usize = SLOTS_PER_ENTRY * (64 + 64 / WAYS);
 
 /// In a bucket's `seq`: this slot holds a claim.
 const CLAIM: u32 = 1 << 31;
@@ -345,7 +349,7 @@ impl MemoryStore {
         clock: Arc<dyn Clock>,
     ) -> MemoryStore {
         let max_entries = max_entries.get().min(MAX_ENTRIES);
-        let buckets = max_entries.div_ceil(WAYS);
+        let buckets = (SLOTS_PER_ENTRY * max_entries).div_ceil(WAYS);
         MemoryStore {
             inner: Mutex::new(Inner {
                 // Zeroed allocations (free slots), which the allocator
