@@ -247,9 +247,9 @@ impl Inner {
     fn place(&mut self, b: usize, now_ms: u64, max_entries: usize) -> Result<usize, StoreError> {
         let line = self.buckets[b];
         if let Some(w) = (0..WAYS).find(|&w| tag(&line, w) == 0) {
-            // Room in the bucket; at `max_entries` (a bound that is not a
-            // whole number of buckets, or a queue trimmed a record out of
-            // turn) make room store-wide, oldest answer first.
+            // Room in the bucket (the index has twice the slots); at
+            // `max_entries`, the usual case once the store is full, make
+            // room store-wide, oldest answer first.
             while self.records >= max_entries {
                 if self.pop_answer().is_none() {
                     return Err(StoreError::Full);
