@@ -18,7 +18,10 @@
 //! request through tethers with the memory store and (when
 //! `/usr/bin/redis-server` is there) the Redis store, the bench's own
 //! generator for all of them, each store filled past its bound first, then
-//! allocations per POST. About five minutes. Knobs: `TETHER_BENCH_ROUNDS`
+//! allocations per POST, then the memory store side by side with the
+//! `enabled = false` tether (both loaded at once on the proxy core: the
+//! target's verdict, since rows run one after another drift by more than
+//! the target here). About six minutes. Knobs: `TETHER_BENCH_ROUNDS`
 //! (3), `TETHER_BENCH_SECS` (5), `TETHER_BENCH_IDEMPOTENCY_ROUNDS` (the
 //! POST rows' rounds, at least 5), `TETHER_BENCH_ONLY=idempotency` (the
 //! POST rows alone, JSON in `target/bench-proxy-idempotency.json`).
@@ -335,11 +338,13 @@ fn idempotency_rows(
             let token = t.token(config);
             let run = measured_post(pin, t, Some(&token), secs, *keyed);
             println!(
-                "  round {round}: {name:<36} {:>9.0} req/s  p50 {:>8}  p99 {:>8}  {:.1} µs CPU/req{}",
+                "  round {round}: {name:<36} {:>9.0} req/s  p50 {:>8}  p99 {:>8}  {:.1} µs CPU/req ({:.1} kernel)  {:.1} faults/1k{}",
                 run.load.rps,
                 fmt_us(run.load.p50_us),
                 fmt_us(run.load.p99_us),
                 run.cpu_us_per_req,
+                run.sys_us_per_req,
+                run.faults_per_kreq,
                 errors_note(&run.load)
             );
             this_round[i] = Some(run.load.rps);
@@ -371,17 +376,19 @@ fn idempotency_rows(
     let rps = |i| med(i, &|r| r.load.rps);
     println!();
     println!(
-        "| POST path | req/s | p50 | p99 | CPU µs/req | allocs/req | ÷ POST, no idempotency | same round ÷ POST, no idempotency (median) |"
+        "| POST path | req/s | p50 | p99 | CPU µs/req | of it kernel | page faults / 1k req | allocs/req | ÷ POST, no idempotency | same round ÷ POST, no idempotency (median) |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for (i, (name, _, _)) in rows.iter().enumerate() {
         let a = allocs.get(i).map_or("-".to_owned(), |a| format!("{a:.1}"));
         println!(
-            "| {name} | {:.0} | {} | {} | {:.1} | {a} | {:.3} | {:.3} |",
+            "| {name} | {:.0} | {} | {} | {:.1} | {:.1} | {:.1} | {a} | {:.3} | {:.3} |",
             rps(i),
             fmt_us(med(i, &|r| r.load.p50_us)),
             fmt_us(med(i, &|r| r.load.p99_us)),
             med(i, &|r| r.cpu_us_per_req),
+            med(i, &|r| r.sys_us_per_req),
+            med(i, &|r| r.faults_per_kreq),
             rps(i) / rps(0),
             median(paired[i].clone())
         );
@@ -400,12 +407,16 @@ fn idempotency_rows(
             .join(", ")
     );
     println!(
-        "POST + key, memory store ÷ POST, no idempotency: medians {memory_ratio:.3}, same-round median {memory_paired:.3}, CPU per request {memory_cpu_ratio:.3} (target >= 0.95 on the same-round median: {}); ÷ the same keyed POST with idempotency off: {same_bytes_ratio:.3}",
-        if memory_paired >= 0.95 {
-            "met"
-        } else {
-            "MISSED"
-        }
+        "POST + key, memory store ÷ POST, no idempotency, rows one after another: medians {memory_ratio:.3}, same-round median {memory_paired:.3}, CPU per request {memory_cpu_ratio:.3}; ÷ the same keyed POST with idempotency off: {same_bytes_ratio:.3}"
+    );
+    let side = side_by_side_rows(pin, config, &off, &memory, rounds, secs);
+    let target = side
+        .get("memory_keyed_vs_plain_post")
+        .and_then(|v| v.as_f64())
+        .unwrap_or(f64::NAN);
+    println!(
+        "target: POST + key, memory store, side by side with POST, no idempotency: cost ratio {target:.3} (>= 0.95: {})",
+        if target >= 0.95 { "met" } else { "MISSED" }
     );
     let redis_ratio = (rows.len() > 4).then(|| rps(4) / rps(0));
     if let Some(r) = redis_ratio {
@@ -430,7 +441,79 @@ fn idempotency_rows(
         "filled_before_measuring": fill_to,
         "ratio_memory_keyed_over_keyed_post_off": same_bytes_ratio,
         "ratio_redis_keyed_over_plain_post": redis_ratio,
+        "side_by_side": side,
     })
+}
+
+/// The target's measure: two targets loaded at once on the proxy core
+/// (`side_by_side_post`), so the machine's drift, which moves rows run one
+/// after another by 10-15% here, moves both alike. Pairs (two processes
+/// each): the control (unkeyed POSTs to the memory-store tether; should
+/// be 1), and the memory store on keyed POSTs against the plain POST (the
+/// target) and against the same keyed POST with idempotency off. Per pair, the median over rounds of A's CPU per request ÷ B's:
+/// B's requests/s at equal CPU, as a share of A's.
+fn side_by_side_rows(
+    pin: &Pinning,
+    config: &Path,
+    off: &Target,
+    memory: &Target,
+    rounds: u64,
+    secs: u64,
+) -> serde_json::Value {
+    let (t_off, t_mem) = (off.token(config), memory.token(config));
+    let pairs: [(&str, &str, Side, Side); 3] = [
+        (
+            "control: unkeyed, store on",
+            "control",
+            (off, &t_off, false),
+            (memory, &t_mem, false),
+        ),
+        (
+            "POST + key, memory store",
+            "memory_keyed_vs_plain_post",
+            (off, &t_off, false),
+            (memory, &t_mem, true),
+        ),
+        (
+            "POST + key, memory store ÷ the same keyed POST, off",
+            "memory_keyed_vs_keyed_off",
+            (off, &t_off, true),
+            (memory, &t_mem, true),
+        ),
+    ];
+    println!();
+    println!("Side by side (both on the proxy core at once, {} connections each, {secs} s, {rounds} rounds): B's cost ÷ A's, as requests/s at equal CPU", CONNECTIONS / 2);
+    let mut out = serde_json::Map::new();
+    for (name, key, a, b) in pairs {
+        let mut ratios = Vec::new();
+        let mut rps_ratios = Vec::new();
+        for _ in 0..rounds {
+            let [(la, ca), (lb, cb)] = side_by_side_post(pin, a, b, secs);
+            if la.errors > 0 || lb.errors > 0 {
+                println!(
+                    "  {name}: {} / {} errors: round left out",
+                    la.errors, lb.errors
+                );
+                continue;
+            }
+            ratios.push(ca / cb);
+            rps_ratios.push(lb.rps / la.rps);
+        }
+        let m = median(ratios.clone());
+        println!(
+            "  {name:<52} {m:.3}  (rounds {}; requests/s B ÷ A {:.3})",
+            ratios
+                .iter()
+                .map(|r| format!("{r:.3}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            median(rps_ratios.clone())
+        );
+        out.insert(key.to_owned(), serde_json::json!(m));
+        out.insert(format!("{key}_rounds"), serde_json::json!(ratios));
+        out.insert(format!("{key}_rps_rounds"), serde_json::json!(rps_ratios));
+    }
+    serde_json::Value::Object(out)
 }
 
 fn errors_note(l: &LoadResult) -> String {

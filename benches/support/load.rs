@@ -176,3 +176,45 @@ pub fn parse_wrk(out: &str) -> LoadResult {
     r.p999_us = f64::NAN;
     r
 }
+
+/// One side of [`side_by_side_post`]: the target, its token, and whether
+/// each POST carries a fresh `Idempotency-Key`.
+pub type Side<'a> = (&'a Target, &'a str, bool);
+
+/// One side-by-side run: `POST /` to two targets at once, half the
+/// connections each (a generator process per target, both on the load
+/// core), both targets pinned to the proxy core, where the scheduler gives
+/// each half of it. Whatever the machine does during the run, it does to
+/// both: the ratio of their CPU per request is the ratio of their costs,
+/// with far less noise than rows measured one after another (docs/idempotency.md,
+/// "Performance"). Returns each target's result and CPU per request (µs).
+pub fn side_by_side_post(pin: &Pinning, a: Side, b: Side, secs: u64) -> [(LoadResult, f64); 2] {
+    let spec = |(t, token, keyed): Side, ms: u64| LoadSpec {
+        addr: t.addr,
+        bearer: Some(token.to_owned()).filter(|_| t.bearer),
+        connections: CONNECTIONS / 2,
+        warmup_ms: 0,
+        duration_ms: ms,
+        rate: None,
+        post: Some(post_spec(keyed)),
+    };
+    let both = |ms: u64| {
+        std::thread::scope(|s| {
+            let ha = s.spawn(|| run_loadgen(pin, &spec(a, ms)));
+            let hb = s.spawn(|| run_loadgen(pin, &spec(b, ms)));
+            [
+                ha.join().expect("load generator"),
+                hb.join().expect("load generator"),
+            ]
+        })
+    };
+    both(1000);
+    let before = [a.0.proc.cpu(), b.0.proc.cpu()];
+    let [la, lb] = both(secs * 1000);
+    let cpu_per_req = |t: &Target, before: std::time::Duration, l: &LoadResult| {
+        (t.proc.cpu().saturating_sub(before)).as_secs_f64() * 1e6 / l.requests.max(1) as f64
+    };
+    let ca = cpu_per_req(a.0, before[0], &la);
+    let cb = cpu_per_req(b.0, before[1], &lb);
+    [(la, ca), (lb, cb)]
+}

@@ -18,6 +18,10 @@ pub struct Run {
     pub load: LoadResult,
     /// CPU time of the target per request, microseconds.
     pub cpu_us_per_req: f64,
+    /// The kernel's (system) part of it.
+    pub sys_us_per_req: f64,
+    /// Minor page faults of the target per 1,000 requests.
+    pub faults_per_kreq: f64,
 }
 
 pub fn measured<F: FnOnce() -> LoadResult>(target: &Target, f: F) -> Run {
@@ -30,17 +34,25 @@ pub fn measured<F: FnOnce() -> LoadResult>(target: &Target, f: F) -> Run {
 /// A run whose CPU per request counts only what follows the call of the
 /// `measuring` callback `f` is given (the warm-up before it is left out).
 pub fn measured_after_warm_up(target: &Target, f: impl FnOnce(&dyn Fn()) -> LoadResult) -> Run {
-    let before = std::cell::Cell::new(target.proc.cpu());
-    let load = f(&|| before.set(target.proc.cpu()));
-    let cpu = target.proc.cpu().saturating_sub(before.get());
-    let cpu_us_per_req = if load.requests > 0 {
-        cpu.as_secs_f64() * 1e6 / load.requests as f64
-    } else {
-        f64::NAN
+    let before = std::cell::Cell::new(target.proc.usage());
+    let load = f(&|| before.set(target.proc.usage()));
+    let (after, before) = (target.proc.usage(), before.get());
+    let per_req = |x: f64| {
+        if load.requests > 0 {
+            x / load.requests as f64
+        } else {
+            f64::NAN
+        }
     };
+    let sys = after.system.saturating_sub(before.system);
+    let cpu = after.user.saturating_sub(before.user) + sys;
     Run {
+        cpu_us_per_req: per_req(cpu.as_secs_f64() * 1e6),
+        sys_us_per_req: per_req(sys.as_secs_f64() * 1e6),
+        faults_per_kreq: per_req(
+            after.minor_faults.saturating_sub(before.minor_faults) as f64 * 1e3,
+        ),
         load,
-        cpu_us_per_req,
     }
 }
 

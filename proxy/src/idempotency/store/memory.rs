@@ -21,9 +21,10 @@
 //!   let a retry through while the first request is still at the app); a
 //!   bucket of eight live claims refuses a ninth with
 //!   [`StoreError::Full`].
-//! - **Answers** are copied into a ring log of `max_bytes`, allocated at
-//!   start and resident as it is written: no allocation or free per
-//!   answer. Writing past the end overwrites the oldest answers, which
+//! - **Answers** are copied into a ring log of `max_bytes`, allocated
+//!   and touched at start (as is the index: resident from the first
+//!   request, and no request pays a page fault): no allocation or free
+//!   per answer. Writing past the end overwrites the oldest answers, which
 //!   are dropped from the index first; a replay copies its answer out.
 //! - **Queues.** Answers are listed in log order, which is also expiry
 //!   order (they share one lifetime): the front of that queue is what
@@ -59,8 +60,8 @@ pub const WAYS: usize = 8;
 pub const MAX_ENTRIES: usize = 1 << 23;
 
 /// The largest answer log a memory store may be configured for
-/// (`idempotency.store.max_bytes`): 16 GiB, allocated at start and
-/// resident as it is written.
+/// (`idempotency.store.max_bytes`): 16 GiB, allocated and touched at
+/// start.
 pub const MAX_LOG_BYTES: usize = 16 << 30;
 
 /// Slots per configured record: buckets stay half full on average.
@@ -79,7 +80,7 @@ const SEQ_MASK: u32 = CLAIM - 1;
 
 /// One bucket's line: a tag per slot (0: free) in the first half, its
 /// insertion number (with [`CLAIM`]) in the second. Plain integers, so
-/// that the index is allocated zeroed (free) and mapped lazily.
+/// that the index is allocated zeroed (free).
 type Bucket = [u32; 2 * WAYS];
 
 fn tag(b: &Bucket, w: usize) -> u32 {
@@ -108,7 +109,7 @@ fn token_words(t: &ClaimToken) -> [u64; 2] {
 }
 
 /// A queued record: where it is, and how to tell it is still the same one
-/// (its bucket's tag and insertion number at that slot).
+/// (its bucket's tag and insertion number at that slot). 32 bytes.
 #[derive(Clone, Copy)]
 struct Queued {
     /// Answers: log position; claims: unused.
@@ -117,6 +118,9 @@ struct Queued {
     slot: u32,
     tag: u32,
     seq: u32,
+    /// Answers: their length, so that dropping one from the queue touches
+    /// its bucket line but not its slot; claims: 0.
+    len: u32,
 }
 
 pub struct MemoryStore {
@@ -193,6 +197,16 @@ impl Inner {
         if !self.is_claim(i) {
             self.bytes -= self.slots[i][LEN] as usize;
         }
+        self.free(i);
+    }
+
+    /// Frees slot `i`, which holds the answer `q` names (still current).
+    fn remove_answer(&mut self, q: &Queued) {
+        self.bytes -= q.len as usize;
+        self.free(q.slot as usize);
+    }
+
+    fn free(&mut self, i: usize) {
         self.buckets[i / WAYS][i % WAYS] = 0;
         self.records -= 1;
     }
@@ -211,7 +225,7 @@ impl Inner {
     fn pop_answer(&mut self) -> Option<bool> {
         let q = self.answers.pop_front()?;
         if self.current(&q) {
-            self.remove(q.slot as usize);
+            self.remove_answer(&q);
             self.evicted += 1;
             Some(true)
         } else {
@@ -228,7 +242,7 @@ impl Inner {
             }
             self.answers.pop_front();
             if self.current(&q) {
-                self.remove(q.slot as usize);
+                self.remove_answer(&q);
             }
         }
         while let Some(q) = self.claims.front().copied() {
@@ -342,6 +356,14 @@ impl Inner {
     }
 }
 
+/// Writes to one element per 4 KiB page of `items`, so that the kernel
+/// maps them now. (`black_box` in `write`: a store of zero into memory
+/// known to be zeroed could be left out by the compiler.)
+fn touch_pages<T>(items: &mut [T], write: impl Fn(&mut T)) {
+    let per_page = (4096 / std::mem::size_of::<T>().max(1)).max(1);
+    items.iter_mut().step_by(per_page).for_each(write);
+}
+
 impl MemoryStore {
     pub fn new(
         max_entries: NonZeroUsize,
@@ -350,14 +372,22 @@ impl MemoryStore {
     ) -> MemoryStore {
         let max_entries = max_entries.get().min(MAX_ENTRIES);
         let buckets = (SLOTS_PER_ENTRY * max_entries).div_ceil(WAYS);
+        // Zeroed allocations (free slots), which the kernel would map
+        // lazily, one page fault on the first request to touch each page
+        // (through the whole first lap of the log). Touched here instead:
+        // the memory the store is configured for is resident from start,
+        // and no request pays for a fault.
+        let mut buckets = vec![[0u32; 2 * WAYS]; buckets].into_boxed_slice();
+        let mut slots = vec![[0u64; 8]; buckets.len() * WAYS].into_boxed_slice();
+        let mut log = vec![0u8; max_bytes.get()].into_boxed_slice();
+        touch_pages(&mut buckets, |b| b[0] = std::hint::black_box(0));
+        touch_pages(&mut slots, |s| s[0] = std::hint::black_box(0));
+        touch_pages(&mut log, |b| *b = std::hint::black_box(0));
         MemoryStore {
             inner: Mutex::new(Inner {
-                // Zeroed allocations (free slots), which the allocator
-                // maps lazily: address space at start, memory only where
-                // records land.
-                buckets: vec![[0; 2 * WAYS]; buckets].into_boxed_slice(),
-                slots: vec![[0; 8]; buckets * WAYS].into_boxed_slice(),
-                log: vec![0; max_bytes.get()].into_boxed_slice(),
+                buckets,
+                slots,
+                log,
                 head: 0,
                 next_seq: 0,
                 answers: VecDeque::new(),
@@ -445,6 +475,7 @@ impl MemoryStore {
             slot: i as u32,
             tag: p.tag,
             seq,
+            len: 0,
         });
         g.trim_claims();
         Ok(ClaimResult::Claimed)
@@ -494,6 +525,7 @@ impl MemoryStore {
             slot: i as u32,
             tag: p.tag,
             seq,
+            len: record.len() as u32,
         });
         g.trim_answers();
         Ok(true)
