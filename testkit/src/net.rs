@@ -8,12 +8,22 @@ use std::time::{Duration, Instant};
 /// would silently share a port), so the kit reserves ports this way; the
 /// window for a clash is tiny.
 pub fn free_port() -> u16 {
+    // The kernel may hand out the same ephemeral port again as soon as the
+    // probe listener is closed, so two calls in a row (an etcd member's
+    // client and peer ports, say) could get one port: never give a port
+    // twice in one process.
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     loop {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("an ephemeral port");
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        if given.contains(&port) {
+            continue;
+        }
         if TcpStream::connect_timeout(&addr(port), Duration::from_millis(100)).is_err() {
+            given.push(port);
             return port;
         }
     }
