@@ -79,7 +79,7 @@ async fn begin(e: &Arc<Idempotency>, key: &str, path: &str) -> Begin {
 async fn two_proxies_share_claims_and_answers() {
     let redis = Redis::start();
     let (a, b) = (redis.store(), redis.store());
-    let (ta, tb) = (ClaimToken::random(), ClaimToken::random());
+    let (ta, tb) = (ClaimToken::fresh(), ClaimToken::fresh());
     assert_eq!(a.claim(&scope(1), &ta, MIN).await, Ok(ClaimResult::Claimed));
     assert_eq!(
         b.claim(&scope(1), &tb, MIN).await,
@@ -181,7 +181,7 @@ async fn concurrent_claims_on_one_key_have_exactly_one_winner() {
         for i in 0..32 {
             let s = stores[i % 2].clone();
             tasks.push(tokio::spawn(async move {
-                s.claim(&scope(100 + round), &ClaimToken::random(), MIN)
+                s.claim(&scope(100 + round), &ClaimToken::fresh(), MIN)
                     .await
             }));
         }
@@ -201,7 +201,7 @@ async fn concurrent_claims_on_one_key_have_exactly_one_winner() {
 async fn an_in_flight_claim_expires_in_redis() {
     let redis = Redis::start();
     let (a, b) = (redis.store(), redis.store());
-    let (dead, retry) = (ClaimToken::random(), ClaimToken::random());
+    let (dead, retry) = (ClaimToken::fresh(), ClaimToken::fresh());
     let short = Duration::from_millis(200);
     assert_eq!(
         a.claim(&scope(7), &dead, short).await,
@@ -236,7 +236,7 @@ async fn redis_killed_mid_run_gives_store_errors_then_recovers() {
     let store = redis.store();
     let reject = redis.engine("enabled = true");
     let forward = redis.engine("enabled = true\non_store_error = \"forward\"");
-    let t = ClaimToken::random();
+    let t = ClaimToken::fresh();
     assert_eq!(
         store.claim(&scope(1), &t, MIN).await,
         Ok(ClaimResult::Claimed)
@@ -282,7 +282,7 @@ async fn redis_killed_mid_run_gives_store_errors_then_recovers() {
     redis.spawn();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        match store.claim(&scope(3), &ClaimToken::random(), MIN).await {
+        match store.claim(&scope(3), &ClaimToken::fresh(), MIN).await {
             Ok(ClaimResult::Claimed) => break,
             Ok(other) => panic!("unexpected {other:?}"),
             Err(_) => {

@@ -75,6 +75,22 @@ pub fn from_headers(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, KeyEr
 /// HTTP field values are trimmed).
 pub fn parse(raw: &[u8]) -> Result<IdempotencyKey, KeyError> {
     let v = trim(raw);
+    // The common case first: a bare key of 1..=255 allowed characters
+    // (UUIDs, ULIDs, Stripe-style keys) is the key itself, checked in one
+    // pass without decoding. Everything else, errors included, takes the
+    // path below, which names the problem.
+    if (1..=MAX_KEY_LEN).contains(&v.len()) && v.iter().all(|&b| BARE[b as usize]) {
+        if let Ok(key) = std::str::from_utf8(v) {
+            return Ok(IdempotencyKey(key.to_owned()));
+        }
+    }
+    parse_general(v)
+}
+
+/// Any trimmed value: quoted or bare, or the error that names what is
+/// wrong with it. (`parse` gives the same answer for every input; it only
+/// skips this for plain bare keys.)
+fn parse_general(v: &[u8]) -> Result<IdempotencyKey, KeyError> {
     // Worst case, every character of a quoted key is escaped: 2 per
     // character plus the quotes. Anything longer is refused before any
     // per-byte work.
@@ -140,6 +156,18 @@ fn quoted(v: &[u8]) -> Result<String, KeyError> {
     Err(KeyError::Unterminated)
 }
 
+/// The bytes a bare key may hold: visible ASCII (%x21-7E) except `"`,
+/// `\\`, `,` and `;` (what [`bare`] accepts).
+static BARE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0x21;
+    while b < 0x7f {
+        t[b] = !matches!(b as u8, b'"' | b'\\' | b',' | b';');
+        b += 1;
+    }
+    t
+};
+
 /// A bare (unquoted) key; `v` is printable ASCII (checked).
 fn bare(v: &[u8]) -> Result<String, KeyError> {
     for (position, &b) in v.iter().enumerate() {
@@ -152,4 +180,34 @@ fn bare(v: &[u8]) -> Result<String, KeyError> {
     }
     // Printable ASCII only, checked above.
     Ok(v.iter().map(|&b| b as char).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fast path of `parse` answers exactly as the general parser:
+    /// every single byte, every pair of printable bytes, and lengths
+    /// around the limit.
+    #[test]
+    fn fast_path_agrees_with_the_general_parser() {
+        let mut inputs: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
+        for a in 0x20..0x7fu8 {
+            for b in 0x20..0x7fu8 {
+                inputs.push(vec![a, b]);
+            }
+        }
+        for n in [MAX_KEY_LEN - 1, MAX_KEY_LEN, MAX_KEY_LEN + 1] {
+            inputs.push(vec![b'k'; n]);
+            let mut q = vec![b'"'];
+            q.extend(std::iter::repeat_n(b'k', n));
+            q.push(b'"');
+            inputs.push(q);
+        }
+        inputs.push(b"8e03978e-40d5-43e8-bc93-6894a57f9324".to_vec());
+        inputs.push("cl\u{e9}".as_bytes().to_vec());
+        for v in &inputs {
+            assert_eq!(parse(v), parse_general(trim(v)), "input {v:?}");
+        }
+    }
 }

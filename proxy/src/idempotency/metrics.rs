@@ -138,10 +138,19 @@ impl IdempotencyMetrics {
     }
 
     pub fn observe(&self, op: Op, seconds: f64) {
+        self.histogram(op).observe(seconds);
+    }
+
+    /// How many calls of `op` were timed (tests, diagnostics).
+    pub fn observed(&self, op: Op) -> u64 {
+        self.histogram(op).get_sample_count()
+    }
+
+    fn histogram(&self, op: Op) -> &Histogram {
         match op {
-            Op::Claim => self.claim.observe(seconds),
-            Op::Complete => self.complete.observe(seconds),
-            Op::Release => self.release.observe(seconds),
+            Op::Claim => &self.claim,
+            Op::Complete => &self.complete,
+            Op::Release => &self.release,
         }
     }
 }

@@ -402,7 +402,7 @@ fn scope(n: u32) -> Scope {
 async fn memory_claims_complete_and_replay() {
     let clock = Arc::new(ManualClock::new());
     let s = memory(10, 1 << 20, &clock);
-    let (t1, t2) = (ClaimToken::random(), ClaimToken::random());
+    let (t1, t2) = (ClaimToken::fresh(), ClaimToken::fresh());
     assert_eq!(s.claim(&scope(1), &t1, MIN).await, Ok(ClaimResult::Claimed));
     assert_eq!(
         s.claim(&scope(1), &t2, MIN).await,
@@ -431,7 +431,7 @@ async fn memory_claims_complete_and_replay() {
 async fn memory_release_lets_a_retry_claim() {
     let clock = Arc::new(ManualClock::new());
     let s = memory(10, 1 << 20, &clock);
-    let (t1, t2) = (ClaimToken::random(), ClaimToken::random());
+    let (t1, t2) = (ClaimToken::fresh(), ClaimToken::fresh());
     s.claim(&scope(1), &t1, MIN).await.unwrap();
     assert_eq!(s.release(&scope(1), &t2).await, Ok(false));
     assert_eq!(s.release(&scope(1), &t1).await, Ok(true));
@@ -443,31 +443,29 @@ async fn memory_release_lets_a_retry_claim() {
 async fn memory_ttl_evicts_answers() {
     let clock = Arc::new(ManualClock::new());
     let s = memory(10, 1 << 20, &clock);
-    let t = ClaimToken::random();
+    let t = ClaimToken::fresh();
     s.claim(&scope(1), &t, MIN).await.unwrap();
     s.complete(&scope(1), &t, Bytes::from_static(b"a"), DAY)
         .await
         .unwrap();
     clock.advance(DAY - Duration::from_millis(1));
     assert!(matches!(
-        s.claim(&scope(1), &ClaimToken::random(), MIN).await,
+        s.claim(&scope(1), &ClaimToken::fresh(), MIN).await,
         Ok(ClaimResult::Completed(_))
     ));
     clock.advance(Duration::from_millis(1));
     assert_eq!(
-        s.claim(&scope(1), &ClaimToken::random(), MIN).await,
+        s.claim(&scope(1), &ClaimToken::fresh(), MIN).await,
         Ok(ClaimResult::Claimed)
     );
     // Expired records are dropped even when nobody asks for them.
-    let t2 = ClaimToken::random();
+    let t2 = ClaimToken::fresh();
     s.claim(&scope(2), &t2, MIN).await.unwrap();
     s.complete(&scope(2), &t2, Bytes::from_static(b"b"), DAY)
         .await
         .unwrap();
     clock.advance(DAY);
-    s.claim(&scope(3), &ClaimToken::random(), MIN)
-        .await
-        .unwrap();
+    s.claim(&scope(3), &ClaimToken::fresh(), MIN).await.unwrap();
     assert_eq!(s.usage().0, 1, "only the fresh claim is left");
 }
 
@@ -475,7 +473,7 @@ async fn memory_ttl_evicts_answers() {
 async fn memory_in_flight_claims_expire_and_lose_their_owner() {
     let clock = Arc::new(ManualClock::new());
     let s = memory(10, 1 << 20, &clock);
-    let (dead, retry) = (ClaimToken::random(), ClaimToken::random());
+    let (dead, retry) = (ClaimToken::fresh(), ClaimToken::fresh());
     s.claim(&scope(1), &dead, MIN).await.unwrap();
     clock.advance(MIN - Duration::from_millis(1));
     assert_eq!(
@@ -501,7 +499,7 @@ async fn memory_in_flight_claims_expire_and_lose_their_owner() {
 }
 
 async fn store_answer(s: &MemoryStore, n: u32, len: usize) {
-    let t = ClaimToken::random();
+    let t = ClaimToken::fresh();
     assert_eq!(s.claim(&scope(n), &t, MIN).await, Ok(ClaimResult::Claimed));
     assert_eq!(
         s.complete(&scope(n), &t, Bytes::from(vec![b'x'; len]), DAY)
@@ -511,7 +509,7 @@ async fn store_answer(s: &MemoryStore, n: u32, len: usize) {
 }
 
 async fn has_answer(s: &MemoryStore, n: u32) -> bool {
-    let t = ClaimToken::random();
+    let t = ClaimToken::fresh();
     match s.claim(&scope(n), &t, MIN).await.unwrap() {
         ClaimResult::Completed(_) => true,
         ClaimResult::Claimed => {
@@ -587,7 +585,7 @@ async fn memory_log_wraps_without_splitting_an_answer() {
     store_answer(&s, 4, 300).await;
     assert_eq!(s.usage(), (3, 900));
     for n in 2..=4 {
-        let t = ClaimToken::random();
+        let t = ClaimToken::fresh();
         match s.claim(&scope(n), &t, MIN).await.unwrap() {
             ClaimResult::Completed(b) => assert_eq!(b, Bytes::from(vec![b'x'; 300]), "{n}"),
             other => panic!("{n}: {other:?}"),
@@ -597,14 +595,14 @@ async fn memory_log_wraps_without_splitting_an_answer() {
     assert_eq!(s.stats().evicted, 1);
     // Distinct contents survive many laps intact.
     for n in 10..200u32 {
-        let t = ClaimToken::random();
+        let t = ClaimToken::fresh();
         s.claim(&scope(n), &t, MIN).await.unwrap();
         let body = Bytes::from(vec![n as u8; 1 + (n as usize * 37) % 400]);
         assert_eq!(s.complete(&scope(n), &t, body, DAY).await, Ok(true));
     }
     let mut checked = 0;
     for n in 190..200u32 {
-        let t = ClaimToken::random();
+        let t = ClaimToken::fresh();
         if let ClaimResult::Completed(b) = s.claim(&scope(n), &t, MIN).await.unwrap() {
             assert_eq!(b, Bytes::from(vec![n as u8; 1 + (n as usize * 37) % 400]));
             checked += 1;
@@ -648,7 +646,7 @@ async fn memory_store_metrics_show_fill_and_evictions() {
     assert_eq!(read("tether_proxy_idempotency_memory_bytes"), 30.0);
     // Expiry is not eviction.
     clock.advance(DAY + Duration::from_secs(1));
-    let t = ClaimToken::random();
+    let t = ClaimToken::fresh();
     s.claim(&scope(99), &t, MIN).await.unwrap();
     assert_eq!(read("tether_proxy_idempotency_memory_records"), 1.0);
     assert_eq!(read("tether_proxy_idempotency_memory_evicted_total"), 2.0);
@@ -671,7 +669,7 @@ async fn memory_byte_bound_evicts_the_oldest_answers() {
     assert!(!has_answer(&s, 1).await);
     assert!(!has_answer(&s, 2).await);
     // Larger than the whole store: not stored, claim gone.
-    let t = ClaimToken::random();
+    let t = ClaimToken::fresh();
     s.claim(&scope(9), &t, MIN).await.unwrap();
     assert_eq!(
         s.complete(&scope(9), &t, Bytes::from(vec![0; 4 * per]), DAY)
@@ -679,7 +677,7 @@ async fn memory_byte_bound_evicts_the_oldest_answers() {
         Ok(false)
     );
     assert_eq!(
-        s.claim(&scope(9), &ClaimToken::random(), MIN).await,
+        s.claim(&scope(9), &ClaimToken::fresh(), MIN).await,
         Ok(ClaimResult::Claimed)
     );
 }
@@ -688,19 +686,15 @@ async fn memory_byte_bound_evicts_the_oldest_answers() {
 async fn memory_never_evicts_live_claims() {
     let clock = Arc::new(ManualClock::new());
     let s = memory(2, 1 << 20, &clock);
-    s.claim(&scope(1), &ClaimToken::random(), MIN)
-        .await
-        .unwrap();
-    s.claim(&scope(2), &ClaimToken::random(), MIN)
-        .await
-        .unwrap();
+    s.claim(&scope(1), &ClaimToken::fresh(), MIN).await.unwrap();
+    s.claim(&scope(2), &ClaimToken::fresh(), MIN).await.unwrap();
     assert_eq!(
-        s.claim(&scope(3), &ClaimToken::random(), MIN).await,
+        s.claim(&scope(3), &ClaimToken::fresh(), MIN).await,
         Err(StoreError::Full)
     );
     clock.advance(MIN);
     assert_eq!(
-        s.claim(&scope(3), &ClaimToken::random(), MIN).await,
+        s.claim(&scope(3), &ClaimToken::fresh(), MIN).await,
         Ok(ClaimResult::Claimed)
     );
 }
@@ -1025,6 +1019,61 @@ async fn store_errors_follow_on_store_error() {
 }
 
 #[tokio::test]
+async fn store_latency_is_timed_for_stores_that_do_io_only() {
+    // The same memory store, once as itself and once behind the trait
+    // alone (as the Redis store is seen): only the second is timed.
+    struct Remote(MemoryStore);
+    #[async_trait]
+    impl IdempotencyStore for Remote {
+        async fn claim(
+            &self,
+            s: &Scope,
+            t: &ClaimToken,
+            d: Duration,
+        ) -> Result<ClaimResult, StoreError> {
+            self.0.claim(s, t, d).await
+        }
+        async fn complete(
+            &self,
+            s: &Scope,
+            t: &ClaimToken,
+            r: Bytes,
+            d: Duration,
+        ) -> Result<bool, StoreError> {
+            self.0.complete(s, t, r, d).await
+        }
+        async fn release(&self, s: &Scope, t: &ClaimToken) -> Result<bool, StoreError> {
+            self.0.release(s, t).await
+        }
+    }
+    let clock = Arc::new(ManualClock::new());
+    let local = engine_with("enabled = true", Arc::new(memory(10, 1 << 20, &clock)));
+    let remote = engine_with(
+        "enabled = true",
+        Arc::new(Remote(memory(10, 1 << 20, &clock))),
+    );
+    for e in [&local, &remote] {
+        let b = begin(e, "a", Method::POST, "/x", Some("k1")).await;
+        assert_eq!(run(b, b"x", 201, b"ok").await, Finished::Stored);
+        let b = begin(e, "a", Method::POST, "/x", Some("k2")).await;
+        assert_eq!(
+            run(b, b"x", 500, b"no").await,
+            Finished::NotStored("status not stored")
+        );
+    }
+    let counts = |e: &Arc<Idempotency>| {
+        [
+            metrics::Op::Claim,
+            metrics::Op::Complete,
+            metrics::Op::Release,
+        ]
+        .map(|op| e.metrics().observed(op))
+    };
+    assert_eq!(counts(&local), [0, 0, 0]);
+    assert_eq!(counts(&remote), [2, 1, 1]);
+}
+
+#[tokio::test]
 async fn store_errors_after_forwarding_are_counted_not_raised() {
     // Claims succeed in memory, then the store "breaks": finish reports it.
     struct ClaimOnly(MemoryStore);
@@ -1061,6 +1110,24 @@ async fn store_errors_after_forwarding_are_counted_not_raised() {
     let b = begin(&e, "a", Method::POST, "/x", Some("k2")).await;
     assert_eq!(run(b, b"x", 500, b"no").await, Finished::StoreError);
     assert_eq!(e.metrics().count(Outcome::StoreError), 2);
+}
+
+#[test]
+fn the_real_clock_moves_forward_in_milliseconds() {
+    use super::store::{Clock, MonotonicClock};
+    let c = MonotonicClock::new();
+    let t0 = c.now();
+    std::thread::sleep(Duration::from_millis(60));
+    let moved = c.now() - t0;
+    // A coarse tick is at most 10 ms: 60 ms of sleep shows at least 40.
+    assert!(moved >= Duration::from_millis(40), "moved {moved:?}");
+    assert_eq!(moved.subsec_nanos() % 1_000_000, 0, "whole milliseconds");
+}
+
+#[test]
+fn claim_tokens_are_unique() {
+    let tokens: std::collections::HashSet<_> = (0..10_000).map(|_| ClaimToken::fresh()).collect();
+    assert_eq!(tokens.len(), 10_000);
 }
 
 #[test]
@@ -1213,7 +1280,7 @@ fn a_restarted_fingerprint_forgets_the_body_sent_before() {
 
 #[test]
 fn claim_tokens_are_random_and_written_in_hex() {
-    let (a, b) = (ClaimToken::random(), ClaimToken::random());
+    let (a, b) = (ClaimToken::fresh(), ClaimToken::fresh());
     assert_ne!(a, b);
     assert_eq!(a.hex().len(), 32);
     assert!(a.hex().bytes().all(|c| c.is_ascii_hexdigit()));
@@ -1223,7 +1290,7 @@ fn claim_tokens_are_random_and_written_in_hex() {
 async fn memory_complete_after_the_claim_expired_stores_nothing_and_counts_nothing() {
     let clock = Arc::new(ManualClock::new());
     let s = memory(10, 1 << 20, &clock);
-    let (t1, t2) = (ClaimToken::random(), ClaimToken::random());
+    let (t1, t2) = (ClaimToken::fresh(), ClaimToken::fresh());
     s.claim(&scope(1), &t1, MIN).await.unwrap();
     // Another token's completion leaves the claim and the counts as they were.
     let before = s.usage();
