@@ -261,6 +261,24 @@ fn bad(
     }
 }
 
+/// `value` of `key` may be at most `most`, because `what` is allocated at
+/// start with that size.
+fn at_most(
+    key: &'static str,
+    value: usize,
+    most: usize,
+    what: &str,
+) -> Result<(), IdempotencyConfigError> {
+    if value > most {
+        return Err(bad(
+            key,
+            value,
+            format!("must be at most {most} ({what} is allocated at start)"),
+        ));
+    }
+    Ok(())
+}
+
 fn range(
     key: &'static str,
     v: u64,
@@ -396,23 +414,19 @@ fn validate_store(s: &FileStore, max_stored: usize) -> Result<StoreConfig, Idemp
                 )
             })?;
             // The index and the answer log are allocated at start.
-            let most = super::store::memory::MAX_ENTRIES;
-            if entries > most {
-                return Err(bad(
-                    "idempotency.store.max_entries",
-                    entries,
-                    format!("must be at most {most} (the index is allocated at start)"),
-                ));
-            }
+            at_most(
+                "idempotency.store.max_entries",
+                entries,
+                super::store::memory::MAX_ENTRIES,
+                "the index",
+            )?;
             let bytes = s.max_bytes.unwrap_or(DEFAULT_MAX_BYTES);
-            let most = super::store::memory::MAX_LOG_BYTES;
-            if bytes > most {
-                return Err(bad(
-                    "idempotency.store.max_bytes",
-                    bytes,
-                    format!("must be at most {most} (the answer log is allocated at start)"),
-                ));
-            }
+            at_most(
+                "idempotency.store.max_bytes",
+                bytes,
+                super::store::memory::MAX_LOG_BYTES,
+                "the answer log",
+            )?;
             // Room for at least one answer of the largest storable size.
             let overhead = super::record::MAX_OVERHEAD;
             let floor = max_stored + overhead;
