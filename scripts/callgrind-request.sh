@@ -22,7 +22,10 @@
 # alloc, alloc_zeroed and realloc call, the three the benches' counting
 # allocator counts). Knobs: REQUESTS (3000), WARMUP (500), CONNS (4),
 # IDLE_SECS (3), KEEP_DIR=1 (keep the callgrind files for
-# callgrind_annotate).
+# callgrind_annotate); for tether's Idempotency-Key cost (docs/idempotency.md,
+# "Cost"): REQUEST=post-keyed (each request a JSON POST with a fresh
+# Idempotency-Key; default: GET) and IDEMPOTENCY=true|false (writes
+# `[idempotency] enabled`; default: the proxy's default).
 set -euo pipefail
 [ $# -eq 2 ] || { sed -n 2,20p "$0"; exit 2; }
 ROLE=$1
@@ -98,6 +101,9 @@ subject = { json_pointer = "/userId" }
 [limits]
 max_connections_per_ip = 0
 EOF
+    if [ -n "${IDEMPOTENCY:-}" ]; then
+      printf '[idempotency]\nenabled = %s\n' "$IDEMPOTENCY" >>"$DIR/proxy.toml"
+    fi
     TOKEN=$("$BIN" token mint --config "$DIR/proxy.toml" --sub u1 |
       python3 -c 'import sys,json; print(json.load(sys.stdin)["accessToken"])')
     TETHER_LOG=error "${VG[@]}" "$BIN" proxy --config "$DIR/proxy.toml" >"$DIR/target.log" 2>&1 &
@@ -114,10 +120,16 @@ PIDS+=("$TPID")
 # The client: exactly N keep-alive GETs over CONNS connections, round
 # robin, each answer read in full and checked to be 200.
 cat >"$DIR/client.py" <<'EOF'
-import socket, sys, time
-port, n, conns, token = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+import socket, sys, time, uuid
+port, n, conns, token, kind = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
 auth = f"Authorization: Bearer {token}\r\n" if token else ""
-req = f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}\r\n".encode()
+body = b'{"userId":"u1","sku":"bench","qty":1}'
+def req():
+    if kind == "post-keyed":
+        head = (f"POST /orders HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Content-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nIdempotency-Key: {uuid.uuid4()}\r\n\r\n")
+        return head.encode() + body
+    return f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}\r\n".encode()
 deadline = time.time() + 120
 while True:
     try:
@@ -149,12 +161,12 @@ sent = 0
 t0 = time.time()
 while sent < n:
     k = min(conns, n - sent)
-    for i in range(k): socks[i].sendall(req)
+    for i in range(k): socks[i].sendall(req())
     for i in range(k): answer(i)
     sent += k
 print(f"{time.time() - t0:.3f}")
 EOF
-client() { python3 "$DIR/client.py" "$PORT" "$1" "$CONNS" "$TOKEN"; }
+client() { python3 "$DIR/client.py" "$PORT" "$1" "$CONNS" "$TOKEN" "${REQUEST:-get}"; }
 ir() { # total instructions of one dump file
   awk '/^(summary|totals):/ {print $2; exit}' "$1"
 }
