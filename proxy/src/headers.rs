@@ -4,7 +4,9 @@
 
 use std::net::IpAddr;
 
-use http::HeaderValue;
+use http::header::FORWARDED;
+use http::request::Parts as ReqParts;
+use http::{HeaderMap, HeaderName, HeaderValue};
 use pingora_error::{Error, ErrorType};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
@@ -132,17 +134,87 @@ pub fn for_upstream(
     upstream: &mut RequestHeader,
     trusted: &[ipnet::IpNet],
 ) -> pingora_error::Result<()> {
+    for_upstream_with(session, upstream, trusted, [])
+}
+
+/// [`for_upstream`], and the proxy's own headers for this request (`own`:
+/// the identity headers of a local forward, or the hop marker), set in
+/// the same pass.
+pub fn for_upstream_with<const N: usize>(
+    session: &Session,
+    upstream: &mut RequestHeader,
+    trusted: &[ipnet::IpNet],
+    own: [Option<(HeaderName, HeaderValue)>; N],
+) -> pingora_error::Result<()> {
     let ip = client_ip(session);
     let from_trusted = ip.is_some_and(|ip| trusted.iter().any(|n| n.contains(&ip)));
-    // One scan of the names removes both what the client may not say and
-    // the proxy-only hop-by-hop headers (none, usually: no lookup then).
-    remove_where(upstream, |name| {
-        removed(name, from_trusted) || PROXY_HOP.contains(&name)
-    });
-    match ip {
-        Some(ip) => insert_forwarded(session, upstream, ip, from_trusted),
-        None => Ok(()),
+    let proto = if session.digest().is_some_and(|d| d.ssl_digest.is_some()) {
+        "https"
+    } else {
+        "http"
+    };
+    with_plain_headers(upstream, 3 + N, |headers| {
+        // One scan of the names removes both what the client may not say
+        // and the proxy-only hop-by-hop headers (none, usually: no lookup
+        // then).
+        remove_where_in(headers, |name| {
+            removed(name, from_trusted) || PROXY_HOP.contains(&name)
+        });
+        if let Some(ip) = ip {
+            insert_forwarded(headers, proto, ip, from_trusted)?;
+        }
+        for (name, value) in own.into_iter().flatten() {
+            headers.insert(name, value);
+        }
+        Ok(())
+    })
+}
+
+/// Runs `edit` on the request's plain `http` header map, with room for
+/// `room` more headers, outside Pingora's `RequestHeader`.
+///
+/// Why: a `RequestHeader` read from an HTTP/1 client keeps a second map
+/// with each name as the client spelled it, and every `insert_header`
+/// parses its name and writes both maps (about 1.7 k instructions and
+/// one or two allocations per header, the maps grown one header at a
+/// time; docs/benchmarks.md). The request is taken apart, edited, and put
+/// together again without that map. What changes on the wire: header
+/// names go upstream in their standard spelling (`Content-Type`, `Host`)
+/// or, for other names, in lowercase, as HTTP/2 and HAProxy send them;
+/// names are case-insensitive (RFC 9110 §5.1). The request target is kept
+/// byte for byte: one the URI does not reproduce (absolute-form, not
+/// UTF-8) is put back as it was.
+fn with_plain_headers(
+    upstream: &mut RequestHeader,
+    room: usize,
+    edit: impl FnOnce(&mut HeaderMap) -> pingora_error::Result<()>,
+) -> pingora_error::Result<()> {
+    let raw = upstream.raw_path();
+    let restore = (!upstream.raw_path_is_utf8() || raw != uri_target(&upstream.uri))
+        .then(|| raw.to_vec());
+    let end_stream = upstream.send_end_stream();
+    let empty = RequestHeader::from(http::Request::new(()).into_parts().0);
+    let mut parts = ReqParts::from(std::mem::replace(upstream, empty));
+    parts.headers.reserve(room);
+    let edited = edit(&mut parts.headers);
+    let mut back = RequestHeader::from(parts);
+    if let Some(raw) = restore {
+        back.set_raw_path(&raw)?;
     }
+    if let Some(e) = end_stream {
+        back.set_send_end_stream(e);
+    }
+    *upstream = back;
+    edited
+}
+
+/// The request target a `RequestHeader` built from these parts writes:
+/// the path and query, else the authority, else nothing.
+fn uri_target(uri: &http::Uri) -> &[u8] {
+    uri.path_and_query()
+        .map(|p| p.as_str().as_bytes())
+        .or_else(|| uri.authority().map(|a| a.as_str().as_bytes()))
+        .unwrap_or_default()
 }
 
 /// Headers only a proxy acts on, never passed to an app.
@@ -153,6 +225,13 @@ const PROXY_HOP: [&str; 3] = ["proxy-connection", "keep-alive", "proxy-authoriza
 fn remove_where(req: &mut RequestHeader, remove: impl Fn(&str) -> bool) {
     while let Some(name) = req.headers.keys().find(|k| remove(k.as_str())).cloned() {
         req.remove_header(&name);
+    }
+}
+
+/// [`remove_where`] on a plain header map.
+fn remove_where_in(headers: &mut HeaderMap, remove: impl Fn(&str) -> bool) {
+    while let Some(name) = headers.keys().find(|k| remove(k.as_str())).cloned() {
+        headers.remove(&name);
     }
 }
 
@@ -189,64 +268,43 @@ pub fn over_limits(req: &RequestHeader, limits: &Limits) -> bool {
 }
 
 /// `X-Forwarded-For`, `X-Forwarded-Proto` and `Forwarded` (RFC 7239) for
-/// the upstream: the client's address is appended to what a trusted peer
-/// (a load balancer in `routing.trusted_proxies`) sent, and replaces
-/// whatever anyone else sent, so a client cannot forge its address.
-/// Proxy-only hop-by-hop headers are dropped too. The protocol is
-/// `https` when the client's connection is TLS, else `http`.
+/// the upstream, for a client at `ip` that came in over `proto`: the
+/// client's address is appended to what a trusted peer (a load balancer
+/// in `routing.trusted_proxies`) sent, and replaces whatever anyone else
+/// sent, so a client cannot forge its address.
 ///
 /// On every proxied request, so the values are assembled without
 /// `format!`: see [`forwarded_values`].
-pub fn set_forwarded(
-    session: &Session,
-    upstream: &mut RequestHeader,
-    trusted: &[ipnet::IpNet],
-) -> pingora_error::Result<()> {
-    for name in PROXY_HOP {
-        upstream.remove_header(name);
-    }
-    let Some(ip) = client_ip(session) else {
-        return Ok(());
-    };
-    let from_trusted = trusted.iter().any(|n| n.contains(&ip));
-    insert_forwarded(session, upstream, ip, from_trusted)
-}
-
-/// The three forwarding headers of [`set_forwarded`], for a client at `ip`;
-/// what was sent before is read only from a trusted peer.
 fn insert_forwarded(
-    session: &Session,
-    upstream: &mut RequestHeader,
+    headers: &mut HeaderMap,
+    proto: &'static str,
     ip: IpAddr,
     from_trusted: bool,
 ) -> pingora_error::Result<()> {
-    let proto = if session.digest().is_some_and(|d| d.ssl_digest.is_some()) {
-        "https"
-    } else {
-        "http"
-    };
-    let prior = |name: &str| {
+    let prior = |name: &HeaderName| {
         if !from_trusted {
             return None;
         }
-        upstream
-            .headers
+        headers
             .get(name)
             .and_then(|v| v.to_str().ok())
             .filter(|v| !v.is_empty())
     };
-    let (xff, fwd) = forwarded_values(ip, proto, prior("x-forwarded-for"), prior("forwarded"))
+    let (xff, fwd) = forwarded_values(ip, proto, prior(&X_FORWARDED_FOR), prior(&FORWARDED))
         .map_err(|_| {
             Error::explain(
                 ErrorType::InvalidHTTPHeader,
                 "invalid X-Forwarded-For or Forwarded value",
             )
         })?;
-    upstream.insert_header("x-forwarded-for", xff)?;
-    upstream.insert_header("x-forwarded-proto", HeaderValue::from_static(proto))?;
-    upstream.insert_header("forwarded", fwd)?;
+    headers.insert(X_FORWARDED_FOR, xff);
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    headers.insert(FORWARDED, fwd);
     Ok(())
 }
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// The `X-Forwarded-For` and `Forwarded` values for a client at `ip` that
 /// came in over `proto` (`http` or `https`), appended to the values a
@@ -399,6 +457,77 @@ pub fn pass_response_header(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn edited(mut req: RequestHeader) -> RequestHeader {
+        with_plain_headers(&mut req, 2, |h| {
+            h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+            h.remove("x-drop");
+            Ok(())
+        })
+        .unwrap();
+        req
+    }
+
+    fn wire(req: &RequestHeader) -> String {
+        let mut buf = Vec::new();
+        req.header_to_h1_wire(&mut buf);
+        String::from_utf8(buf).unwrap()
+    }
+
+    /// Taking the request apart for the header work keeps its method,
+    /// target (byte for byte, in every form), version and other headers;
+    /// only the client's spelling of names is gone.
+    #[test]
+    fn plain_header_edit_keeps_the_request() {
+        for target in [
+            &b"/orders?id=1&x=%2F"[..],
+            b"/",
+            b"*",
+            b"http://app.example/a%20b?q=1",
+            b"/caf\xc3\xa9",
+            b"/bad\xff\xfe?x",
+        ] {
+            let mut req = RequestHeader::build("POST", target, None).unwrap();
+            req.insert_header("X-Custom-Thing", "1").unwrap();
+            req.insert_header("Content-Type", "text/plain").unwrap();
+            req.insert_header("x-drop", "1").unwrap();
+            let (uri, raw, utf8) = (req.uri.clone(), req.raw_path().to_vec(), req.raw_path_is_utf8());
+            let out = edited(req);
+            assert_eq!(out.method, http::Method::POST);
+            assert_eq!(out.raw_path(), &raw[..], "target {target:?}");
+            assert_eq!(out.raw_path_is_utf8(), utf8, "target {target:?}");
+            assert_eq!(out.uri, uri, "target {target:?}");
+            assert!(!out.has_case());
+            let w = wire(&out);
+            assert!(w.contains("Content-Type: text/plain\r\n"), "{w}");
+            assert!(w.contains("x-custom-thing: 1\r\n"), "{w}");
+            assert!(w.contains("x-forwarded-proto: http\r\n"), "{w}");
+            assert!(!w.contains("x-drop"), "{w}");
+        }
+    }
+
+    #[test]
+    fn plain_header_edit_keeps_http2_end_stream() {
+        for end in [true, false] {
+            let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+            req.set_version(http::Version::HTTP_2);
+            req.set_send_end_stream(end);
+            assert_eq!(edited(req).send_end_stream(), Some(end));
+        }
+    }
+
+    #[test]
+    fn plain_header_edit_puts_the_request_back_on_error() {
+        let mut req = RequestHeader::build("GET", b"/keep", None).unwrap();
+        req.insert_header("a", "1").unwrap();
+        let r = with_plain_headers(&mut req, 0, |h| {
+            h.insert("b", HeaderValue::from_static("2"));
+            Err(Error::explain(ErrorType::InvalidHTTPHeader, "test"))
+        });
+        assert!(r.is_err());
+        assert_eq!(req.raw_path(), b"/keep");
+        assert_eq!(req.headers.len(), 2);
+    }
 
     #[test]
     fn names_are_classified_as_backends_fold_them() {

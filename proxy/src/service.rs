@@ -26,6 +26,12 @@ use crate::state::State;
 use crate::tokens::TokenError;
 use crate::{cors, endpoints, framing, headers, path, respond};
 
+/// The proxy's own request headers, as parsed names (no parsing per
+/// request).
+const SUBJECT: http::HeaderName = http::HeaderName::from_static(h::SUBJECT);
+const SERVER: http::HeaderName = http::HeaderName::from_static(h::SERVER);
+const HOP: http::HeaderName = http::HeaderName::from_static(h::HOP);
+
 pub struct TetherProxy {
     pub state: Arc<State>,
 }
@@ -341,28 +347,33 @@ impl ProxyHttp for TetherProxy {
         upstream: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> pingora_error::Result<()> {
-        headers::for_upstream(session, upstream, &self.state.cfg.routing.trusted_proxies)?;
         if let Some(t) = ctx.idem.as_mut() {
             t.upstream_request();
         }
-        match ctx.target {
-            Target::Local(_) if ctx.outcome == Outcome::Forwarded => {
-                if let Some(subject) = ctx.subject.take() {
-                    upstream.insert_header(h::SUBJECT, subject)?;
-                }
+        let own = match ctx.target {
+            Target::Local(_) if ctx.outcome == Outcome::Forwarded => [
+                ctx.subject.take().map(|s| (SUBJECT, s)),
                 // Local forwards are locked to this server by definition.
-                upstream.insert_header(h::SERVER, self.state.server_header.clone())?;
-            }
+                Some((SERVER, self.state.server_header.clone())),
+            ],
             Target::Foreign(_) => {
                 let marker = self
                     .state
                     .hop_key
                     .mark(session.req_header(), &self.state.cfg.server.id);
-                upstream.insert_header(h::HOP, marker)?;
+                let marker = HeaderValue::try_from(marker).map_err(|_| {
+                    Error::explain(ErrorType::InternalError, "hop marker is not a header value")
+                })?;
+                [Some((HOP, marker)), None]
             }
-            _ => {}
-        }
-        Ok(())
+            _ => [None, None],
+        };
+        headers::for_upstream_with(
+            session,
+            upstream,
+            &self.state.cfg.routing.trusted_proxies,
+            own,
+        )
     }
 
     async fn upstream_response_filter(
