@@ -190,8 +190,8 @@ fn with_plain_headers(
     edit: impl FnOnce(&mut HeaderMap) -> pingora_error::Result<()>,
 ) -> pingora_error::Result<()> {
     let raw = upstream.raw_path();
-    let restore = (!upstream.raw_path_is_utf8() || raw != uri_target(&upstream.uri))
-        .then(|| raw.to_vec());
+    let restore =
+        (!upstream.raw_path_is_utf8() || raw != uri_target(&upstream.uri)).then(|| raw.to_vec());
     let end_stream = upstream.send_end_stream();
     let empty = RequestHeader::from(http::Request::new(()).into_parts().0);
     let mut parts = ReqParts::from(std::mem::replace(upstream, empty));
@@ -491,7 +491,11 @@ mod tests {
             req.insert_header("X-Custom-Thing", "1").unwrap();
             req.insert_header("Content-Type", "text/plain").unwrap();
             req.insert_header("x-drop", "1").unwrap();
-            let (uri, raw, utf8) = (req.uri.clone(), req.raw_path().to_vec(), req.raw_path_is_utf8());
+            let (uri, raw, utf8) = (
+                req.uri.clone(),
+                req.raw_path().to_vec(),
+                req.raw_path_is_utf8(),
+            );
             let out = edited(req);
             assert_eq!(out.method, http::Method::POST);
             assert_eq!(out.raw_path(), &raw[..], "target {target:?}");
