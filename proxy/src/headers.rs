@@ -180,7 +180,7 @@ pub fn for_upstream_with<const N: usize>(
 /// time; docs/benchmarks.md). The request is taken apart, edited, and put
 /// together again without that map. What changes on the wire: header
 /// names go upstream in their standard spelling (`Content-Type`, `Host`)
-/// or, for other names, in lowercase, as HTTP/2 and HAProxy send them;
+/// or, for other names, in lowercase (HTTP/2 and HAProxy lowercase all);
 /// names are case-insensitive (RFC 9110 §5.1). The request target is kept
 /// byte for byte: one the URI does not reproduce (absolute-form, not
 /// UTF-8) is put back as it was.
