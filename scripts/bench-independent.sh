@@ -21,7 +21,15 @@
 # before the measured one, against the same process), CONNS (32),
 # PINGORA_BIN (a `proxy` bench binary, target/release/deps/proxy-*: adds
 # the plain Pingora pass-through row, TETHER_BENCH_ROLE=passthrough),
-# KEEP_DIR=1 (keep the scratch directory, its configs and logs).
+# KEEP_DIR=1 (keep the scratch directory, its configs and logs),
+# OPEN_ROUNDS (0; issue 17's tail tier: after the closed rounds, this many
+# interleaved open-loop rounds per proxy at 50% of its own median
+# maximum, OPEN_SECS (4) each after a 1 s warm-up, from the bench's own
+# paced generator with coordinated-omission correction, the one `cargo
+# bench --bench peers` uses; it lives in the bench binary, so PINGORA_BIN
+# is required. The p99 of one short run is decided by whether a
+# disturbance of the machine falls into it; medians over many rounds,
+# printed with every round's figure, are what can be compared.)
 set -euo pipefail
 
 [ $# -ge 1 ] || { sed -n 2,25p "$0"; exit 2; }
@@ -208,7 +216,7 @@ EOF
   start $PROXY_CORE "$DIR/nginx-proxy.log" "$NGINX" -p "$DIR" -c "$DIR/nginx-proxy.conf"
   local pid=$LAST_PID
   wait_200 "$port" >&2
-  run_wrk "$port" "" "$pid"
+  $RUN "$port" "" "$pid" nginx
   stop "$pid"
 }
 
@@ -246,7 +254,7 @@ EOF
   start $PROXY_CORE "$DIR/haproxy.log" "$HAPROXY" -db -f "$DIR/haproxy.cfg"
   local pid=$LAST_PID
   wait_200 "$port" "$TOKEN" >&2
-  run_wrk "$port" "$TOKEN" "$pid"
+  $RUN "$port" "$TOKEN" "$pid" haproxy
   stop "$pid"
 }
 
@@ -256,7 +264,7 @@ measure_tether() { # $1 binary
   start $PROXY_CORE "$DIR/tether.$port.log" env TETHER_LOG=error "$1" proxy --config "$DIR/tether.$port.toml"
   local pid=$LAST_PID
   wait_200 "$port" "$TOKEN" >&2
-  run_wrk "$port" "$TOKEN" "$pid"
+  $RUN "$port" "$TOKEN" "$pid" "tether $1"
   stop "$pid"
 }
 
@@ -266,25 +274,54 @@ measure_pingora() {
     TETHER_BENCH_LISTEN="127.0.0.1:$port" TETHER_BENCH_UPSTREAM="127.0.0.1:$UP_PORT" "$PINGORA_BIN"
   local pid=$LAST_PID
   wait_200 "$port" >&2
-  run_wrk "$port" "" "$pid"
+  $RUN "$port" "" "$pid" pingora
   stop "$pid"
 }
+
+OPEN_ROUNDS=${OPEN_ROUNDS:-0}
+OPEN_SECS=${OPEN_SECS:-4}
+if [ "$OPEN_ROUNDS" -gt 0 ] && [ -z "${PINGORA_BIN:-}" ]; then
+  echo "OPEN_ROUNDS needs PINGORA_BIN (the open-loop generator is in the bench binary)"; exit 2
+fi
+# One open-loop run against $1 at $OPEN_RATE req/s (after a 1 s warm-up
+# at that rate). Prints "p50 p99 p99.9" in µs, or "BAD:<why>".
+run_open() { # $1 port, $2 auth (or empty); $3 pid, $4 name: unused
+  local bearer=null
+  [ -n "$2" ] && bearer="\"$2\""
+  local spec out
+  spec=$(printf '{"addr":"127.0.0.1:%s","bearer":%s,"connections":%s,"warmup_ms":1000,"duration_ms":%s,"rate":%s,"post":null}' \
+    "$1" "$bearer" "$CONNS" $((OPEN_SECS * 1000)) "$OPEN_RATE")
+  out=$(TETHER_BENCH_ROLE=loadgen TETHER_BENCH_LOAD="$spec" taskset -c $LOAD_CORE "$PINGORA_BIN" | tail -1)
+  echo "$out" >>"$DIR/open.log"
+  echo "$out" | python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+if d["errors"]:
+    print("BAD:%d errors" % d["errors"])
+else:
+    print("%.0f %.0f %.0f" % (d["p50_us"], d["p99_us"], d["p999_us"]))'
+}
+RUN=run_wrk
+TIERS=()
 
 NAMES=("nginx proxy_pass" "HAProxy + JWT")
 for t in "${TETHERS[@]}"; do NAMES+=("tether $t"); done
 [ -n "${PINGORA_BIN:-}" ] && NAMES+=("plain Pingora")
 declare -A RESULTS CPU
+measure() { # $1 name
+  case "$1" in
+    "nginx proxy_pass") measure_nginx ;;
+    "HAProxy + JWT") measure_haproxy ;;
+    "plain Pingora") measure_pingora ;;
+    *) measure_tether "${1#tether }" ;;
+  esac
+}
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 for r in $(seq 1 "$ROUNDS"); do
   mint
   i=0
   for name in "${NAMES[@]}"; do
-    case "$name" in
-      "nginx proxy_pass") v=$(measure_nginx) ;;
-      "HAProxy + JWT") v=$(measure_haproxy) ;;
-      "plain Pingora") v=$(measure_pingora) ;;
-      *) v=$(measure_tether "${name#tether }") ;;
-    esac
+    v=$(measure "$name")
     printf 'round %d  %-60s %s\n' "$r" "$name" "$v"
     read -r rps cpu <<<"$v"
     RESULTS[$i]="${RESULTS[$i]:-} $rps"
@@ -311,3 +348,64 @@ for name in "${NAMES[@]}"; do
   echo "| $name | $(echo "${RESULTS[$i]}" | sed 's/^ //; s/ /, /g') | $m | $(ratio "$HA") | $(ratio "$NG") | $c | $cr |"
   i=$((i + 1))
 done
+
+[ "$OPEN_ROUNDS" -gt 0 ] || exit 0
+
+# Open loop at 50% of each one's own median maximum (issue 17's tail
+# tier), rounds interleaved as above.
+echo
+RUN=run_open
+declare -A P50 P99 P999 RATE
+i=0
+for name in "${NAMES[@]}"; do
+  m=$(echo "${RESULTS[$i]}" | median)
+  [[ "$m" =~ ^[0-9]+$ ]] && RATE[$i]=$((m / 2)) || RATE[$i]=""
+  i=$((i + 1))
+done
+for r in $(seq 1 "$OPEN_ROUNDS"); do
+  mint
+  i=0
+  for name in "${NAMES[@]}"; do
+    if [ -n "${RATE[$i]}" ]; then
+      OPEN_RATE=${RATE[$i]}
+      v=$(measure "$name")
+      printf 'open round %d  %-55s %6s req/s  %s\n' "$r" "$name" "$OPEN_RATE" "$v"
+      read -r a b c <<<"$v"
+      P50[$i]="${P50[$i]:-} $a"
+      P99[$i]="${P99[$i]:-} $b"
+      P999[$i]="${P999[$i]:-} $c"
+    fi
+    i=$((i + 1))
+  done
+done
+echo "load average after the open rounds: $(cut -d' ' -f1-3 /proc/loadavg)"
+ms() { awk -v u="$1" 'BEGIN {if (u ~ /^[0-9]+$/) printf "%.2f", u / 1000; else print "-"}'; }
+echo
+echo "Open loop at 50% of each one's median maximum, $OPEN_ROUNDS rounds of $OPEN_SECS s, medians (ms); p99 of every round, sorted"
+echo
+echo "| path | req/s | p50 | p99 | p99.9 | p99 ÷ HAProxy's | p99.9 ÷ HAProxy's | p99 by round (ms) |"
+echo "|---|---|---|---|---|---|---|---|"
+HA99=$(echo "${P99[1]:-}" | median)
+HA999=$(echo "${P999[1]:-}" | median)
+i=0
+for name in "${NAMES[@]}"; do
+  if [ -n "${RATE[$i]}" ]; then
+    a=$(echo "${P50[$i]}" | median)
+    b=$(echo "${P99[$i]}" | median)
+    c=$(echo "${P999[$i]}" | median)
+    rr() { awk -v a="$1" -v b="$2" 'BEGIN {if (a ~ /^[0-9]+$/ && b ~ /^[0-9]+$/ && b > 0) printf "%.2f", a / b; else print "-"}'; }
+    byround=$(echo "${P99[$i]}" | tr ' ' '\n' | grep -E '^[0-9]+$' | sort -n | awk '{printf "%s%.1f", (NR > 1 ? ", " : ""), $1 / 1000}')
+    echo "| $name | ${RATE[$i]} | $(ms "$a") | $(ms "$b") | $(ms "$c") | $(rr "$b" "$HA99") | $(rr "$c" "$HA999") | $byround |"
+    case "$name" in
+      "tether "*)
+        if [[ "$b" =~ ^[0-9]+$ && "$c" =~ ^[0-9]+$ && "$HA99" =~ ^[0-9]+$ && "$HA999" =~ ^[0-9]+$ ]]; then
+          if [ "$b" -le "$HA99" ] && [ "$c" -le "$HA999" ]; then verdict=met; else verdict="not met"; fi
+          TIERS+=("must: open-loop p99 and p99.9 at 50% load <= HAProxy's ($name): $(ms "$b") / $(ms "$c") ms vs $(ms "$HA99") / $(ms "$HA999") ms -> $verdict")
+        fi
+        ;;
+    esac
+  fi
+  i=$((i + 1))
+done
+echo
+for t in "${TIERS[@]:-}"; do [ -n "$t" ] && echo "$t"; done
