@@ -10,7 +10,7 @@ use super::config::{self, FileIdempotency};
 use super::key::{self, KeyError, MAX_KEY_LEN};
 use super::problem;
 use super::record::{self, FingerprintBuilder, Scope, StoredResponse};
-use super::store::memory::{MemoryStore, WAYS};
+use super::store::memory::{queue_capacity, MemoryStore, WAYS};
 use super::store::{ClaimResult, ClaimToken, IdempotencyStore, ManualClock, StoreError};
 use super::*;
 
@@ -549,6 +549,8 @@ async fn memory_index_is_fixed_at_start_and_keeps_the_newest() {
     let s = memory(bound, 1 << 30, &clock);
     let slots = (2 * bound).div_ceil(WAYS) * WAYS;
     assert_eq!(s.slots(), slots);
+    let room = s.queue_room();
+    assert!(room >= queue_capacity(bound), "{room}");
     let total = 20 * bound as u32;
     for n in 0..total {
         store_answer(&s, n, 10).await;
@@ -556,6 +558,9 @@ async fn memory_index_is_fixed_at_start_and_keeps_the_newest() {
     assert_eq!(s.usage(), (bound, bound * 10), "churned at the bound");
     assert_eq!(s.stats().evicted, u64::from(total) - bound as u64);
     assert_eq!(s.slots(), slots);
+    // The answers' queue was allocated for the bound at start and never
+    // grew (a grown one copies every entry under the lock).
+    assert_eq!(s.queue_room(), room, "answers' queue regrew");
     let mut kept = 0;
     for n in (total - bound as u32)..total {
         kept += usize::from(has_answer(&s, n).await);

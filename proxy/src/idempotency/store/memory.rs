@@ -108,6 +108,13 @@ fn token_words(t: &ClaimToken) -> [u64; 2] {
     std::array::from_fn(|i| u64::from_le_bytes(b[8 * i..8 * i + 8].try_into().expect("8 bytes")))
 }
 
+/// Entries the answers' queue is allocated for at start: one per answer
+/// held, and an eighth more for answers dropped out of turn (a full
+/// bucket's, an expired one looked up) whose entries still wait in it.
+pub const fn queue_capacity(max_entries: usize) -> usize {
+    max_entries + max_entries / 8
+}
+
 /// A queued record: where it is, and how to tell it is still the same one
 /// (its bucket's tag and insertion number at that slot). 32 bytes.
 #[derive(Clone, Copy)]
@@ -121,6 +128,17 @@ struct Queued {
     /// Answers: their length, so that dropping one from the queue touches
     /// its bucket line but not its slot; claims: 0.
     len: u32,
+}
+
+impl Queued {
+    const EMPTY: Queued = Queued {
+        pos: 0,
+        expires_ms: 0,
+        slot: 0,
+        tag: 0,
+        seq: 0,
+        len: 0,
+    };
 }
 
 pub struct MemoryStore {
@@ -383,6 +401,14 @@ impl MemoryStore {
         touch_pages(&mut buckets, |b| b[0] = std::hint::black_box(0));
         touch_pages(&mut slots, |s| s[0] = std::hint::black_box(0));
         touch_pages(&mut log, |b| *b = std::hint::black_box(0));
+        // The answers' queue holds at most one entry per answer held
+        // (`max_entries`) plus those of answers dropped out of turn:
+        // allocated for that at start, so that filling the store never
+        // grows it (a grown `VecDeque` copies every entry, under the
+        // mutex: 128 MiB at `MAX_ENTRIES`).
+        let mut answers = VecDeque::with_capacity(queue_capacity(max_entries));
+        answers.extend(std::iter::repeat_n(Queued::EMPTY, answers.capacity()));
+        answers.clear();
         MemoryStore {
             inner: Mutex::new(Inner {
                 buckets,
@@ -390,7 +416,7 @@ impl MemoryStore {
                 log,
                 head: 0,
                 next_seq: 0,
-                answers: VecDeque::new(),
+                answers,
                 claims: VecDeque::new(),
                 records: 0,
                 bytes: 0,
@@ -425,6 +451,11 @@ impl MemoryStore {
     /// Slots in the index (tests: fixed at start).
     pub fn slots(&self) -> usize {
         self.lock().slots.len()
+    }
+
+    /// Entries the answers' queue has room for (tests: fixed at start).
+    pub fn queue_room(&self) -> usize {
+        self.lock().answers.capacity()
     }
 
     /// Records, bytes and evictions so far (the metrics' scrape).
@@ -493,7 +524,9 @@ impl MemoryStore {
     ) -> Result<bool, StoreError> {
         let now = millis(self.clock.now());
         let mut g = self.lock();
-        g.expire(now);
+        // No `expire` here: an answer takes its claim's slot, so the
+        // store holds no more records than before (the next claim
+        // expires old ones, and `append` drops what the log overwrites).
         let p = self.probe(scope, g.buckets.len());
         let Some(i) = g.find(&p) else {
             return Ok(false);
