@@ -303,8 +303,12 @@ async fn raw_h2(port: u16, ca: &Path, fields: &[(&str, &str)], body: &[u8], stal
     if !body.is_empty() {
         out.extend(frame(0x0, if stall { 0 } else { 0x1 }, 1, body));
     }
-    s.write_all(&out).await.expect("send frames");
-    s.flush().await.expect("flush");
+    // A server that refuses the request early (a header block over its
+    // bound) may close while the rest is still being sent: what it wrote
+    // before closing is still read below.
+    if s.write_all(&out).await.is_ok() {
+        let _ = s.flush().await;
+    }
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut buf = Vec::new();
     let mut chunk = [0u8; 16 * 1024];
@@ -890,8 +894,11 @@ async fn limits_over_h2() {
     )
     .await;
     println!("header block over the codec's bound: {got:?}");
+    // Refused by the codec: `GOAWAY ENHANCE_YOUR_CALM` here, or the
+    // connection closed before that frame could be read (the server
+    // closes with the rest of the block unread).
     assert!(
-        got.refused(),
+        got.refused() || got == Raw::Closed,
         "header block over the codec's bound: {got:?}"
     );
     assert!(app_saw(&app, 1).await.is_empty());
