@@ -339,13 +339,14 @@ NG=$(echo "${RESULTS[0]}" | median)
 HA=$(echo "${RESULTS[1]}" | median)
 fmedian() { tr ' ' '\n' | grep -E '^[0-9.]+$' | sort -g | awk '{a[NR]=$1} END {if (NR==0) print "-"; else if (NR%2) print a[(NR+1)/2]; else printf "%.1f\n", (a[NR/2]+a[NR/2+1])/2}'; }
 HACPU=$(echo "${CPU[1]}" | fmedian)
+# $1 ÷ $2 to two places, "-" unless both are whole numbers and $2 > 0.
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (a ~ /^[0-9]+$/ && b ~ /^[0-9]+$/ && b > 0) printf "%.2f", a / b; else print "-"}'; }
 i=0
 for name in "${NAMES[@]}"; do
   m=$(echo "${RESULTS[$i]}" | median)
-  ratio() { if [[ "$m" =~ ^[0-9]+$ && "$1" =~ ^[0-9]+$ ]]; then awk -v a="$m" -v b="$1" 'BEGIN {printf "%.2f", a/b}'; else echo -; fi; }
   c=$(echo "${CPU[$i]}" | fmedian)
   cr=$(awk -v a="$c" -v b="$HACPU" 'BEGIN {if (a+0 > 0 && b+0 > 0) printf "%.2f", a/b; else print "-"}')
-  echo "| $name | $(echo "${RESULTS[$i]}" | sed 's/^ //; s/ /, /g') | $m | $(ratio "$HA") | $(ratio "$NG") | $c | $cr |"
+  echo "| $name | $(echo "${RESULTS[$i]}" | sed 's/^ //; s/ /, /g') | $m | $(ratio "$m" "$HA") | $(ratio "$m" "$NG") | $c | $cr |"
   i=$((i + 1))
 done
 
@@ -393,9 +394,8 @@ for name in "${NAMES[@]}"; do
     a=$(echo "${P50[$i]}" | median)
     b=$(echo "${P99[$i]}" | median)
     c=$(echo "${P999[$i]}" | median)
-    rr() { awk -v a="$1" -v b="$2" 'BEGIN {if (a ~ /^[0-9]+$/ && b ~ /^[0-9]+$/ && b > 0) printf "%.2f", a / b; else print "-"}'; }
     byround=$(echo "${P99[$i]}" | tr ' ' '\n' | grep -E '^[0-9]+$' | sort -n | awk '{printf "%s%.1f", (NR > 1 ? ", " : ""), $1 / 1000}')
-    echo "| $name | ${RATE[$i]} | $(ms "$a") | $(ms "$b") | $(ms "$c") | $(rr "$b" "$HA99") | $(rr "$c" "$HA999") | $byround |"
+    echo "| $name | ${RATE[$i]} | $(ms "$a") | $(ms "$b") | $(ms "$c") | $(ratio "$b" "$HA99") | $(ratio "$c" "$HA999") | $byround |"
     case "$name" in
       "tether "*)
         if [[ "$b" =~ ^[0-9]+$ && "$c" =~ ^[0-9]+$ && "$HA99" =~ ^[0-9]+$ && "$HA999" =~ ^[0-9]+$ ]]; then
