@@ -53,6 +53,7 @@ pub fn run_role_if_asked() {
 /// upstream keep-alive pool).
 mod passthrough {
     use std::net::SocketAddr;
+    use std::time::Duration;
 
     use async_trait::async_trait;
     use pingora_core::server::configuration::ServerConf;
@@ -62,6 +63,11 @@ mod passthrough {
 
     struct Pass {
         upstream: SocketAddr,
+        /// `TETHER_BENCH_PASS_TIMEOUTS=1`: the upstream timeouts tether
+        /// sets by default (connect 1 s, read 30 s, idle 1.5 s), to tell
+        /// what those cost from what tether itself does (docs/benchmarks.md,
+        /// "Allocations").
+        timeouts: bool,
     }
 
     #[async_trait]
@@ -73,7 +79,13 @@ mod passthrough {
             _s: &mut Session,
             _c: &mut (),
         ) -> pingora_core::Result<Box<HttpPeer>> {
-            Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
+            let mut peer = HttpPeer::new(self.upstream, false, String::new());
+            if self.timeouts {
+                peer.options.connection_timeout = Some(Duration::from_millis(1000));
+                peer.options.read_timeout = Some(Duration::from_millis(30_000));
+                peer.options.idle_timeout = Some(Duration::from_millis(1500));
+            }
+            Ok(Box::new(peer))
         }
     }
 
@@ -88,7 +100,13 @@ mod passthrough {
         conf.upstream_keepalive_pool_size = 256;
         let mut server = Server::new_with_opt_and_conf(None, conf);
         server.bootstrap();
-        let mut svc = pingora_proxy::http_proxy_service(&server.configuration, Pass { upstream });
+        let mut svc = pingora_proxy::http_proxy_service(
+            &server.configuration,
+            Pass {
+                upstream,
+                timeouts: std::env::var("TETHER_BENCH_PASS_TIMEOUTS").as_deref() == Ok("1"),
+            },
+        );
         svc.add_tcp(listen);
         server.add_service(svc);
         println!("pass-through listening on {listen}");

@@ -308,16 +308,16 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 
 /// The `X-Forwarded-For` and `Forwarded` values for a client at `ip` that
 /// came in over `proto` (`http` or `https`), appended to the values a
-/// trusted peer sent (`prior_*`, `None` when the peer is not trusted or
-/// sent none): `1.2.3.4` and `for=1.2.3.4;proto=http`, an IPv6 node
-/// quoted and bracketed (`for="[::1]";proto=http`, RFC 7239 §6).
+/// trusted peer sent (`prior_*`, `None` or empty when the peer is not
+/// trusted or sent none): `1.2.3.4` and `for=1.2.3.4;proto=http`, an IPv6
+/// node quoted and bracketed (`for="[::1]";proto=http`, RFC 7239 §6).
 ///
-/// One heap allocation per value, the value's own buffer: the address is
-/// formatted on the stack and the parts copied into a buffer of the exact
-/// size, which `Bytes` then owns as is. (`format!` would allocate and
-/// grow a `String`, and a `String` whose capacity exceeds its length costs
-/// `Bytes` one more allocation.) `proxy/tests/alloc_request_path.rs`
-/// counts them.
+/// On every proxied request, so the values are assembled without
+/// `format!`: the address is formatted on the stack, and when both values
+/// fit in [`PAIR_BYTES`] (always without a prior chain) they are written
+/// into one buffer that both header values share: one heap allocation for
+/// the two. A longer chain takes one allocation per value, each of the
+/// exact size. `proxy/tests/alloc_request_path.rs` counts them.
 pub fn forwarded_values(
     ip: IpAddr,
     proto: &str,
@@ -331,23 +331,63 @@ pub fn forwarded_values(
     } else {
         (b"", b"")
     };
-    let xff = match prior_xff {
-        Some(p) => joined(&[p.as_bytes(), b", ", ip_b])?,
-        None => joined(&[ip_b])?,
-    };
-    let fwd = match prior_fwd {
-        Some(p) => joined(&[
-            p.as_bytes(),
-            b", for=",
-            open,
-            ip_b,
-            close,
-            b";proto=",
-            proto.as_bytes(),
-        ])?,
-        None => joined(&[b"for=", open, ip_b, close, b";proto=", proto.as_bytes()])?,
-    };
-    Ok((xff, fwd))
+    fn chain<'a>(prior: Option<&'a str>, sep: &'static [u8]) -> [&'a [u8]; 2] {
+        match prior.filter(|p| !p.is_empty()) {
+            Some(p) => [p.as_bytes(), sep],
+            None => [b"", b""],
+        }
+    }
+    let [px, sx] = chain(prior_xff, b", ");
+    let [pf, sf] = chain(prior_fwd, b", ");
+    let xff: [&[u8]; 3] = [px, sx, ip_b];
+    let fwd: [&[u8]; 8] = [
+        pf,
+        sf,
+        b"for=",
+        open,
+        ip_b,
+        close,
+        b";proto=",
+        proto.as_bytes(),
+    ];
+    let xff_len: usize = xff.iter().map(|p| p.len()).sum();
+    let fwd_len: usize = fwd.iter().map(|p| p.len()).sum();
+    if xff_len + fwd_len <= PAIR_BYTES {
+        let mut pair = Pair {
+            len: 0,
+            buf: [0; PAIR_BYTES],
+        };
+        for p in xff.iter().chain(fwd.iter()) {
+            pair.buf[pair.len..pair.len + p.len()].copy_from_slice(p);
+            pair.len += p.len();
+        }
+        // One allocation: the buffer moves into the `Bytes`' shared owner,
+        // and the two slices are reference counts on it.
+        let both = bytes::Bytes::from_owner(pair);
+        return Ok((
+            HeaderValue::from_maybe_shared(both.slice(..xff_len))?,
+            HeaderValue::from_maybe_shared(both.slice(xff_len..))?,
+        ));
+    }
+    Ok((joined(&xff)?, joined(&fwd)?))
+}
+
+/// The largest combined length of the two forwarded values that
+/// [`forwarded_values`] writes into one shared buffer: room for an IPv6
+/// client (the longest single-hop pair is under 90 bytes) and a short
+/// trusted chain.
+pub const PAIR_BYTES: usize = 160;
+
+/// The shared buffer of [`forwarded_values`].
+struct Pair {
+    len: usize,
+    buf: [u8; PAIR_BYTES],
+}
+
+impl AsRef<[u8]> for Pair {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
 }
 
 /// A header value made of `parts`, in one allocation of the exact size.

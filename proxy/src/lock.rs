@@ -79,9 +79,12 @@ pub fn locate(
         return Err(TokenError::Revoked);
     }
     match decide(view, self_id, claims.srv, known_dead) {
-        Route::Local => HeaderValue::from_str(claims.sub)
-            .map(Locked::Here)
-            .map_err(|_| TokenError::BadClaims),
+        Route::Local => match claims.subject {
+            Some(v) => Ok(Locked::Here(v.clone())),
+            None => HeaderValue::from_str(claims.sub)
+                .map(Locked::Here)
+                .map_err(|_| TokenError::BadClaims),
+        },
         Route::Foreign(entry, addr) => Ok(Locked::There(entry.summary(), addr)),
         Route::Unavailable => Ok(Locked::Gone),
     }
@@ -169,7 +172,12 @@ mod tests {
     }
 
     fn claims<'a>(sub: &'a str, srv: &'a str, fam: &'a str) -> AccessView<'a> {
-        AccessView { sub, srv, fam }
+        AccessView {
+            sub,
+            srv,
+            fam,
+            subject: None,
+        }
     }
 
     fn view() -> RegistryView {
@@ -200,6 +208,18 @@ mod tests {
             locate(&view, "a", claims("bad\nsubject", "a", "f1"), alive),
             Err(TokenError::BadClaims)
         );
+        // A value the token cache prepared is handed on as it is.
+        let prepared = HeaderValue::from_str("alice").unwrap();
+        let with_value = AccessView {
+            subject: Some(&prepared),
+            ..claims("alice", "a", "f1")
+        };
+        match locate(&view, "a", with_value, alive) {
+            Ok(Locked::Here(v)) => {
+                assert_eq!(v.as_bytes().as_ptr(), prepared.as_bytes().as_ptr())
+            }
+            other => panic!("expected Here, got {other:?}"),
+        }
         let b = view.registry.get("b").unwrap().summary();
         assert_eq!(
             locate(&view, "a", claims("bob", "b", "f1"), alive),

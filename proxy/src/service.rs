@@ -11,7 +11,6 @@ use std::time::Instant;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::HeaderValue;
-use pingora_core::modules::http::compression::ResponseCompressionBuilder;
 use pingora_core::modules::http::HttpModules;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType};
@@ -115,9 +114,9 @@ impl TetherProxy {
     }
 
     /// The token check, with the lock located inside it: the claims stay
-    /// borrowed from the token, so a valid HS256 request is verified and
-    /// routed without a heap allocation (the one for the subject's header
-    /// value is the forwarded identity itself).
+    /// borrowed, so a valid request is verified and routed without a heap
+    /// allocation (on a cache hit the subject's header value is a shared
+    /// clone; with the cache off it is the one copy made).
     fn check_token(&self, session: &Session) -> Result<Locked, TokenError> {
         let state = &self.state;
         let view = state.registry.load();
@@ -199,8 +198,12 @@ impl ProxyHttp for TetherProxy {
     type CTX = Ctx;
 
     fn init_downstream_modules(&self, modules: &mut HttpModules) {
-        // Pingora's default (compression, off), plus CORS when configured.
-        modules.add_module(ResponseCompressionBuilder::enable(0));
+        // Only CORS, when configured. Pingora's default registers its
+        // response-compression module at level 0, which compresses nothing
+        // but still costs four heap allocations per request (its context,
+        // the module list, and its request and response header filters:
+        // docs/benchmarks.md, "Allocations"). tether never compresses, so
+        // it leaves that module out.
         cors::add_module(&self.state.cfg.cors, modules);
     }
 

@@ -1,6 +1,7 @@
 //! Heap allocations of request-path helpers, counted: a cached (EdDSA or HS256)
-//! access-token check allocates nothing, and the `X-Forwarded-For` /
-//! `Forwarded` values cost one allocation each (their own buffers).
+//! access-token check allocates nothing (the subject's header value it
+//! hands out included), and the `X-Forwarded-For` / `Forwarded` values
+//! cost one allocation for the two (one each behind a long trusted chain).
 //!
 //! The test kit's counting allocator counts per thread here (a `const`
 //! thread-local, so the allocator itself never allocates to count), so the
@@ -79,6 +80,22 @@ fn cached_check_allocates_nothing(ring: &str, alg: &str) {
     assert_eq!(ok, 1000);
     assert_eq!(hits, 0, "heap allocations in 1,000 cached {alg} checks");
 
+    // The subject's header value, as the request path takes it for
+    // `X-Tether-Subject`: a shared clone, not a copy.
+    let before = allocs();
+    for _ in 0..1000 {
+        let v = tokens
+            .with_access(&token, |c| c.subject.cloned())
+            .unwrap()
+            .expect("a cached subject value");
+        assert_eq!(v, "alice");
+    }
+    assert_eq!(
+        allocs() - before,
+        0,
+        "heap allocations in 1,000 cached {alg} checks taking the subject value"
+    );
+
     // Without the cache every check verifies the signature (EdDSA: the
     // general path, which owns its claims and allocates; HS256: the fast
     // path, which does not).
@@ -95,40 +112,74 @@ fn cached_check_allocates_nothing(ring: &str, alg: &str) {
 }
 
 #[test]
-fn forwarded_values_cost_one_allocation_each() {
+fn forwarded_values_cost_one_allocation_for_both() {
     let v4: IpAddr = "192.0.2.7".parse().unwrap();
-    let v6: IpAddr = "2001:db8::1".parse().unwrap();
-    for (ip, proto, prior_xff, prior_fwd, want_xff, want_fwd) in [
+    let v6: IpAddr = "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff".parse().unwrap();
+    let long_xff = vec!["203.0.113.9"; 12].join(", ");
+    let long_fwd = vec!["for=203.0.113.9"; 12].join(", ");
+    for (ip, proto, prior_xff, prior_fwd, want_xff, want_fwd, want_allocs) in [
         (
             v4,
             "http",
             None,
             None,
-            "192.0.2.7",
-            "for=192.0.2.7;proto=http",
+            "192.0.2.7".to_owned(),
+            "for=192.0.2.7;proto=http".to_owned(),
+            1,
         ),
         (
             v4,
             "http",
             Some("203.0.113.9"),
             Some("for=203.0.113.9"),
-            "203.0.113.9, 192.0.2.7",
-            "for=203.0.113.9, for=192.0.2.7;proto=http",
+            "203.0.113.9, 192.0.2.7".to_owned(),
+            "for=203.0.113.9, for=192.0.2.7;proto=http".to_owned(),
+            1,
         ),
         (
+            // The longest address text there is, quoted for `Forwarded`.
             v6,
             "https",
             None,
             None,
-            "2001:db8::1",
-            "for=\"[2001:db8::1]\";proto=https",
+            "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff".to_owned(),
+            "for=\"[2001:db8:ffff:ffff:ffff:ffff:ffff:ffff]\";proto=https".to_owned(),
+            1,
+        ),
+        (
+            // An empty prior value counts as none (no leading ", ").
+            v4,
+            "http",
+            Some(""),
+            Some(""),
+            "192.0.2.7".to_owned(),
+            "for=192.0.2.7;proto=http".to_owned(),
+            1,
+        ),
+        (
+            // A chain too long for the shared buffer: one buffer each.
+            v4,
+            "http",
+            Some(long_xff.as_str()),
+            Some(long_fwd.as_str()),
+            format!("{long_xff}, 192.0.2.7"),
+            format!("{long_fwd}, for=192.0.2.7;proto=http"),
+            2,
         ),
     ] {
         let before = allocs();
         let (xff, fwd) = forwarded_values(ip, proto, prior_xff, prior_fwd).unwrap();
         let n = allocs() - before;
-        assert_eq!(xff, want_xff);
-        assert_eq!(fwd, want_fwd);
-        assert_eq!(n, 2, "allocations for {ip} (prior {prior_xff:?})");
+        assert_eq!(xff, want_xff.as_str());
+        assert_eq!(fwd, want_fwd.as_str());
+        assert_eq!(n, want_allocs, "allocations for {ip} (prior {prior_xff:?})");
+        // The values outlive each other: dropping one leaves the other
+        // intact (they share one reference-counted buffer).
+        drop(xff);
+        assert_eq!(fwd, want_fwd.as_str());
     }
+    assert!(
+        long_xff.len() + long_fwd.len() > tether_proxy::headers::PAIR_BYTES,
+        "the long case must not fit"
+    );
 }

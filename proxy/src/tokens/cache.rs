@@ -23,12 +23,37 @@ use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
 
+use http::HeaderValue;
 use tether_protocol::claims::AccessClaims;
+
+/// A verified token's claims as the cache keeps them.
+pub(crate) struct Verified {
+    pub(crate) claims: AccessClaims,
+    /// The subject as the `X-Tether-Subject` value, made once here so a
+    /// hit hands out a reference-counted clone instead of a copy (`None`:
+    /// the subject cannot be a header value, and the request path refuses
+    /// it as before).
+    pub(crate) subject: Option<HeaderValue>,
+}
+
+impl Verified {
+    pub(crate) fn new(claims: AccessClaims) -> Verified {
+        let subject = HeaderValue::from_str(&claims.sub).ok();
+        if let Some(v) = &subject {
+            // A value built from a copied slice is stored in a plain
+            // vector; its first clone moves it to shared storage (one
+            // allocation). Made here, so no request on the hot path pays
+            // it and every later clone is a reference-count increment.
+            drop(v.clone());
+        }
+        Verified { claims, subject }
+    }
+}
 
 /// A bounded map of verified access tokens to their (shared) claims. A hit
 /// hands out an `Arc` clone: no allocation.
 pub(super) struct VerifiedCache<S = foldhash::quality::FixedState> {
-    entries: Mutex<HashMap<Box<str>, Arc<AccessClaims>, S>>,
+    entries: Mutex<HashMap<Box<str>, Arc<Verified>, S>>,
     capacity: usize,
 }
 
@@ -50,13 +75,13 @@ impl<S: BuildHasher> VerifiedCache<S> {
     }
 
     /// The claims stored for exactly this token.
-    pub(super) fn get(&self, token: &str) -> Option<Arc<AccessClaims>> {
+    pub(super) fn get(&self, token: &str) -> Option<Arc<Verified>> {
         self.lock().get(token).cloned()
     }
 
     /// Stores a verified token's claims, clearing the table first when it
     /// is full.
-    pub(super) fn insert(&self, token: &str, claims: Arc<AccessClaims>) {
+    pub(super) fn insert(&self, token: &str, claims: Arc<Verified>) {
         let mut entries = self.lock();
         if entries.len() >= self.capacity && !entries.contains_key(token) {
             entries.clear();
@@ -68,7 +93,7 @@ impl<S: BuildHasher> VerifiedCache<S> {
         self.lock().len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Arc<AccessClaims>, S>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Arc<Verified>, S>> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -100,8 +125,8 @@ mod tests {
         }
     }
 
-    fn claims(sub: &str) -> Arc<AccessClaims> {
-        Arc::new(AccessClaims {
+    fn claims(sub: &str) -> Arc<Verified> {
+        Arc::new(Verified::new(AccessClaims {
             iss: "i".into(),
             aud: "a".into(),
             sub: sub.into(),
@@ -113,7 +138,7 @@ mod tests {
             rgn: "r".into(),
             home: None,
             fam: "f".into(),
-        })
+        }))
     }
 
     #[test]
@@ -132,8 +157,8 @@ mod tests {
         assert!(c.get("header.payload-a.si").is_none());
         assert!(c.get("header.payload-a.sigX").is_none());
         c.insert(b, claims("bob"));
-        assert_eq!(c.get(a).expect("a").sub, "alice");
-        assert_eq!(c.get(b).expect("b").sub, "bob");
+        assert_eq!(c.get(a).expect("a").claims.sub, "alice");
+        assert_eq!(c.get(b).expect("b").claims.sub, "bob");
         assert_eq!(c.len(), 2);
     }
 
@@ -152,7 +177,7 @@ mod tests {
         c.insert("y", claims("u"));
         c.insert("y", claims("v"));
         assert_eq!(c.len(), 2);
-        assert_eq!(c.get("y").expect("y").sub, "v");
+        assert_eq!(c.get("y").expect("y").claims.sub, "v");
     }
 
     #[test]

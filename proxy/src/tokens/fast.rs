@@ -11,7 +11,7 @@ use tether_protocol::claims::AccessClaims;
 use tether_protocol::typ;
 use tether_protocol::validate::MAX_TOKEN_LEN;
 
-use super::cache::VerifiedCache;
+use super::cache::{Verified, VerifiedCache};
 use super::{TokenError, Tokens};
 
 impl Tokens {
@@ -21,15 +21,15 @@ impl Tokens {
         cache: &VerifiedCache,
         token: &str,
         now: u64,
-    ) -> Result<Arc<AccessClaims>, TokenError> {
+    ) -> Result<Arc<Verified>, TokenError> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(TokenError::TooLarge);
         }
         if let Some(c) = cache.get(token) {
-            if c.exp < now.saturating_sub(self.leeway) {
+            if c.claims.exp < now.saturating_sub(self.leeway) {
                 return Err(TokenError::Expired);
             }
-            if c.nbf > now + self.leeway {
+            if c.claims.nbf > now + self.leeway {
                 return Err(TokenError::NotYetValid);
             }
             return Ok(c);
@@ -40,7 +40,7 @@ impl Tokens {
             Some(c) => c,
             None => self.verify(token, typ::ACCESS, &self.access_validation)?,
         };
-        let claims = Arc::new(claims);
+        let claims = Arc::new(Verified::new(claims));
         cache.insert(token, claims.clone());
         Ok(claims)
     }

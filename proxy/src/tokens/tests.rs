@@ -589,3 +589,39 @@ fn hs256_request_path_goes_through_the_cache() {
     assert_eq!(u.with_access(&bad, |_| ()), Err(TokenError::BadSignature));
     assert_eq!(u.cached_tokens(), 0);
 }
+
+#[test]
+fn a_cache_hit_shares_the_subject_value_instead_of_copying_it() {
+    let t = Tokens::new(&cfg(ring("")));
+    let now = unix_now();
+    let good = forge(&access_header(), &claims(now), &secret());
+    // The subject's header value as the request path gets it: the bytes'
+    // address tells a shared value from a fresh copy.
+    let subject = |t: &Tokens| {
+        t.with_access(&good, |v| v.subject.cloned())
+            .expect("valid token")
+            .expect("a header-safe subject comes with its value")
+    };
+    let first = subject(&t);
+    let second = subject(&t);
+    assert_eq!(first, claims(now)["sub"].as_str().unwrap());
+    assert_eq!(
+        first.as_bytes().as_ptr(),
+        second.as_bytes().as_ptr(),
+        "a hit hands out the cached value, not a copy"
+    );
+
+    // A subject that cannot be a header value gets none, and the request
+    // path still refuses it (lock::locate makes the same check).
+    let mut bad = claims(now);
+    bad["sub"] = "bad\nsubject".into();
+    let bad = forge(&access_header(), &bad, &secret());
+    assert_eq!(t.with_access(&bad, |v| v.subject.is_none()), Ok(true));
+
+    // With the cache off there is nothing to share: the value is made
+    // per request, from `sub`.
+    let mut off = cfg(ring(""));
+    off.verified_cache_entries = 0;
+    let u = Tokens::new(&off);
+    assert_eq!(u.with_access(&good, |v| v.subject.is_none()), Ok(true));
+}
