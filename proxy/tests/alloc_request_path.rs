@@ -115,8 +115,8 @@ fn cached_check_allocates_nothing(ring: &str, alg: &str) {
 fn forwarded_values_cost_one_allocation_for_both() {
     let v4: IpAddr = "192.0.2.7".parse().unwrap();
     let v6: IpAddr = "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff".parse().unwrap();
-    let long_xff = vec!["203.0.113.9"; 12].join(", ");
-    let long_fwd = vec!["for=203.0.113.9"; 12].join(", ");
+    let long_xff = ["203.0.113.9"; 12].join(", ");
+    let long_fwd = ["for=203.0.113.9"; 12].join(", ");
     for (ip, proto, prior_xff, prior_fwd, want_xff, want_fwd, want_allocs) in [
         (
             v4,
