@@ -951,6 +951,23 @@ async fn header_limits_and_forwarded_headers() {
         assert_eq!(seen.headers["x-forwarded-proto"], "http");
         assert!(!seen.headers.contains_key("proxy-authorization"));
     }
+
+    // Bodies pass through as the app sent them: the client's
+    // Accept-Encoding reaches the app, and the proxy compresses nothing
+    // (docs/proxy.md).
+    let r = c
+        .http
+        .get(format!("{}/compressible", a.url))
+        .bearer_auth(&l.access)
+        .header("accept-encoding", "gzip, br")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("content-encoding").is_none());
+    let body: serde_json::Value = r.json().await.expect("the app's JSON, as sent");
+    assert_eq!(body["path"], "/compressible");
+    assert_eq!(app.last().unwrap().headers["accept-encoding"], "gzip, br");
     // Slowloris (500 connections dripping a byte a second while a normal
     // client is served): tests/hardening.rs, with the head deadline.
 }

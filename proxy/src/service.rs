@@ -200,10 +200,11 @@ impl ProxyHttp for TetherProxy {
     fn init_downstream_modules(&self, modules: &mut HttpModules) {
         // Only CORS, when configured. Pingora's default registers its
         // response-compression module at level 0, which compresses nothing
-        // but still costs four heap allocations per request (its context,
-        // the module list, and its request and response header filters:
-        // docs/benchmarks.md, "Allocations"). tether never compresses, so
-        // it leaves that module out.
+        // but still costs five heap allocations per request (its context,
+        // the module list, and the boxed futures of its request-header,
+        // request-body and response-header filters: docs/benchmarks.md,
+        // "Allocations per request"). tether never compresses, so it
+        // leaves that module out.
         cors::add_module(&self.state.cfg.cors, modules);
     }
 
