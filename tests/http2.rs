@@ -1123,3 +1123,40 @@ async fn the_head_deadline_covers_the_h2_preface() {
     tokio::time::sleep(Duration::from_millis(2000)).await;
     assert_eq!(h.get("/orders", Some(&access)).await.status, 200);
 }
+
+/// `limits.h2_idle_timeout_ms`: a connection with no open stream is
+/// closed after it, and one in use is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_h2_connection_is_closed() {
+    let (_c, _app, p, set, access) = h2_edge("h2_idle_timeout_ms = 1500").await;
+    let s = tls(p.addr.port(), &set.ca, &[H2]).await;
+    assert_eq!(alpn_of(&s).as_deref(), Some(H2));
+    let (send, conn) = h2::client::handshake(s).await.expect("h2 handshake");
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let _ = conn.await;
+        let _ = closed_tx.send(Instant::now());
+    });
+    let mut h = H2Conn {
+        send,
+        authority: format!("localhost:{}", p.addr.port()),
+    };
+    // Requests 0.5 s apart, over twice the idle time in all: each resets
+    // the clock, so the connection stays.
+    for _ in 0..7 {
+        assert_eq!(h.get("/orders", Some(&access)).await.status, 200);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(h.get("/orders", Some(&access)).await.status, 200);
+    let last = Instant::now();
+    // Then nothing: the proxy closes it, not before the idle time.
+    let closed = tokio::time::timeout(Duration::from_secs(10), closed_rx)
+        .await
+        .expect("an idle connection closed within 10 s")
+        .expect("the connection task reports");
+    let idle = closed.duration_since(last);
+    assert!(
+        idle >= Duration::from_millis(1000),
+        "closed after {idle:?} idle, before the 1.5 s idle time"
+    );
+}

@@ -13,9 +13,10 @@
 //!   this bound, where the codec refuses the stream itself;
 //! - at most [`MAX_CONCURRENT_STREAMS`] requests in flight per connection
 //!   (Pingora's default, nginx's is 128);
-//! - a connection with no stream open for [`IDLE_TIMEOUT`] is closed, as an
-//!   idle HTTP/1.1 keep-alive connection is (Pingora's 60 s), so an idle
-//!   client does not keep its connection slot (`guard`) for ever.
+//! - a connection with no stream open for `limits.h2_idle_timeout_ms`
+//!   (60 s by default, as an idle HTTP/1.1 keep-alive connection in
+//!   Pingora) is closed, so an idle client does not keep its connection
+//!   slot (`guard`) for ever.
 //!
 //! - a request body read by the proxy itself (the `/auth/*` calls) waits
 //!   at most `limits.body_read_timeout` for each piece, as over HTTP/1.1:
@@ -42,9 +43,6 @@ use pingora_proxy::Session;
 /// Requests in flight per HTTP/2 connection.
 pub const MAX_CONCURRENT_STREAMS: u32 = 100;
 
-/// An HTTP/2 connection with no open stream is closed after this long.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// The `h2` codec settings for the client listener, from
 /// `limits.max_request_headers` and `limits.max_request_header_bytes`.
 /// (Numbers, not `config::Limits`: `idempotency` and `endpoints` read
@@ -56,10 +54,11 @@ pub fn options(max_headers: usize, max_header_bytes: usize) -> H2Options {
     o
 }
 
-/// Pingora's server options for the client listener: the h2 idle close.
-pub fn server_options() -> HttpServerOptions {
+/// Pingora's server options for the client listener: the h2 idle close
+/// after `idle` (`limits.h2_idle_timeout_ms`).
+pub fn server_options(idle: Duration) -> HttpServerOptions {
     let mut o = HttpServerOptions::default();
-    o.h2_idle_timeout = Some(IDLE_TIMEOUT);
+    o.h2_idle_timeout = Some(idle);
     o
 }
 

@@ -123,7 +123,7 @@ pub fn run_with(cfg: ProxyConfig, upgrade: bool) -> Result<(), Error> {
         limits.max_request_headers,
         limits.max_request_header_bytes,
     ));
-    app.server_options = Some(crate::http2::server_options());
+    app.server_options = Some(crate::http2::server_options(limits.h2_idle_timeout));
     let m = &state.metrics;
     let guarded = guard::Guard::new(
         app,

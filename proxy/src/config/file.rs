@@ -304,6 +304,8 @@ pub(super) struct FileLimits {
     pub(super) header_read_timeout_ms: u64,
     #[serde(default = "default_body_read_timeout")]
     pub(super) body_read_timeout_ms: u64,
+    #[serde(default = "default_h2_idle_timeout")]
+    pub(super) h2_idle_timeout_ms: u64,
     #[serde(default = "default_max_connections")]
     pub(super) max_connections: usize,
     #[serde(default = "default_max_connections_per_ip")]
@@ -315,6 +317,10 @@ fn default_header_read_timeout() -> u64 {
 }
 fn default_body_read_timeout() -> u64 {
     10_000
+}
+/// As an idle HTTP/1.1 keep-alive connection (Pingora's 60 s).
+fn default_h2_idle_timeout() -> u64 {
+    60_000
 }
 fn default_max_connections() -> usize {
     10_000
@@ -339,6 +345,7 @@ impl Default for FileLimits {
             max_request_headers: default_header_count(),
             header_read_timeout_ms: default_header_read_timeout(),
             body_read_timeout_ms: default_body_read_timeout(),
+            h2_idle_timeout_ms: default_h2_idle_timeout(),
             max_connections: default_max_connections(),
             max_connections_per_ip: default_max_connections_per_ip(),
         }

@@ -59,6 +59,7 @@ fn good_config_with_defaults() {
     assert_eq!(c.worker_threads.get(), 1);
     assert!(c.discovery.cluster_token.len() >= 32);
     assert_eq!(c.upstream.idle_timeout, Duration::from_millis(1500));
+    assert_eq!(c.limits.h2_idle_timeout, Duration::from_secs(60));
     assert!(!c.log.access);
     assert_eq!(c.log.format, crate::access::LogFormat::Text);
 }
@@ -190,6 +191,14 @@ fn bad_values_name_the_key() {
         (
             swap("[server]", "[server]\nworker_threads = 0"),
             "server.worker_threads",
+        ),
+        (
+            format!("{GOOD}\n[limits]\nh2_idle_timeout_ms = 50\n"),
+            "limits.h2_idle_timeout_ms",
+        ),
+        (
+            format!("{GOOD}\n[limits]\nh2_idle_timeout_ms = 4000000\n"),
+            "limits.h2_idle_timeout_ms",
         ),
     ];
     for (text, key) in cases {

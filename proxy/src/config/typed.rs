@@ -129,6 +129,10 @@ pub struct Limits {
     /// in; a client that stalls longer gets `408` and the connection is
     /// closed (a client's slowness is never a 5xx).
     pub body_read_timeout: std::time::Duration,
+    /// An HTTP/2 client connection with no open stream for this long is
+    /// closed (Pingora drops the socket), so an idle client does not keep
+    /// its connection slot.
+    pub h2_idle_timeout: std::time::Duration,
     /// Concurrent client connections, in all and per client IP (0: no
     /// per-IP cap).
     pub max_connections: usize,

@@ -537,6 +537,12 @@ impl Validator<'_> {
                 (100, 600_000),
                 "",
             )?),
+            h2_idle_timeout: Duration::from_millis(self.range(
+                "limits.h2_idle_timeout_ms",
+                l.h2_idle_timeout_ms,
+                (100, 3_600_000),
+                "",
+            )?),
             max_connections: self.range(
                 "limits.max_connections",
                 l.max_connections,
