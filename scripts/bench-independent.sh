@@ -51,7 +51,10 @@ DIR=$(mktemp -d /tmp/bench-independent.XXXXXX)
 chmod 755 "$DIR"
 PIDS=()
 cleanup() {
-  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill -9 "$p" 2>/dev/null || true; done
+  # Children first: SIGKILL on an nginx master leaves its worker running.
+  for p in "${PIDS[@]:-}"; do
+    [ -n "$p" ] && { pkill -9 -P "$p" 2>/dev/null; kill -9 "$p" 2>/dev/null; } || true
+  done
   wait 2>/dev/null || true
   if [ "${KEEP_DIR:-0}" = 1 ]; then echo "kept $DIR"; else rm -rf "$DIR"; fi
 }
@@ -82,8 +85,13 @@ start() {
   LAST_PID=$!
   PIDS+=("$LAST_PID")
 }
-# SIGKILL (Pingora lingers for its grace period on SIGTERM) and reap.
-stop() { kill -9 "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+# SIGKILL (Pingora lingers for its grace period on SIGTERM) and reap; the
+# children first (an nginx master killed alone leaves its worker behind).
+stop() {
+  pkill -9 -P "$1" 2>/dev/null || true
+  kill -9 "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+}
 
 SECRET=0f1e2d3c4b5a69788796a5b4c3d2e1f00112233445566778899aabbccddeeff0
 SERVER_ID=use1-a

@@ -42,7 +42,10 @@ DIR=$(mktemp -d /tmp/callgrind-request.XXXXXX)
 chmod 755 "$DIR"
 PIDS=()
 cleanup() {
-  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill -9 "$p" 2>/dev/null || true; done
+  # Children first: SIGKILL on an nginx master leaves its worker running.
+  for p in "${PIDS[@]:-}"; do
+    [ -n "$p" ] && { pkill -9 -P "$p" 2>/dev/null; kill -9 "$p" 2>/dev/null; } || true
+  done
   wait 2>/dev/null || true
   if [ "${KEEP_DIR:-0}" = 1 ]; then echo "kept $DIR"; else rm -rf "$DIR"; fi
 }
