@@ -11,7 +11,9 @@
 //! keep-alive) in interleaved rounds and prints requests/s, p50/p99, CPU
 //! per request and the ratios tether ÷ plain Pingora and EdDSA ÷ HS256
 //! (medians of the rounds). Then counts heap allocations per proxied
-//! request in each (counting allocator, in-process). Then the
+//! request in each (counting allocator, in-process), and in the
+//! pass-through given tether's upstream timeouts, and prints issue 17's
+//! allocation tier against both. Then the
 //! `Idempotency-Key` rows (docs/idempotency.md): `POST /` with a small
 //! JSON body through an HS256 tether with `[idempotency] enabled = false`
 //! (without and with a key header), and without and with a fresh key per
@@ -151,6 +153,14 @@ fn main() {
         .unwrap_or_else(|e| panic!("{e}"));
     let (pass_allocs, _) = allocs_per_request(&pin, &counted_pass, None, &pass_file);
     drop(counted_pass);
+    // The same with tether's upstream timeouts: what those limits cost in
+    // Pingora itself (issue 17's allocation tier is judged against both).
+    let timed_file = dir.path().join("pass-timeouts.allocs");
+    let counted_timed =
+        start_passthrough_with_timeouts(&pin, dir.path(), up_addr, Some(&timed_file))
+            .unwrap_or_else(|e| panic!("{e}"));
+    let (pass_timed_allocs, _) = allocs_per_request(&pin, &counted_timed, None, &timed_file);
+    drop(counted_timed);
     let mut allocs = vec![pass_allocs];
     for keys in [
         Keys::Hs256,
@@ -209,6 +219,12 @@ fn main() {
         allocs[3],
         allocs[4]
     );
+    let met = |ok: bool| if ok { "met" } else { "NOT MET" };
+    println!(
+        "allocations per request <= plain Pingora's (issue 17): {} against the bare pass-through ({tether_allocs:.1} vs {pass_allocs:.1}); {} against it with tether's upstream timeouts ({pass_timed_allocs:.1})",
+        met(tether_allocs <= pass_allocs),
+        met(tether_allocs <= pass_timed_allocs)
+    );
 
     let idempotency = idempotency_rows(&pin, dir.path(), up_addr, &tether, &config, rounds, secs);
 
@@ -221,6 +237,7 @@ fn main() {
         "connections": CONNECTIONS,
         "direct": direct_run,
         "plain_pingora": { "runs": runs[0], "median_rps": rps(0), "allocs_per_request": pass_allocs },
+        "plain_pingora_upstream_timeouts": { "allocs_per_request": pass_timed_allocs },
         "tether_hs256": { "runs": runs[1], "median_rps": rps(1), "allocs_per_request": tether_allocs },
         "tether_eddsa_cached": { "runs": runs[2], "median_rps": rps(2), "allocs_per_request": allocs[2] },
         "tether_eddsa_uncached": { "runs": runs[3], "median_rps": rps(3), "allocs_per_request": allocs[3] },

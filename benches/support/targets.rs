@@ -115,6 +115,29 @@ pub fn start_passthrough(
     upstream: SocketAddr,
     alloc_file: Option<&Path>,
 ) -> Result<Target, String> {
+    passthrough(pin, dir, upstream, alloc_file, false)
+}
+
+/// [`start_passthrough`] with tether's default upstream timeouts set on
+/// its peer (connect 1 s, read 30 s, idle 1.5 s): Pingora's own cost of
+/// those limits, which the bare pass-through does not pay (the roles'
+/// `TETHER_BENCH_PASS_TIMEOUTS`).
+pub fn start_passthrough_with_timeouts(
+    pin: &Pinning,
+    dir: &Path,
+    upstream: SocketAddr,
+    alloc_file: Option<&Path>,
+) -> Result<Target, String> {
+    passthrough(pin, dir, upstream, alloc_file, true)
+}
+
+fn passthrough(
+    pin: &Pinning,
+    dir: &Path,
+    upstream: SocketAddr,
+    alloc_file: Option<&Path>,
+    timeouts: bool,
+) -> Result<Target, String> {
     let port = free_port();
     let mut cmd = pin.command(PROXY_CORE, &std::env::current_exe().expect("bench exe"));
     cmd.env(ROLE, "passthrough")
@@ -123,11 +146,19 @@ pub fn start_passthrough(
     if let Some(f) = alloc_file {
         cmd.env("TETHER_BENCH_ALLOC_FILE", f);
     }
-    let log = dir.join("passthrough.log");
+    let (name, log) = if timeouts {
+        cmd.env("TETHER_BENCH_PASS_TIMEOUTS", "1");
+        (
+            "plain Pingora pass-through, tether's upstream timeouts",
+            dir.join("passthrough-timeouts.log"),
+        )
+    } else {
+        ("plain Pingora pass-through", dir.join("passthrough.log"))
+    };
     let mut p = spawn("plain Pingora", cmd, &log);
     wait_ready(&mut p, addr(port), None, &log)?;
     Ok(Target {
-        name: "plain Pingora pass-through",
+        name,
         addr: addr(port),
         proc: p,
         bearer: false,
