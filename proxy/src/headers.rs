@@ -373,9 +373,9 @@ pub fn forwarded_values(
 }
 
 /// The largest combined length of the two forwarded values that
-/// [`forwarded_values`] writes into one shared buffer: room for an IPv6
-/// client (the longest single-hop pair is under 90 bytes) and a short
-/// trusted chain.
+/// [`forwarded_values`] writes into one shared buffer: room for any
+/// single hop (the longest, an IPv6 address written in full over https,
+/// is 98 bytes) and a short trusted chain.
 pub const PAIR_BYTES: usize = 160;
 
 /// The shared buffer of [`forwarded_values`].
