@@ -51,9 +51,14 @@ DIR=$(mktemp -d /tmp/bench-independent.XXXXXX)
 chmod 755 "$DIR"
 PIDS=()
 cleanup() {
-  # Children first: SIGKILL on an nginx master leaves its worker running.
+  # An nginx master killed alone leaves its worker running, and one whose
+  # worker is killed first starts another: list the children, kill the
+  # process, then them.
   for p in "${PIDS[@]:-}"; do
-    [ -n "$p" ] && { pkill -9 -P "$p" 2>/dev/null; kill -9 "$p" 2>/dev/null; } || true
+    [ -n "$p" ] || continue
+    kids=$(pgrep -P "$p" || true)
+    kill -9 "$p" 2>/dev/null || true
+    [ -n "$kids" ] && kill -9 $kids 2>/dev/null || true
   done
   wait 2>/dev/null || true
   if [ "${KEEP_DIR:-0}" = 1 ]; then echo "kept $DIR"; else rm -rf "$DIR"; fi
@@ -85,11 +90,13 @@ start() {
   LAST_PID=$!
   PIDS+=("$LAST_PID")
 }
-# SIGKILL (Pingora lingers for its grace period on SIGTERM) and reap; the
-# children first (an nginx master killed alone leaves its worker behind).
+# SIGKILL (Pingora lingers for its grace period on SIGTERM) and reap, then
+# the children it had (an nginx master killed alone leaves its worker
+# behind; killing the worker first makes the master start another).
 stop() {
-  pkill -9 -P "$1" 2>/dev/null || true
+  local kids; kids=$(pgrep -P "$1" || true)
   kill -9 "$1" 2>/dev/null || true
+  [ -n "$kids" ] && kill -9 $kids 2>/dev/null || true
   wait "$1" 2>/dev/null || true
 }
 

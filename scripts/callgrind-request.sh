@@ -42,9 +42,14 @@ DIR=$(mktemp -d /tmp/callgrind-request.XXXXXX)
 chmod 755 "$DIR"
 PIDS=()
 cleanup() {
-  # Children first: SIGKILL on an nginx master leaves its worker running.
+  # An nginx master killed alone leaves its worker running, and one whose
+  # worker is killed first starts another: list the children, kill the
+  # process, then them.
   for p in "${PIDS[@]:-}"; do
-    [ -n "$p" ] && { pkill -9 -P "$p" 2>/dev/null; kill -9 "$p" 2>/dev/null; } || true
+    [ -n "$p" ] || continue
+    kids=$(pgrep -P "$p" || true)
+    kill -9 "$p" 2>/dev/null || true
+    [ -n "$kids" ] && kill -9 $kids 2>/dev/null || true
   done
   wait 2>/dev/null || true
   if [ "${KEEP_DIR:-0}" = 1 ]; then echo "kept $DIR"; else rm -rf "$DIR"; fi
