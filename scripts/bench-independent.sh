@@ -50,16 +50,17 @@ for t in "${TETHERS[@]}"; do [ -x "$t" ] || { echo "not an executable: $t"; exit
 DIR=$(mktemp -d /tmp/bench-independent.XXXXXX)
 chmod 755 "$DIR"
 PIDS=()
+# SIGKILL (Pingora lingers for its grace period on SIGTERM) and reap, then
+# the children it had (an nginx master killed alone leaves its worker
+# behind; killing the worker first makes the master start another).
+stop() {
+  local kids; kids=$(pgrep -P "$1" || true)
+  kill -9 "$1" 2>/dev/null || true
+  [ -n "$kids" ] && kill -9 $kids 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+}
 cleanup() {
-  # An nginx master killed alone leaves its worker running, and one whose
-  # worker is killed first starts another: list the children, kill the
-  # process, then them.
-  for p in "${PIDS[@]:-}"; do
-    [ -n "$p" ] || continue
-    kids=$(pgrep -P "$p" || true)
-    kill -9 "$p" 2>/dev/null || true
-    [ -n "$kids" ] && kill -9 $kids 2>/dev/null || true
-  done
+  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && stop "$p"; done
   wait 2>/dev/null || true
   if [ "${KEEP_DIR:-0}" = 1 ]; then echo "kept $DIR"; else rm -rf "$DIR"; fi
 }
@@ -89,15 +90,6 @@ start() {
   taskset -c "$core" "$@" >"$log" 2>&1 &
   LAST_PID=$!
   PIDS+=("$LAST_PID")
-}
-# SIGKILL (Pingora lingers for its grace period on SIGTERM) and reap, then
-# the children it had (an nginx master killed alone leaves its worker
-# behind; killing the worker first makes the master start another).
-stop() {
-  local kids; kids=$(pgrep -P "$1" || true)
-  kill -9 "$1" 2>/dev/null || true
-  [ -n "$kids" ] && kill -9 $kids 2>/dev/null || true
-  wait "$1" 2>/dev/null || true
 }
 
 SECRET=0f1e2d3c4b5a69788796a5b4c3d2e1f00112233445566778899aabbccddeeff0

@@ -31,9 +31,7 @@ impl Tokens {
                 None => self.verify(token, typ::ACCESS, &self.access_validation)?,
             },
         };
-        if tether_protocol::validate::server_id("srv", &claims.srv).is_err() {
-            return Err(TokenError::BadClaims);
-        }
+        lock_target(&claims.srv)?;
         Ok(claims)
     }
 
@@ -56,9 +54,7 @@ impl Tokens {
         // nothing either.
         if let Some(cache) = &self.verified {
             let v = self.verify_cached(cache, token, now)?;
-            if tether_protocol::validate::server_id("srv", &v.claims.srv).is_err() {
-                return Err(TokenError::BadClaims);
-            }
+            lock_target(&v.claims.srv)?;
             return Ok(f(AccessView {
                 sub: &v.claims.sub,
                 srv: &v.claims.srv,
@@ -68,9 +64,7 @@ impl Tokens {
         }
         let mut f = Some(f);
         let mut run = |c: &AccessClaimsRef<'_>| -> Result<R, TokenError> {
-            if tether_protocol::validate::server_id("srv", c.srv).is_err() {
-                return Err(TokenError::BadClaims);
-            }
+            lock_target(c.srv)?;
             // `run` is called at most once: by the fast path when it
             // accepts, else once after the general path.
             match f.take() {
@@ -93,9 +87,7 @@ impl Tokens {
     /// Verifies a refresh token (`typ: rt+jwt`).
     pub fn verify_refresh(&self, token: &str) -> Result<RefreshClaims, TokenError> {
         let claims: RefreshClaims = self.verify(token, typ::REFRESH, &self.refresh_validation)?;
-        if tether_protocol::validate::server_id("srv", &claims.srv).is_err() {
-            return Err(TokenError::BadClaims);
-        }
+        lock_target(&claims.srv)?;
         Ok(claims)
     }
 
@@ -191,6 +183,12 @@ pub struct AccessView<'a> {
     /// `sub` as a header value, when the verified-token cache made it
     /// (a clone is a reference-count increment, not a copy).
     pub subject: Option<&'a http::HeaderValue>,
+}
+
+/// A token's `srv` must be a well-formed server id (never a URL or an
+/// address): otherwise the claims are bad, whatever the signature says.
+fn lock_target(srv: &str) -> Result<(), TokenError> {
+    tether_protocol::validate::server_id("srv", srv).map_err(|_| TokenError::BadClaims)
 }
 
 /// Decodes a token's header and claims without verifying anything, for
